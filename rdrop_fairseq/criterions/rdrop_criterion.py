@@ -1,0 +1,86 @@
+"""What the R-Drop criteria share: the passes, the step's loss and the metrics."""
+import logging
+import math
+
+from fairseq.logging import metrics
+
+from ..rdrop_loss import rdrop_loss
+from ..sub_models import SubModelPasses, has_active_dropout
+
+logger = logging.getLogger(__name__)
+
+ALPHA_HELP = "weight alpha of the symmetric KL between sub-models (paper Eq. 4); 0 turns R-Drop off"
+CHUNK_HELP = (
+    "target tokens per chunk of the KL computation, which bounds its extra memory "
+    "to about 3 * chunk * vocabulary floats; 0 picks about 2^20 / vocabulary"
+)
+
+
+class RDropCriterionMixin:
+    """Mixed in before a fairseq criterion; training steps become R-Drop steps.
+
+    Evaluation steps, alpha = 0 and the skipped steps of k-step R-Drop call the
+    wrapped criterion unchanged, so they cost and log exactly what it does.
+    """
+
+    def init_rdrop(self, task, rdrop_alpha: float, rdrop_chunk_tokens: int):
+        if rdrop_alpha < 0:
+            raise ValueError(f"--rdrop-alpha must be >= 0, got {rdrop_alpha}")
+        if rdrop_chunk_tokens < 0:
+            raise ValueError(f"--rdrop-chunk-tokens must be >= 0, got {rdrop_chunk_tokens}")
+        self.rdrop_alpha = float(rdrop_alpha)
+        self.rdrop_chunk_tokens = rdrop_chunk_tokens
+        self.sub_model_passes = getattr(task, "sub_model_passes", None) or SubModelPasses()
+        self._dropout_checked = False
+
+    def forward(self, model, sample, reduce=True, update_num=None):
+        training = model.training and self.rdrop_alpha > 0
+        copies = self.sub_model_passes.copies_for(training, update_num)
+        if copies == 1 or not reduce:
+            return super().forward(model, sample, reduce=reduce)
+        self._warn_without_dropout(model)
+        net_output = self.sub_model_passes.forward(model, sample["net_input"], copies)
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        loss, smoothed, nll, kl = rdrop_loss(
+            lprobs,
+            target,
+            copies,
+            self.rdrop_alpha,
+            epsilon=getattr(self, "eps", 0.0),
+            ignore_index=self.padding_idx,
+            chunk_tokens=self.rdrop_chunk_tokens,
+        )
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": smoothed.data / copies,
+            "nll_loss": nll.data / copies,
+            "kl_loss": kl.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        if getattr(self, "report_accuracy", False):
+            mask = target.ne(self.padding_idx).repeat(copies)
+            correct = lprobs.argmax(-1).eq(target.repeat(copies)) & mask
+            logging_output["n_correct"] = correct.sum().item()
+            logging_output["total"] = mask.sum().item()
+        return loss, sample_size, logging_output
+
+    def _warn_without_dropout(self, model):
+        if not self._dropout_checked:
+            self._dropout_checked = True
+            if not has_active_dropout(model) and not self.sub_model_passes.dropout_rates:
+                logger.warning(
+                    "R-Drop is on (--rdrop-alpha %s) but the model has no dropout: "
+                    "the sub-models are identical and the KL term is zero",
+                    self.rdrop_alpha,
+                )
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        super().reduce_metrics(logging_outputs)
+        rdrop_logs = [log for log in logging_outputs if "kl_loss" in log]
+        if rdrop_logs:
+            kl_sum = sum(log["kl_loss"] for log in rdrop_logs)
+            sample_size = sum(log.get("sample_size", 0) for log in rdrop_logs)
+            metrics.log_scalar("kl_loss", kl_sum / sample_size / math.log(2), sample_size, round=4)

@@ -1,0 +1,1 @@
+from . import rdrop_translation  # noqa: F401

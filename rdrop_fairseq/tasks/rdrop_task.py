@@ -1,0 +1,59 @@
+"""What the R-Drop tasks share: their options and the R-Drop training step."""
+import functools
+from dataclasses import dataclass, field
+from typing import List
+
+from ..criterions.rdrop_criterion import RDropCriterionMixin
+from ..sub_models import SubModelPasses
+
+
+@dataclass
+class RDropTaskFields:
+    rdrop_copies: int = field(
+        default=2, metadata={"help": "sub-models m per R-Drop step (paper §4.3)"}
+    )
+    rdrop_every_k_steps: int = field(
+        default=1,
+        metadata={"help": "apply R-Drop on every k-th update only; the others are plain steps (paper §4.2)"},
+    )
+    rdrop_dropout_rates: List[float] = field(
+        default_factory=list,
+        metadata={
+            "help": "one dropout rate per sub-model, e.g. '[0.1,0.3]', replacing --dropout "
+            "in that sub-model's pass (paper §4.4); empty keeps --dropout"
+        },
+    )
+
+
+class RDropTaskMixin:
+    """Mixed in before a fairseq task.  Its train_step is fairseq's own, with the
+    update number handed to the R-Drop criterion so that the sub-model schedule
+    (:class:`~rdrop_fairseq.sub_models.SubModelPasses`) can follow it."""
+
+    def __init__(self, cfg, *args, **kwargs):
+        super().__init__(cfg, *args, **kwargs)
+        self.sub_model_passes = SubModelPasses(
+            copies=cfg.rdrop_copies,
+            every_k_steps=cfg.rdrop_every_k_steps,
+            dropout_rates=tuple(float(r) for r in (cfg.rdrop_dropout_rates or ())),
+        )
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if self.sub_model_passes != SubModelPasses() and not from_checkpoint:
+            if not isinstance(criterion, RDropCriterionMixin):
+                raise ValueError(
+                    "--rdrop-copies, --rdrop-every-k-steps and --rdrop-dropout-rates need an "
+                    f"R-Drop --criterion, not {getattr(cfg, '_name', type(criterion).__name__)}"
+                )
+            if criterion.rdrop_alpha == 0:
+                raise ValueError(
+                    "--rdrop-copies, --rdrop-every-k-steps and --rdrop-dropout-rates have "
+                    "no effect with --rdrop-alpha 0"
+                )
+        return criterion
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if isinstance(criterion, RDropCriterionMixin):
+            criterion = functools.partial(criterion, update_num=update_num)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
