@@ -36,6 +36,11 @@ def chunk_rows(num_tokens: int, vocab_size: int, chunk_tokens: int = 0) -> int:
     return max(1, min(max(num_tokens, 1), DEFAULT_CHUNK_ELEMENTS // max(vocab_size, 1)))
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision inputs are computed in fp32; fp32 and fp64 in their own precision."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _pair_gap(x_i: Tensor, x_j: Tensor) -> Tensor:
     gap = x_i - x_j
     return gap.nan_to_num_(nan=0.0, posinf=_LOG_GAP_LIMIT, neginf=-_LOG_GAP_LIMIT)
@@ -51,13 +56,14 @@ class RDropLossFunction(torch.autograd.Function):
         num_tokens = x_all.size(1)
         keep = _keep_mask(target, ignore_index, num_tokens, lprobs.device)
         eps_i = epsilon / (vocab - 1) if vocab > 1 else 0.0
-        smoothed = lprobs.new_zeros((), dtype=torch.float32)
+        dtype = _compute_dtype(lprobs.dtype)
+        smoothed = lprobs.new_zeros((), dtype=dtype)
         nll = smoothed.clone()
         kl = smoothed.clone()
         step = chunk_rows(num_tokens, vocab, chunk_tokens)
         for start in range(0, num_tokens, step):
             rows = slice(start, start + step)
-            x = x_all[:, rows].float()
+            x = x_all[:, rows].to(dtype)
             k = keep[rows].to(x.dtype)
             if target is not None:
                 idx = target[rows].clamp(min=0).view(1, -1, 1).expand(copies, -1, 1)
@@ -89,15 +95,16 @@ class RDropLossFunction(torch.autograd.Function):
         num_tokens = x_all.size(1)
         grad = torch.empty_like(lprobs)
         grad_all = grad.view(copies, -1, vocab)
-        go = grad_loss.float()
+        dtype = _compute_dtype(lprobs.dtype)
+        go = grad_loss.to(dtype)
         eps_i = epsilon / (vocab - 1) if vocab > 1 else 0.0
         kl_scale = go * (alpha / (copies * (copies - 1))) if copies > 1 else 0.0
         target_grad = -(1.0 - epsilon - eps_i) * go
         step = chunk_rows(num_tokens, vocab, chunk_tokens)
-        write_direct = grad.dtype == torch.float32
+        write_direct = grad.dtype == dtype
         for start in range(0, num_tokens, step):
             rows = slice(start, start + step)
-            x = x_all[:, rows].float()
+            x = x_all[:, rows].to(dtype)
             g = grad_all[:, rows] if write_direct else torch.empty_like(x)
             g.fill_(-eps_i * go if target is not None else 0.0)
             if alpha != 0 and copies > 1:

@@ -1,0 +1,136 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rdrop_fairseq.rdrop_loss import rdrop_loss
+from reference import reference_loss
+
+PAD = 1
+
+
+def make_case(copies=2, tokens=13, vocab=11, dtype=torch.float64, seed=0, pad_every=4):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(copies * tokens, vocab, generator=gen, dtype=dtype) * 2
+    target = torch.randint(2, vocab, (tokens,), generator=gen)
+    target[::pad_every] = PAD
+    return logits, target
+
+
+def both(logits, target, copies, alpha, epsilon, chunk_tokens=0):
+    leaf_ref = logits.detach().clone().requires_grad_()
+    leaf_new = logits.detach().clone().requires_grad_()
+    ref = reference_loss(leaf_ref, target, copies, alpha, epsilon, PAD)
+    lprobs = F.log_softmax(leaf_new, dim=-1)
+    new = rdrop_loss(lprobs, target, copies, alpha, epsilon, PAD, chunk_tokens)
+    ref[0].backward()
+    new[0].backward()
+    return ref, new, leaf_ref.grad, leaf_new.grad
+
+
+@pytest.mark.parametrize("copies", [2, 3])
+@pytest.mark.parametrize("alpha,epsilon", [(5.0, 0.1), (1.0, 0.0), (0.3, 0.2)])
+def test_value_and_gradient_match_reference(copies, alpha, epsilon):
+    logits, target = make_case(copies)
+    ref, new, grad_ref, grad_new = both(logits, target, copies, alpha, epsilon)
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n.double(), r.double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad_new, grad_ref, rtol=1e-6, atol=1e-8)
+
+
+def test_padding_tokens_contribute_nothing():
+    logits, target = make_case(pad_every=3)
+    _, new, _, grad = both(logits, target, 2, 5.0, 0.1)
+    pad_rows = target.eq(PAD).repeat(2)
+    assert grad[pad_rows].abs().max() == 0
+    assert grad[~pad_rows].abs().max() > 0
+    # scrambling the logits at padded positions changes nothing
+    scrambled = logits.clone()
+    scrambled[pad_rows] = torch.randn_like(scrambled[pad_rows]) * 10
+    _, again, _, _ = both(scrambled, target, 2, 5.0, 0.1)
+    torch.testing.assert_close(again[0], new[0])
+
+
+def test_alpha_zero_is_label_smoothed_nll_of_every_copy():
+    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    logits, target = make_case()
+    lprobs = F.log_softmax(logits, dim=-1)
+    loss, smoothed, nll, kl = rdrop_loss(lprobs, target, 2, 0.0, 0.1, PAD)
+    stock = sum(
+        label_smoothed_nll_loss(half, target, 0.1, ignore_index=PAD)[0] for half in lprobs.chunk(2)
+    )
+    torch.testing.assert_close(loss, stock, rtol=1e-6, atol=1e-6)
+    assert kl == 0  # the KL is not even computed
+
+
+def test_kl_is_symmetric_and_zero_for_identical_copies():
+    logits, target = make_case()
+    swapped = torch.cat(logits.chunk(2)[::-1])
+    kl = rdrop_loss(F.log_softmax(logits, -1), target, 2, 1.0, 0.0, PAD)[3]
+    kl_swapped = rdrop_loss(F.log_softmax(swapped, -1), target, 2, 1.0, 0.0, PAD)[3]
+    torch.testing.assert_close(kl, kl_swapped)
+    same = torch.cat([logits[: len(logits) // 2]] * 2)
+    assert rdrop_loss(F.log_softmax(same, -1), target, 2, 1.0, 0.0, PAD)[3] == 0
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 4, 5, 1000])
+def test_chunked_equals_unchunked(chunk_tokens):
+    logits, target = make_case(tokens=17)
+    _, whole, _, grad_whole = both(logits, target, 2, 5.0, 0.1, chunk_tokens=0)
+    _, chunked, _, grad_chunked = both(logits, target, 2, 5.0, 0.1, chunk_tokens=chunk_tokens)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(grad_whole, grad_chunked)
+
+
+def test_gradcheck_float64():
+    logits, target = make_case(tokens=5, vocab=7)
+    lprobs_leaf = F.log_softmax(logits, -1).detach().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda lp: rdrop_loss(lp, target, 2, 3.0, 0.1, PAD)[0], (lprobs_leaf,), eps=1e-6, atol=1e-5
+    )
+
+
+def test_kl_only_without_target():
+    logits, target = make_case(pad_every=100)
+    lprobs = F.log_softmax(logits, -1)
+    loss, smoothed, nll, kl = rdrop_loss(lprobs, None, 2, 2.0)
+    assert smoothed == 0 and nll == 0
+    torch.testing.assert_close(loss, 2.0 * kl)
+    ref_kl = reference_loss(logits, target, 2, 1.0, 0.0, pad=-1)[3]
+    torch.testing.assert_close(kl, ref_kl, rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_matches_float32():
+    logits, target = make_case(tokens=64, vocab=50, dtype=torch.float32)
+    lp32 = F.log_softmax(logits, -1).requires_grad_()
+    lp16 = lp32.detach().bfloat16().requires_grad_()
+    out32 = rdrop_loss(lp32, target, 2, 5.0, 0.1, PAD)
+    out16 = rdrop_loss(lp16, target, 2, 5.0, 0.1, PAD)
+    out32[0].backward()
+    out16[0].backward()
+    assert all(torch.isfinite(t) for t in out16)
+    torch.testing.assert_close(out16[0], out32[0], rtol=2e-2, atol=0.0)
+    torch.testing.assert_close(out16[3], out32[3], rtol=0.1, atol=1e-2)
+    assert lp16.grad.dtype == torch.bfloat16
+    # bf16 keeps ~3 significant digits of log p, so gaps x_i - x_j carry ~1e-2 errors
+    torch.testing.assert_close(lp16.grad.float(), lp32.grad, rtol=0.05, atol=1e-2)
+
+
+def test_masked_vocabulary_entries_give_no_nan():
+    logits, target = make_case(dtype=torch.float32)
+    logits[:, 0] = float("-inf")  # masked in every copy
+    lprobs = F.log_softmax(logits, -1).requires_grad_()
+    loss, _, _, kl = rdrop_loss(lprobs, target, 2, 5.0, 0.0, PAD)
+    loss.backward()
+    assert torch.isfinite(kl) and torch.isfinite(loss)
+    assert torch.isfinite(lprobs.grad).all()
+    unmasked = F.log_softmax(logits[:, 1:], -1)
+    kl_unmasked = rdrop_loss(unmasked, target - 1, 2, 5.0, 0.0, PAD - 1)[3]
+    torch.testing.assert_close(kl, kl_unmasked)
+
+
+def test_rejects_rows_that_do_not_split_into_copies():
+    logits, target = make_case()
+    with pytest.raises(ValueError, match="copies"):
+        rdrop_loss(F.log_softmax(logits[:-1], -1), target, 2, 1.0)
