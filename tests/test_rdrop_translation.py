@@ -1,0 +1,146 @@
+"""The rdrop_translation task and the paper's variants (§4.2-§4.4) through it."""
+import pytest
+import torch
+from fairseq import optim
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+
+from reference import reference_loss
+from rdrop_fairseq.sub_models import dropout_rate, repeat_batch
+from tiny_fairseq import build, translation_sample, write_dictionaries
+
+CRITERION = ["--criterion", "rdrop_label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dictionaries(tmp_path_factory.mktemp("dicts"))
+
+
+def setup(data_dir, *args):
+    torch.manual_seed(1)
+    cfg, task, model, criterion = build(data_dir, *CRITERION, *args)
+    optimizer = optim.build_optimizer(cfg.optimizer, list(model.parameters()))
+    return task, model, criterion, optimizer, translation_sample(task.target_dictionary)
+
+
+def count_rows(model):
+    rows = []
+    handle = model.register_forward_pre_hook(
+        lambda mod, args, kwargs: rows.append(kwargs["src_tokens"].size(0)), with_kwargs=True
+    )
+    return rows, handle
+
+
+def step(task, model, criterion, optimizer, sample, update_num, seed=11):
+    torch.manual_seed(seed)
+    model.zero_grad()
+    loss, _, log = task.train_step(sample, model, criterion, optimizer, update_num)
+    return loss.detach(), log, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_train_step_keeps_fairseqs_own_behaviour(data_dir):
+    task, model, criterion, optimizer, sample = setup(data_dir)
+    model.eval()
+    seen = []
+    model.set_num_updates = lambda n: seen.append(n)
+    loss, _, _ = task.train_step(sample, model, criterion, optimizer, update_num=7)
+    assert model.training and seen == [7]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.zero_grad()
+    task.train_step(sample, model, criterion, optimizer, update_num=8, ignore_grad=True)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())
+
+
+def test_default_equals_explicit_m2_k1(data_dir):
+    runs = [setup(data_dir), setup(data_dir, "--rdrop-copies", "2", "--rdrop-every-k-steps", "1")]
+    results = [step(*run, update_num=0) for run in runs]
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(a, b)
+
+
+def test_three_sub_models_match_the_reference(data_dir):
+    task, model, criterion, optimizer, sample = setup(data_dir, "--rdrop-copies", "3")
+    rows, handle = count_rows(model)
+    loss, log, ours = step(task, model, criterion, optimizer, sample, update_num=0)
+    handle.remove()
+    assert rows == [3 * sample["target"].size(0)]
+    model.zero_grad()
+    torch.manual_seed(11)
+    logits = model(**repeat_batch(sample["net_input"], 3))[0]
+    ref = reference_loss(logits.reshape(-1, logits.size(-1)), sample["target"].reshape(-1), 3, 5.0, 0.1,
+                         task.target_dictionary.pad())
+    ref[0].backward()
+    torch.testing.assert_close(loss, ref[0].detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours, [p.grad for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(log["loss"], ref[1].detach() / 3)
+
+
+def test_k_step_skipped_updates_are_single_pass_stock_steps(data_dir):
+    task, model, criterion, optimizer, sample = setup(data_dir, "--rdrop-every-k-steps", "3")
+    rows, handle = count_rows(model)
+    logs = [step(task, model, criterion, optimizer, sample, update_num=n)[1] for n in range(6)]
+    handle.remove()
+    batch = sample["target"].size(0)
+    assert rows == [2 * batch, batch, batch, 2 * batch, batch, batch]
+    assert ["kl_loss" in log for log in logs] == [True, False, False, True, False, False]
+    stock = LabelSmoothedCrossEntropyCriterion(task, False, 0.1)
+    skipped = step(task, model, criterion, optimizer, sample, update_num=4)
+    plain = step(task, model, stock, optimizer, sample, update_num=4)
+    torch.testing.assert_close(skipped[0], plain[0])
+    for a, b in zip(skipped[2], plain[2]):
+        torch.testing.assert_close(a, b)
+
+
+def test_two_dropout_rates_match_separate_passes(data_dir):
+    task, model, criterion, optimizer, sample = setup(data_dir, "--rdrop-dropout-rates", "[0.1,0.5]")
+    loss, log, ours = step(task, model, criterion, optimizer, sample, update_num=0)
+    assert model.decoder.dropout_module.p == 0.3  # restored
+    model.zero_grad()
+    torch.manual_seed(11)
+    outputs = []
+    for rate in (0.1, 0.5):
+        with dropout_rate(model, rate):
+            outputs.append(model(**sample["net_input"])[0])
+    logits = torch.cat(outputs)
+    ref = reference_loss(logits.reshape(-1, logits.size(-1)), sample["target"].reshape(-1), 2, 5.0, 0.1,
+                         task.target_dictionary.pad())
+    ref[0].backward()
+    torch.testing.assert_close(loss, ref[0].detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours, [p.grad for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_rates_come_back_when_a_step_raises(data_dir):
+    task, model, criterion, optimizer, sample = setup(data_dir, "--rdrop-dropout-rates", "[0.0,0.6]")
+    before = {name: module.p for name, module in model.named_modules() if hasattr(module, "p")}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    model.decoder.output_layer = broken
+    with pytest.raises(RuntimeError, match="injected"):
+        task.train_step(sample, model, criterion, optimizer, update_num=0)
+    after = {name: module.p for name, module in model.named_modules() if hasattr(module, "p")}
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["--rdrop-copies", "1"], "--rdrop-copies"),
+        (["--rdrop-every-k-steps", "0"], "--rdrop-every-k-steps"),
+        (["--rdrop-dropout-rates", "[0.1]"], "--rdrop-dropout-rates"),
+        (["--rdrop-dropout-rates", "[0.1,1.2]"], "--rdrop-dropout-rates"),
+        (["--rdrop-copies", "3", "--rdrop-alpha", "0"], "--rdrop-alpha 0"),
+    ],
+)
+def test_bad_variant_options_are_refused_at_start_up(data_dir, args, flag):
+    with pytest.raises(ValueError, match=flag):
+        build(data_dir, *CRITERION, *args)
+
+
+def test_variant_options_need_an_rdrop_criterion(data_dir):
+    with pytest.raises(ValueError, match="--criterion"):
+        build(data_dir, "--criterion", "label_smoothed_cross_entropy", "--rdrop-every-k-steps", "2")
