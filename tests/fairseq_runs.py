@@ -173,12 +173,9 @@ class _TrainInnerRecords(logging.Handler):
 
 def train_in_process(args: Sequence[str], reseed_micro_batches: bool = False) -> List[dict]:
     """fairseq-train's ``main`` in this process; its ``train_inner`` records."""
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq_cli import train
 
-    cfg = convert_namespace_to_omegaconf(
-        options.parse_args_and_arch(options.get_training_parser(), input_args=list(args)))
+    cfg = parse_train_config(args)
     bar_logger = logging.getLogger("fairseq.logging.progress_bar")
     records, level = _TrainInnerRecords(), bar_logger.level
     bar_logger.addHandler(records)
@@ -193,6 +190,34 @@ def train_in_process(args: Sequence[str], reseed_micro_batches: bool = False) ->
         bar_logger.removeHandler(records)
         bar_logger.setLevel(level)
     return train_inner_logs("\n".join(records.lines))
+
+
+def parse_train_config(args: Sequence[str]):
+    """fairseq-train's configuration for ``args``, as its command line builds it."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    return convert_namespace_to_omegaconf(
+        options.parse_args_and_arch(options.get_training_parser(), input_args=list(args)))
+
+
+def build_trainer(args: Sequence[str]):
+    """A fairseq Trainer set up as fairseq-train sets it up, without the training loop."""
+    from fairseq import tasks
+    from fairseq.trainer import Trainer
+
+    cfg = parse_train_config(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    return Trainer(cfg, task, model, criterion)
+
+
+def training_sample(trainer, size: int = 8) -> dict:
+    """The first ``size`` training pairs as one collated batch."""
+    trainer.task.load_dataset("train")
+    dataset = trainer.task.dataset("train")
+    return dataset.collater([dataset[i] for i in range(size)])
 
 
 def main(argv: List[str]) -> None:
