@@ -221,7 +221,6 @@ def training_sample(trainer, size: int = 8) -> dict:
 
 
 def main(argv: List[str]) -> None:
-    import rdrop_fairseq  # noqa: F401  (compat shims before fairseq loads checkpoints)
     from fairseq_cli import train
 
     reseed = bool(argv) and argv[0] == "--reseed-micro-batches"
