@@ -6,6 +6,10 @@
   behaviour they were written for; every other ``torch.load`` in the process keeps
   torch's safer default.
 * numpy 2 removed ``np.compat``, which fairseq's datasets still use for ``long``.
+* After a non-finite step fairseq re-runs the batch under its ``NanDetector`` to say
+  where the NaN came from; the backward hooks it registers on every module make
+  current torch raise ``StopIteration`` inside the transformer encoder, hiding the
+  real ``FloatingPointError``.  The detector keeps its forward hooks only.
 """
 import functools
 import types
@@ -43,6 +47,18 @@ def _patch_numpy_compat():
         np.compat = types.SimpleNamespace(long=int, unicode=str, basestring=str)
 
 
+def _forward_hooks_only(self, module):
+    if self.forward:
+        self.fhooks.append(module.register_forward_hook(self.fhook_fn))
+
+
+def _patch_nan_detector():
+    from fairseq import nan_detector
+
+    nan_detector.NanDetector.add_hooks = _forward_hooks_only
+
+
 def apply():
     _patch_numpy_compat()
     _patch_checkpoint_loading()
+    _patch_nan_detector()

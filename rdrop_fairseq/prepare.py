@@ -22,6 +22,12 @@ logger = logging.getLogger("rdrop_fairseq.prepare")
 SPLITS = ("train", "valid", "test")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, mode: str = "w"):
     """Open ``path`` for writing under a temporary name; rename it only on success."""
@@ -31,6 +37,7 @@ def atomic_output(path: Path, mode: str = "w"):
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -121,6 +128,7 @@ def binarize(text_dir: Path, dest: Path, src: str, tgt: Optional[str] = None,
     cmd += list(extra)
     try:
         subprocess.run(cmd, check=True)
+        os.chmod(staging, 0o777 & ~_umask())
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)

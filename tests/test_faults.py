@@ -96,9 +96,6 @@ def test_empty_data_directory_is_named(tmp_path):
     assert_nothing_written(tmp_path / "checkpoints")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fairseq says 'Could not infer language pair, please provide it explicitly' without naming "
-    "the folder; needs a data-folder check in RDropTranslationTask.setup_task (docs/reliability.md)"))
 def test_empty_data_directory_without_languages_is_named(tmp_path):
     empty = tmp_path / "data"
     empty.mkdir()
@@ -152,9 +149,6 @@ def test_generate_with_another_dictionary_reports_the_size_mismatch(mismatched_g
     assert re.search(rf"\b{trained}\b", message) and re.search(rf"\b{now}\b", message)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fairseq reports a state_dict size mismatch of embed_tokens, not the dictionary; needs the "
-    "task to check dictionary sizes against its checkpointed state (docs/reliability.md)"))
 def test_generate_with_another_dictionary_names_the_dictionary(mismatched_generation):
     checkpoint, data = mismatched_generation
     trained, now = dictionary_sizes(checkpoint, data)

@@ -178,10 +178,6 @@ def test_fp32_step_with_nan_kl_is_refused_and_leaves_parameters_alone(tiny_train
     assert trainer.get_num_updates() == 1 and not unchanged(trainer.model, before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fairseq's diagnostic rerun (NanDetector) registers legacy backward hooks; torch raises "
-    "StopIteration in them for TransformerEncoder's dict-of-lists output, which replaces the "
-    "FloatingPointError; fix in rdrop_fairseq.compat (see docs/reliability.md)"))
 def test_fp32_step_with_nan_kl_raises_floating_point_error(tiny_trainer_args):
     trainer = build_trainer(tiny_trainer_args())
     with pytest.raises(FloatingPointError, match="gradients are Nan/Inf"):
