@@ -17,9 +17,9 @@ with ``torch.cuda.max_memory_allocated`` on CUDA.
 """
 import argparse
 import copy
+import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -113,9 +113,18 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def rss_bytes():
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def rss_bytes(field="VmRSS"):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss():
+    # Linux: writing 5 to clear_refs resets the VmHWM high-water mark to the current RSS
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
 
 
 def measure_memory(shape, mode, device, dtype, workdir, steps=2):
@@ -128,10 +137,13 @@ def measure_memory(shape, mode, device, dtype, workdir, steps=2):
             step(model, criterion, sample)
         sync(device)
         return torch.cuda.max_memory_allocated() - before
+    step(model, criterion, sample)  # first-touch allocations of gradients and optimiser-free state
+    gc.collect()
     before = rss_bytes()
+    reset_peak_rss()
     for _ in range(steps):
         step(model, criterion, sample)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return rss_bytes("VmHWM") - before
 
 
 def run_shape(shape, args, dtype, workdir):
