@@ -191,6 +191,9 @@ def extract(archive: Path, patterns: Sequence[str], dest: Path) -> List[Path]:
         if unmatched:
             raise CorruptArchiveError(f"{archive}: no member matches {sorted(unmatched)}; "
                                       f"is it the right archive?")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private
         os.replace(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
