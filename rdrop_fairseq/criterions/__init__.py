@@ -1,1 +1,2 @@
 from . import rdrop_label_smoothed_cross_entropy  # noqa: F401
+from . import rdrop_cross_entropy  # noqa: F401
