@@ -3,6 +3,8 @@ filled from the real corpora beside the checkout, for offline runs of the
 prepare scripts.  Each builder returns what the tests need to check the result."""
 import hashlib
 import io
+import os
+import subprocess
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
@@ -11,12 +13,25 @@ from typing import Dict, List, Sequence, Tuple
 
 from rdrop_fairseq import prepare
 
-CORPORA = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora"
+REPO = Path(__file__).resolve().parents[1]
+CORPORA = REPO / ".." / "shared" / "corpora"
 LOHELP = CORPORA / "lohelp-de-en"
 AUSTEN = CORPORA / "austen-lm"
 
 # Pairs the pipelines must drop: too long on both sides, and too unequal in length.
 LONG_MARKER, RATIO_MARKER = "zzlongpair", "zzratiopair"
+
+
+def run_script(name: str, *args, env: Dict[str, str] = None) -> subprocess.CompletedProcess:
+    """Run ``scripts/NAME`` with RDROP_DATA_MIRROR unset unless ``env`` sets it."""
+    environ = {k: v for k, v in os.environ.items() if k != "RDROP_DATA_MIRROR"}
+    environ.update(env or {})
+    return subprocess.run(["bash", str(REPO / "scripts" / name), *map(str, args)], env=environ,
+                          capture_output=True, text=True, timeout=300)
+
+
+def mtimes(root: Path) -> Dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in Path(root).rglob("*")}
 
 
 def sha256(path: Path) -> str:
