@@ -132,7 +132,7 @@ def download(archive: Archive, cache_dir: Path) -> Path:
             failures.append(f"{url}: {err}")
         logger.warning("%s", failures[-1])
     raise DownloadError(f"could not download {archive.name}:\n  " + "\n  ".join(failures)
-                        + f"\nDownload it by hand and pass --archive PATH or --mirror DIR.")
+                        + "\nDownload it by hand and pass --archive PATH or --mirror DIR.")
 
 
 def fetch(archive: Archive, cache_dir: Path, local: Optional[Path] = None,

@@ -88,7 +88,7 @@ class IwsltFixture:
 def _talk_header(talk: int, lang: str) -> List[str]:
     title = {"de": f"Vortrag {talk}: Hilfe", "en": f"Talk {talk}: Help"}[lang]
     return [f"<url>http://www.ted.com/talks/talk_{talk}.html</url>",
-            f"<keywords>talks, help, software</keywords>",
+            "<keywords>talks, help, software</keywords>",
             f"<speaker>Speaker {talk}</speaker>",
             f"<talkid>{talk}</talkid>",
             f"<title>{title}</title>",
@@ -101,7 +101,7 @@ def _iwslt_xml(name: str, lang: str, segments: Sequence[str]) -> str:
     set_tag = "refset" if lang == "en" else "srcset"
     lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<mteval>",
              f'<{set_tag} setid="{name}" srclang="german" trglang="english">',
-             f'<doc docid="1" genre="lectures">', "<url>http://www.ted.com/talks/x.html</url>",
+             '<doc docid="1" genre="lectures">', "<url>http://www.ted.com/talks/x.html</url>",
              "<description>TED Talk Subtitles and Transcript</description>",
              "<talkid>1</talkid>", "<title>Ein Vortrag</title>"]
     lines += [f'<seg id="{i}"> {seg} </seg>' for i, seg in enumerate(segments, 1)]

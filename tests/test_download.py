@@ -4,7 +4,6 @@ import io
 import random
 import tarfile
 import threading
-from pathlib import Path
 
 import pytest
 

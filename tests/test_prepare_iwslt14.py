@@ -81,15 +81,16 @@ def test_other_settings_in_the_same_folder_are_refused(prepared, capsys):
     assert "prepared with {'bpe_merges': 300" in capsys.readouterr().err
 
 
-def test_truncated_archive_is_rejected_and_leaves_no_output(prepared, tmp_path):
+def test_truncated_archive_is_rejected_and_leaves_no_output(prepared, tmp_path, capsys):
     fixture, _, _ = prepared
     truncated = tmp_path / "de-en.tgz"
     truncated.write_bytes(fixture.archive.read_bytes()[:-3000])
     out = tmp_path / "data"
-    proc = run_script(SCRIPT, "--out", out, "--archive", truncated)
-    assert proc.returncode == 1
-    assert f"error: {truncated}: truncated or corrupt archive" in proc.stderr
-    assert not (out / "data-bin").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        iwslt14.main(["--out", str(out), "--archive", str(truncated)])
+    assert exit_info.value.code == 1
+    assert f"error: {truncated}: truncated or corrupt archive" in capsys.readouterr().err
+    assert truncated.exists()  # the user's own file is reported, never deleted
     files = [str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()]
     assert files == ["iwslt14.de-en/params.json"]
 

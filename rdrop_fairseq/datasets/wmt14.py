@@ -24,13 +24,21 @@ from .common import (Layout, binarize_pair, build_parser, check_params, fetch_an
 
 NAME = "wmt14.en-de"
 SRC, TGT = "en", "de"
+# https first; fairseq's recipe uses the http addresses.
+WWW = ("https://www.statmt.org/", "http://statmt.org/")
+DATA = ("https://data.statmt.org/", "http://data.statmt.org/")
+
+
+def _urls(hosts, path):
+    return tuple(host + path for host in hosts)
+
+
 ARCHIVES = (
-    Archive("training-parallel-europarl-v7.tgz", ("http://statmt.org/wmt13/training-parallel-europarl-v7.tgz",)),
-    Archive("training-parallel-commoncrawl.tgz", ("http://statmt.org/wmt13/training-parallel-commoncrawl.tgz",)),
-    Archive("training-parallel-nc-v12.tgz",
-            ("http://data.statmt.org/wmt17/translation-task/training-parallel-nc-v12.tgz",)),
-    Archive("dev.tgz", ("http://data.statmt.org/wmt17/translation-task/dev.tgz",)),
-    Archive("test-full.tgz", ("http://statmt.org/wmt14/test-full.tgz",)),
+    Archive("training-parallel-europarl-v7.tgz", _urls(WWW, "wmt13/training-parallel-europarl-v7.tgz")),
+    Archive("training-parallel-commoncrawl.tgz", _urls(WWW, "wmt13/training-parallel-commoncrawl.tgz")),
+    Archive("training-parallel-nc-v12.tgz", _urls(DATA, "wmt17/translation-task/training-parallel-nc-v12.tgz")),
+    Archive("dev.tgz", _urls(DATA, "wmt17/translation-task/dev.tgz")),
+    Archive("test-full.tgz", _urls(WWW, "wmt14/test-full.tgz")),
 )
 CORPORA = {  # archive -> corpus file prefix inside it
     "training-parallel-europarl-v7.tgz": "europarl-v7.de-en",
