@@ -8,7 +8,7 @@ which ``--remove-bpe`` left Moses-tokenised, and reports
 * detokenised sacreBLEU with its signature: hypotheses and references are
   Moses-detokenised (sacremoses) and scored with sacreBLEU's own tokeniser;
 * tokenised BLEU, the number of the paper's tables: BLEU over the whitespace
-  tokens (sacreBLEU with ``tokenize='none'``), after
+  tokens (sacreBLEU with ``tokenize='none'``, unsmoothed like fairseq-score), after
   ``--compound-split`` (WMT en-de: the ``##AT##-##AT##`` rule of
   ``get_ende_bleu.sh``) or ``--lowercase`` (IWSLT14).
 """
@@ -65,7 +65,9 @@ def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str], compound_split: boo
     if compound_split:
         hyps = [split_compounds(h) for h in hyps]
         refs = [split_compounds(r) for r in refs]
-    return sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="none", lowercase=lowercase)
+    # No smoothing: the corpus BLEU of fairseq-score and multi-bleu.perl.
+    return sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="none", lowercase=lowercase,
+                                 smooth_method="none")
 
 
 def detokenized_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str):
