@@ -42,6 +42,12 @@ need_data_dir() {
     compgen -G "$1/dict*.txt" >/dev/null || die "--data: $1 has no dict*.txt: not a fairseq-preprocess output folder"
 }
 
+# One shell-quoted line, ready to paste.
+print_command() {
+    printf '%q ' "$@"
+    echo
+}
+
 # ---------------------------------------------------------------- training
 
 # Flags every train script takes.  Script-specific flags go to parse_script_flag,
@@ -145,12 +151,11 @@ distributed_args() {
 run_train() {
     local cmd=(fairseq-train "${TRAIN_ARGS[@]}" "${EXTRA_ARGS[@]}")
     if [[ $PRINT_ARGS == 1 ]]; then
-        printf '%q ' "${cmd[@]}"
-        echo
+        print_command "${cmd[@]}"
         return 0
     fi
     need_command fairseq-train
     mkdir -p "$SAVE_DIR"
-    echo "+ ${cmd[*]}" >&2
+    print_command "${cmd[@]}" | sed 's/^/+ /' >&2
     exec "${cmd[@]}"
 }

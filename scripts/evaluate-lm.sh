@@ -67,7 +67,7 @@ fi
 [[ $CPU == 1 ]] && EVAL_ARGS+=(--cpu)
 mkdir -p "$RESULTS_DIR"
 log=$RESULTS_DIR/eval-lm-$SUBSET.txt
-echo "+ fairseq-eval-lm ${EVAL_ARGS[*]} ${EXTRA_ARGS[*]}" >&2
+print_command fairseq-eval-lm "${EVAL_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
 fairseq-eval-lm "${EVAL_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$log.part" 2>&1 || { cat "$log.part" >&2; die "fairseq-eval-lm failed"; }
 mv "$log.part" "$log"
 

@@ -87,7 +87,7 @@ GENERATE_ARGS=(
 [[ $CPU == 1 ]] && GENERATE_ARGS+=(--cpu)
 mkdir -p "$RESULTS_DIR"
 out=$RESULTS_DIR/generate-$SUBSET.txt
-echo "+ fairseq-generate ${GENERATE_ARGS[*]} ${EXTRA_ARGS[*]}" >&2
+print_command fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
 fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$out.part"
 mv "$out.part" "$out"
 grep -E '^Generate .* BLEU4 = ' "$out" >&2 || true

@@ -6,6 +6,7 @@ the YAML through Hydra with fairseq's schema (``hydra_init``) and ``add_defaults
 as fairseq-hydra-train does.  Every key the YAML sets must equal the script's value,
 and every setting the script changes from fairseq's defaults must be in the YAML.
 """
+import functools
 import math
 import os
 import shlex
@@ -33,15 +34,16 @@ def criterion_registered(name):
 
 
 CASES = [
-    ("iwslt14", "train-iwslt14.sh", []),
-    ("wmt14", "train-wmt14.sh", []),
-    ("wikitext103", "train-wikitext103.sh", []),
-    pytest.param("wikitext103-adaptive", "train-wikitext103.sh", ["--adaptive"],
+    ("iwslt14", "train-iwslt14.sh", ()),
+    ("wmt14", "train-wmt14.sh", ()),
+    ("wikitext103", "train-wikitext103.sh", ()),
+    pytest.param("wikitext103-adaptive", "train-wikitext103.sh", ("--adaptive",),
                  marks=pytest.mark.skipif(not criterion_registered("rdrop_adaptive_loss"),
                                           reason="criterion rdrop_adaptive_loss not in this checkout yet")),
 ]
 
 
+@functools.lru_cache(maxsize=None)
 def printed_argv(script, flags):
     # FP16=1 stands for "on a CUDA machine", where the YAMLs are meant to run.
     env = {k: v for k, v in os.environ.items() if k not in {"WORLD_SIZE", "DISTRIBUTED_PORT", "DATA", "SAVE_DIR"}}
@@ -50,17 +52,19 @@ def printed_argv(script, flags):
                          env=env, capture_output=True, text=True, check=True).stdout
     argv = shlex.split(out)
     assert argv[0] == "fairseq-train"
-    return argv[1:]
+    return tuple(argv[1:])
 
 
+@functools.lru_cache(maxsize=None)
 def fairseq_cfg(argv):
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    args = options.parse_args_and_arch(options.get_training_parser(), list(argv))
     return convert_namespace_to_omegaconf(args)
 
 
+@functools.lru_cache(maxsize=None)
 def hydra_cfg(name):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -118,9 +122,9 @@ def test_every_script_setting_is_in_the_yaml(name, script, flags):
     argv = printed_argv(script, flags)
     script_cfg = fairseq_cfg(argv)
     # The same task, arch, criterion, optimizer and scheduler with fairseq's defaults otherwise.
-    names = [argv[0]]
+    names = (argv[0],)
     for flag in ("--user-dir", "--task", "--arch", "--criterion", "--optimizer", "--lr-scheduler"):
-        names += [flag, argv[argv.index(flag) + 1]]
+        names += (flag, argv[argv.index(flag) + 1])
     default_cfg = fairseq_cfg(names)
     yaml_cfg = hydra_cfg(name)
     in_yaml = yaml_keys(name)
