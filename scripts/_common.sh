@@ -3,6 +3,8 @@
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 USER_DIR=${USER_DIR:-$REPO_DIR/rdrop_fairseq}
+# python -m rdrop_fairseq.* from a checkout that is not installed.
+export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
 die() {
     printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2

@@ -21,7 +21,8 @@ usage: scripts/evaluate-translation.sh --setup iwslt14|wmt14 --save-dir DIR [opt
   --subset NAME      split to translate             (env SUBSET; default test)
   --cpu              generate on CPU (also env CPU=1)
 
-Env: BEAM, LENPEN, MAX_TOKENS (default 8192), RESULTS_DIR (default the save dir).
+Env: BEAM, LENPEN, MAX_TOKENS (default 8192), RESULTS_DIR (default the save dir),
+     REMOVE_BPE (default subword_nmt; sentencepiece for data prepared with it).
 Output: detokenized sacreBLEU with its signature, and the tokenized BLEU of the paper.
 USAGE
 }
@@ -82,7 +83,7 @@ fi
 GENERATE_ARGS=(
     "$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --gen-subset "$SUBSET"
     --source-lang "$SRC" --target-lang "$TGT"
-    --beam "$BEAM" --lenpen "$LENPEN" --max-tokens "${MAX_TOKENS:-8192}" --remove-bpe
+    --beam "$BEAM" --lenpen "$LENPEN" --max-tokens "${MAX_TOKENS:-8192}" --remove-bpe "${REMOVE_BPE:-subword_nmt}"
 )
 [[ $CPU == 1 ]] && GENERATE_ARGS+=(--cpu)
 mkdir -p "$RESULTS_DIR"
