@@ -1,1 +1,3 @@
 from . import rdrop_label_smoothed_cross_entropy  # noqa: F401
+from . import rdrop_cross_entropy  # noqa: F401
+from . import rdrop_adaptive_loss  # noqa: F401

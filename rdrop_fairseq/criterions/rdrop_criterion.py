@@ -40,15 +40,8 @@ class RDropCriterionMixin:
             return super().forward(model, sample, reduce=reduce)
         self._warn_without_dropout(model)
         net_output = self.sub_model_passes.forward(model, sample["net_input"], copies)
-        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
-        loss, smoothed, nll, kl = rdrop_loss(
-            lprobs,
-            target,
-            copies,
-            self.rdrop_alpha,
-            epsilon=getattr(self, "eps", 0.0),
-            ignore_index=self.padding_idx,
-            chunk_tokens=self.rdrop_chunk_tokens,
+        (loss, smoothed, nll, kl), extra_logs = self.compute_rdrop_loss(
+            model, net_output, sample, copies
         )
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
@@ -58,13 +51,31 @@ class RDropCriterionMixin:
             "ntokens": sample["ntokens"],
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
+            **extra_logs,
         }
+        return loss, sample_size, logging_output
+
+    def compute_rdrop_loss(self, model, net_output, sample, copies):
+        """``(loss, smoothed_nll, nll, kl)`` as :func:`rdrop_loss` returns them, summed
+        over tokens and copies, and extra logging entries.  A criterion whose output
+        layer gives no full ``(tokens, V)`` log-probabilities overrides this."""
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        terms = rdrop_loss(
+            lprobs,
+            target,
+            copies,
+            self.rdrop_alpha,
+            epsilon=getattr(self, "eps", 0.0),
+            ignore_index=self.padding_idx,
+            chunk_tokens=self.rdrop_chunk_tokens,
+        )
+        extra_logs = {}
         if getattr(self, "report_accuracy", False):
             mask = target.ne(self.padding_idx).repeat(copies)
             correct = lprobs.argmax(-1).eq(target.repeat(copies)) & mask
-            logging_output["n_correct"] = correct.sum().item()
-            logging_output["total"] = mask.sum().item()
-        return loss, sample_size, logging_output
+            extra_logs["n_correct"] = correct.sum().item()
+            extra_logs["total"] = mask.sum().item()
+        return terms, extra_logs
 
     def _warn_without_dropout(self, model):
         if not self._dropout_checked:

@@ -1,1 +1,2 @@
 from . import rdrop_translation  # noqa: F401
+from . import rdrop_language_modeling  # noqa: F401

@@ -39,7 +39,12 @@ class RDropTaskMixin:
         )
 
     def build_criterion(self, cfg, from_checkpoint=False):
-        criterion = super().build_criterion(cfg, from_checkpoint)
+        # LegacyFairseqTask (language_modeling) takes no from_checkpoint argument.
+        criterion = (
+            super().build_criterion(cfg, from_checkpoint)
+            if from_checkpoint
+            else super().build_criterion(cfg)
+        )
         if self.sub_model_passes != SubModelPasses() and not from_checkpoint:
             if not isinstance(criterion, RDropCriterionMixin):
                 raise ValueError(

@@ -1,0 +1,78 @@
+from dataclasses import dataclass, field
+
+from fairseq.criterions import register_criterion
+from fairseq.criterions.adaptive_loss import AdaptiveLoss, AdaptiveLossConfig
+
+from ..adaptive_softmax import adaptive_rdrop_kl
+from .rdrop_criterion import ALPHA_HELP, RDropCriterionMixin
+
+ADAPTIVE_CHUNK_HELP = (
+    "target tokens per chunk of the full-vocabulary KL, which bounds its extra memory to "
+    "a few copies * chunk * vocabulary floats; 0 picks about 2^24 / (copies * vocabulary)"
+)
+UNSUPPORTED_DDP_BACKENDS = ("c10d", "pytorch_ddp")
+
+
+@dataclass
+class RDropAdaptiveLossConfig(AdaptiveLossConfig):
+    rdrop_alpha: float = field(default=1.0, metadata={"help": ALPHA_HELP})
+    rdrop_chunk_tokens: int = field(default=0, metadata={"help": ADAPTIVE_CHUNK_HELP})
+
+
+class _ReplayModel:
+    """Stands in for the model inside ``AdaptiveLoss.forward``: it hands back the
+    sub-models' output, already computed, and the target repeated for every copy."""
+
+    def __init__(self, model, net_output, target):
+        self.decoder = model.decoder
+        self.net_output = net_output
+        self.target = target
+
+    def __call__(self, **unused_net_input):
+        return self.net_output
+
+    def get_targets(self, sample, net_output):
+        return self.target
+
+
+@register_criterion("rdrop_adaptive_loss", dataclass=RDropAdaptiveLossConfig)
+class RDropAdaptiveLoss(RDropCriterionMixin, AdaptiveLoss):
+    """Adaptive-softmax NLL of every sub-model (exactly ``adaptive_loss``) plus alpha
+    times the KL between their full-vocabulary distributions, computed in chunks."""
+
+    def __init__(self, task, sentence_avg, rdrop_alpha=1.0, rdrop_chunk_tokens=0):
+        super().__init__(task, sentence_avg)
+        self.init_rdrop(task, rdrop_alpha, rdrop_chunk_tokens)
+
+    @classmethod
+    def build_criterion(cls, cfg: RDropAdaptiveLossConfig, task):
+        if cfg.ddp_backend in UNSUPPORTED_DDP_BACKENDS:
+            raise ValueError(
+                f"--criterion rdrop_adaptive_loss needs --ddp-backend legacy_ddp, not "
+                f"{cfg.ddp_backend}: as for fairseq's adaptive_loss, PyTorch's "
+                "DistributedDataParallel fails on the adaptive softmax clusters that "
+                "receive no gradient in a step"
+            )
+        return cls(task, cfg.sentence_avg, cfg.rdrop_alpha, cfg.rdrop_chunk_tokens)
+
+    def compute_rdrop_loss(self, model, net_output, sample, copies):
+        adaptive_softmax = getattr(model.decoder, "adaptive_softmax", None)
+        if adaptive_softmax is None:
+            raise ValueError(
+                "--criterion rdrop_adaptive_loss needs a model with an adaptive softmax "
+                "(--adaptive-softmax-cutoff, e.g. --arch transformer_lm_wiki103); "
+                "use --criterion rdrop_cross_entropy otherwise"
+            )
+        target = model.get_targets(sample, net_output)
+        replay = _ReplayModel(model, net_output, target.repeat(copies, 1))
+        nll, _, _ = AdaptiveLoss.forward(self, replay, {"net_input": {}, "target": replay.target})
+        weighted_kl, kl = adaptive_rdrop_kl(
+            adaptive_softmax,
+            net_output[0],
+            target.reshape(-1).ne(self.padding_idx),
+            copies,
+            self.rdrop_alpha,
+            self.rdrop_chunk_tokens,
+        )
+        nll = nll.sum()
+        return (nll + weighted_kl, nll, nll, kl), {}

@@ -1,0 +1,163 @@
+# Shared by scripts/train-*.sh and scripts/evaluate-*.sh: sourced, never run.
+# Callers define usage() before sourcing.
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+USER_DIR=${USER_DIR:-$REPO_DIR/rdrop_fairseq}
+# python -m rdrop_fairseq.* from a checkout that is not installed.
+export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+
+die() {
+    printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2
+    exit 2
+}
+
+# need_value FLAG [VALUE...]: FLAG must be followed by a non-empty value.
+need_value() {
+    [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value (see --help)"
+}
+
+need_number() {  # need_number NAME VALUE
+    [[ $2 =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || die "$1 must be a non-negative number, not '$2'"
+}
+
+need_command() {
+    command -v "$1" >/dev/null || die "'$1' not found on PATH: activate the environment that has fairseq installed"
+}
+
+cuda_available() {
+    python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
+}
+
+# want_fp16 DEFAULT: FP16=auto uses fp16 exactly when CUDA is present and --cpu is not.
+want_fp16() {
+    case ${FP16:-$1} in
+        1) return 0 ;;
+        0) return 1 ;;
+        auto) [[ $CPU != 1 ]] && cuda_available ;;
+        *) die "FP16 must be auto, 1 or 0, not '${FP16}'" ;;
+    esac
+}
+
+# Binarised data: fairseq-preprocess always writes at least one dict*.txt.
+need_data_dir() {
+    [[ -d $1 ]] || die "--data: no such folder: $1 (run the matching scripts/prepare-*.sh, or pass --data)"
+    compgen -G "$1/dict*.txt" >/dev/null || die "--data: $1 has no dict*.txt: not a fairseq-preprocess output folder"
+}
+
+# One shell-quoted line, ready to paste.
+print_command() {
+    printf '%q ' "$@"
+    echo
+}
+
+# ---------------------------------------------------------------- training
+
+# Flags every train script takes.  Script-specific flags go to parse_script_flag,
+# which returns 0 and sets SCRIPT_FLAG_SHIFT when it consumed "$1".
+parse_train_args() {
+    VARIANT=rdrop
+    SMOKE=${SMOKE:-0}
+    CPU=${CPU:-0}
+    PRINT_ARGS=${DRY_RUN:-0}
+    EXTRA_ARGS=()
+    while (($#)); do
+        case $1 in
+            -h | --help) usage; exit 0 ;;
+            --data) need_value "$@"; DATA=$2; shift 2 ;;
+            --save-dir) need_value "$@"; SAVE_DIR=$2; shift 2 ;;
+            --alpha) need_value "$@"; ALPHA=$2; shift 2 ;;
+            --baseline) [[ $VARIANT == baseline-2x ]] || VARIANT=baseline; shift ;;
+            --double-batch) VARIANT=baseline-2x; shift ;;
+            --smoke) SMOKE=1; CPU=1; shift ;;
+            --cpu) CPU=1; shift ;;
+            --print-args | --dry-run) PRINT_ARGS=1; shift ;;
+            --) shift; EXTRA_ARGS=("$@"); break ;;
+            *)
+                if declare -F parse_script_flag >/dev/null && parse_script_flag "$@"; then
+                    shift "$SCRIPT_FLAG_SHIFT"
+                else
+                    usage >&2
+                    die "unknown option '$1'"
+                fi
+                ;;
+        esac
+    done
+    [[ $SMOKE == 1 ]] && CPU=1
+    if [[ $VARIANT != rdrop && -n ${ALPHA:-} ]]; then
+        die "--alpha/ALPHA is the R-Drop weight; it has no meaning with --baseline or --double-batch"
+    fi
+    return 0
+}
+
+# The batch size of the variant: --double-batch doubles --max-tokens (paper App. C.1).
+variant_max_tokens() {
+    [[ $1 =~ ^[1-9][0-9]*$ ]] || die "MAX_TOKENS must be a positive integer, not '$1'"
+    if [[ $VARIANT == baseline-2x ]]; then echo $(($1 * 2)); else echo "$1"; fi
+}
+
+# default_save_dir SETUP: one folder per setup, variant and alpha.
+default_save_dir() {
+    local name=$VARIANT
+    [[ $VARIANT == rdrop ]] && name=rdrop-alpha$ALPHA
+    [[ $SMOKE == 1 ]] && name=smoke-$name
+    echo "${CHECKPOINT_ROOT:-checkpoints}/$1/$name"
+}
+
+# variant_args RDROP_TASK RDROP_CRITERION STOCK_TASK STOCK_CRITERION
+variant_args() {
+    if [[ $VARIANT == rdrop ]]; then
+        need_number ALPHA "$ALPHA"
+        TRAIN_ARGS+=(--task "$1" --criterion "$2" --rdrop-alpha "$ALPHA")
+    else
+        TRAIN_ARGS+=(--task "$3" --criterion "$4")
+    fi
+}
+
+# --smoke: a model small enough for a few CPU updates, whatever --arch says.
+SMOKE_TRANSLATION_MODEL=(
+    --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 --decoder-embed-dim 32
+    --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64
+    --encoder-attention-heads 2 --decoder-attention-heads 2
+    --max-valid-steps 1 --batch-size-valid 16
+)
+
+# torchrun (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_ADDR/MASTER_PORT) or, opted in with
+# DISTRIBUTED_PORT, SLURM (fairseq reads SLURM_* itself).  Without either, fairseq
+# uses every visible GPU of this machine on its own.
+distributed_args() {
+    local distributed=0
+    if [[ ${WORLD_SIZE:-1} -gt 1 ]]; then
+        distributed=1
+        TRAIN_ARGS+=(
+            --distributed-world-size "$WORLD_SIZE"
+            --distributed-rank "${RANK:?RANK must be set with WORLD_SIZE > 1}"
+            --device-id "${LOCAL_RANK:-0}"
+            --distributed-init-method "tcp://${MASTER_ADDR:?MASTER_ADDR must be set with WORLD_SIZE > 1}:${MASTER_PORT:?MASTER_PORT must be set with WORLD_SIZE > 1}"
+            --distributed-no-spawn
+        )
+    elif [[ -n ${DISTRIBUTED_PORT:-} ]]; then
+        distributed=1
+        TRAIN_ARGS+=(--distributed-port "$DISTRIBUTED_PORT")
+        # One task per GPU: fairseq needs the world size; one task per node: it counts GPUs.
+        if [[ ${SLURM_NTASKS:-1} -gt ${SLURM_NNODES:-1} ]]; then
+            TRAIN_ARGS+=(--distributed-world-size "$SLURM_NTASKS")
+        fi
+    fi
+    if [[ $distributed == 1 && $CPU == 1 ]]; then
+        TRAIN_ARGS+=(--distributed-backend gloo --ddp-backend legacy_ddp)
+    fi
+    return 0
+}
+
+# Prints the command (--print-args / DRY_RUN=1) or runs it.
+run_train() {
+    local cmd=(fairseq-train "${TRAIN_ARGS[@]}" "${EXTRA_ARGS[@]}")
+    if [[ $PRINT_ARGS == 1 ]]; then
+        print_command "${cmd[@]}"
+        return 0
+    fi
+    need_command fairseq-train
+    mkdir -p "$SAVE_DIR"
+    print_command "${cmd[@]}" | sed 's/^/+ /' >&2
+    exec "${cmd[@]}"
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Score a WikiText-103 language model: fairseq-eval-lm perplexity with the paper's context window.
+#
+#   scripts/evaluate-lm.sh --save-dir DIR [--adaptive] [--data DIR] [--checkpoint FILE] [--subset test]
+#                          [--smoke] [--cpu] [-- FAIRSEQ_EVAL_LM_ARGS...]
+#
+# Writes eval-lm-<subset>.txt and perplexity-<subset>.json into the save dir.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+usage: scripts/evaluate-lm.sh --save-dir DIR [options] [-- extra fairseq-eval-lm args]
+
+  --save-dir DIR     the training run's checkpoints (env SAVE_DIR)
+  --adaptive         adaptive-input model: --max-tokens 3072 --tokens-per-sample 3072
+                     --context-window 2560 --softmax-batch 1024 (fairseq's wiki103 recipe);
+                     otherwise --batch-size 2 --tokens-per-sample 512 --context-window 400
+  --data DIR         binarised WikiText-103         (env DATA; default $DATA_ROOT/data-bin/wikitext-103)
+  --checkpoint FILE  checkpoint to score            (env CHECKPOINT; default <save dir>/checkpoint_best.pt)
+  --subset NAME      split to score                 (env SUBSET; default test)
+  --smoke            windows small enough for a --smoke model (64 tokens, context 32), on CPU
+  --cpu              evaluate on CPU (also env CPU=1)
+
+Env: TOKENS_PER_SAMPLE, CONTEXT_WINDOW, RESULTS_DIR (default the save dir).
+USAGE
+}
+
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+ADAPTIVE=0
+SUBSET=${SUBSET:-test}
+CPU=${CPU:-0}
+CHECKPOINT=${CHECKPOINT:-}
+EXTRA_ARGS=()
+while (($#)); do
+    case $1 in
+        -h | --help) usage; exit 0 ;;
+        --save-dir) need_value "$@"; SAVE_DIR=$2; shift 2 ;;
+        --adaptive) ADAPTIVE=1; shift ;;
+        --data) need_value "$@"; DATA=$2; shift 2 ;;
+        --checkpoint) need_value "$@"; CHECKPOINT=$2; shift 2 ;;
+        --subset) need_value "$@"; SUBSET=$2; shift 2 ;;
+        --smoke) CPU=1; : "${TOKENS_PER_SAMPLE:=64}" "${CONTEXT_WINDOW:=32}"; shift ;;
+        --cpu) CPU=1; shift ;;
+        --) shift; EXTRA_ARGS=("$@"); break ;;
+        *) usage >&2; die "unknown option '$1'" ;;
+    esac
+done
+
+DATA=${DATA:-${DATA_ROOT:-data}/data-bin/wikitext-103}
+need_data_dir "$DATA"
+[[ -n ${SAVE_DIR:-} ]] || die "--save-dir is required"
+[[ -d $SAVE_DIR ]] || die "--save-dir: no such folder: $SAVE_DIR"
+CHECKPOINT=${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}
+[[ -f $CHECKPOINT ]] || die "--checkpoint: no such file: $CHECKPOINT"
+RESULTS_DIR=${RESULTS_DIR:-$SAVE_DIR}
+need_command fairseq-eval-lm
+
+EVAL_ARGS=("$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --gen-subset "$SUBSET")
+if [[ $ADAPTIVE == 1 ]]; then
+    EVAL_ARGS+=(--max-tokens 3072 --tokens-per-sample "${TOKENS_PER_SAMPLE:-3072}"
+        --context-window "${CONTEXT_WINDOW:-2560}" --softmax-batch 1024)
+else
+    EVAL_ARGS+=(--batch-size 2 --tokens-per-sample "${TOKENS_PER_SAMPLE:-512}"
+        --context-window "${CONTEXT_WINDOW:-400}")
+fi
+[[ $CPU == 1 ]] && EVAL_ARGS+=(--cpu)
+mkdir -p "$RESULTS_DIR"
+log=$RESULTS_DIR/eval-lm-$SUBSET.txt
+print_command fairseq-eval-lm "${EVAL_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
+fairseq-eval-lm "${EVAL_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$log.part" 2>&1 || { cat "$log.part" >&2; die "fairseq-eval-lm failed"; }
+mv "$log.part" "$log"
+
+# fairseq-eval-lm logs: "Loss (base 2): 4.1234, Perplexity: 17.42"
+result=$(grep -oE 'Loss \(base 2\): [0-9.]+, Perplexity: [0-9.]+' "$log" | tail -n 1) \
+    || die "no perplexity line in $log"
+loss=$(sed -E 's/.*: ([0-9.]+), .*/\1/' <<<"$result")
+ppl=$(sed -E 's/.*Perplexity: ([0-9.]+)/\1/' <<<"$result")
+json=$RESULTS_DIR/perplexity-$SUBSET.json
+printf '{"checkpoint": "%s", "subset": "%s", "loss_base2": %s, "perplexity": %s}\n' \
+    "$CHECKPOINT" "$SUBSET" "$loss" "$ppl" >"$json.part"
+mv "$json.part" "$json"
+echo "checkpoint: $CHECKPOINT"
+echo "$SUBSET perplexity = $ppl (loss $loss bits/token)"

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Score a translation run: average its last N checkpoints, fairseq-generate the test set, report BLEU.
+#
+#   scripts/evaluate-translation.sh --setup iwslt14|wmt14 [--data DIR] --save-dir DIR [--average N]
+#                                   [--checkpoint FILE] [--subset test] [--cpu] [-- FAIRSEQ_GENERATE_ARGS...]
+#
+# Writes into the save dir: checkpoint.avg<N>.pt, generate-<subset>.txt and bleu-<subset>.json.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+usage: scripts/evaluate-translation.sh --setup iwslt14|wmt14 --save-dir DIR [options] [-- extra fairseq-generate args]
+
+  --setup NAME       iwslt14 (de->en, beam 5, lowercased tokenized BLEU) or
+                     wmt14 (en->de, beam 4, lenpen 0.6, compound-split tokenized BLEU)
+  --data DIR         binarised data                 (env DATA; default $DATA_ROOT/data-bin/<iwslt14.de-en|wmt14.en-de>)
+  --save-dir DIR     the training run's checkpoints (env SAVE_DIR)
+  --average N        average the last N update checkpoints (checkpoint_<epoch>_<update>.pt,
+                     written by --save-interval-updates) (env AVERAGE; default 5); 1 scores checkpoint_best.pt
+  --checkpoint FILE  score this checkpoint instead
+  --subset NAME      split to translate             (env SUBSET; default test)
+  --cpu              generate on CPU (also env CPU=1)
+
+Env: BEAM, LENPEN, MAX_TOKENS (default 8192), RESULTS_DIR (default the save dir),
+     REMOVE_BPE (default subword_nmt; sentencepiece for data prepared with it).
+Output: detokenized sacreBLEU with its signature, and the tokenized BLEU of the paper.
+USAGE
+}
+
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+SETUP=${SETUP:-}
+AVERAGE=${AVERAGE:-5}
+SUBSET=${SUBSET:-test}
+CPU=${CPU:-0}
+CHECKPOINT=${CHECKPOINT:-}
+EXTRA_ARGS=()
+while (($#)); do
+    case $1 in
+        -h | --help) usage; exit 0 ;;
+        --setup) need_value "$@"; SETUP=$2; shift 2 ;;
+        --data) need_value "$@"; DATA=$2; shift 2 ;;
+        --save-dir) need_value "$@"; SAVE_DIR=$2; shift 2 ;;
+        --average) need_value "$@"; AVERAGE=$2; shift 2 ;;
+        --checkpoint) need_value "$@"; CHECKPOINT=$2; shift 2 ;;
+        --subset) need_value "$@"; SUBSET=$2; shift 2 ;;
+        --cpu) CPU=1; shift ;;
+        --) shift; EXTRA_ARGS=("$@"); break ;;
+        *) usage >&2; die "unknown option '$1'" ;;
+    esac
+done
+
+case $SETUP in
+    iwslt14)
+        SRC=de; TGT=en; DATA_NAME=iwslt14.de-en; SCORE_ARGS=(--lowercase)
+        : "${BEAM:=5}" "${LENPEN:=1}"
+        ;;
+    wmt14)
+        SRC=en; TGT=de; DATA_NAME=wmt14.en-de; SCORE_ARGS=(--compound-split)
+        : "${BEAM:=4}" "${LENPEN:=0.6}"
+        ;;
+    '') usage >&2; die "--setup is required (iwslt14 or wmt14)" ;;
+    *) die "--setup must be iwslt14 or wmt14, not '$SETUP'" ;;
+esac
+DATA=${DATA:-${DATA_ROOT:-data}/data-bin/$DATA_NAME}
+need_data_dir "$DATA"
+[[ -n ${SAVE_DIR:-} ]] || die "--save-dir is required"
+[[ -d $SAVE_DIR ]] || die "--save-dir: no such folder: $SAVE_DIR"
+[[ $AVERAGE =~ ^[1-9][0-9]*$ ]] || die "--average must be a positive integer, not '$AVERAGE'"
+RESULTS_DIR=${RESULTS_DIR:-$SAVE_DIR}
+need_command fairseq-generate
+
+if [[ -n $CHECKPOINT ]]; then
+    [[ -f $CHECKPOINT ]] || die "--checkpoint: no such file: $CHECKPOINT"
+elif [[ $AVERAGE == 1 ]]; then
+    CHECKPOINT=$SAVE_DIR/checkpoint_best.pt
+    [[ -f $CHECKPOINT ]] || die "--average 1 scores $CHECKPOINT, which does not exist"
+else
+    CHECKPOINT=$SAVE_DIR/checkpoint.avg$AVERAGE.pt
+    python -m rdrop_fairseq.average_checkpoints --save-dir "$SAVE_DIR" --last "$AVERAGE" --output "$CHECKPOINT"
+fi
+
+GENERATE_ARGS=(
+    "$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --gen-subset "$SUBSET"
+    --source-lang "$SRC" --target-lang "$TGT"
+    --beam "$BEAM" --lenpen "$LENPEN" --max-tokens "${MAX_TOKENS:-8192}" --remove-bpe "${REMOVE_BPE:-subword_nmt}"
+)
+[[ $CPU == 1 ]] && GENERATE_ARGS+=(--cpu)
+mkdir -p "$RESULTS_DIR"
+out=$RESULTS_DIR/generate-$SUBSET.txt
+print_command fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
+fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$out.part"
+mv "$out.part" "$out"
+grep -E '^Generate .* BLEU4 = ' "$out" >&2 || true
+echo "checkpoint: $CHECKPOINT"
+python -m rdrop_fairseq.bleu "$out" --lang "$TGT" "${SCORE_ARGS[@]}" --json "$RESULTS_DIR/bleu-$SUBSET.json"

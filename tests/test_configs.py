@@ -1,0 +1,147 @@
+"""configs/*.yaml (fairseq-hydra-train) and scripts/train-*.sh must train the same model.
+
+Both sides go through fairseq's own loading: the script's printed fairseq-train
+command through fairseq's argument parser and ``convert_namespace_to_omegaconf``,
+the YAML through Hydra with fairseq's schema (``hydra_init``) and ``add_defaults``,
+as fairseq-hydra-train does.  Every key the YAML sets must equal the script's value,
+and every setting the script changes from fairseq's defaults must be in the YAML.
+"""
+import functools
+import math
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import rdrop_fairseq
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+USER_DIR = str(Path(rdrop_fairseq.__file__).parent)
+GROUPS = ("common", "task", "model", "criterion", "optimizer", "lr_scheduler", "optimization",
+          "dataset", "checkpoint", "distributed_training")
+# Paths the user supplies on the command line (the YAML has ??? there).
+SUPPLIED = {("task", "data"), ("common", "user_dir")}
+
+
+def criterion_registered(name):
+    from fairseq.criterions import CRITERION_REGISTRY
+
+    return name in CRITERION_REGISTRY
+
+
+CASES = [
+    ("iwslt14", "train-iwslt14.sh", ()),
+    ("wmt14", "train-wmt14.sh", ()),
+    ("wikitext103", "train-wikitext103.sh", ()),
+    pytest.param("wikitext103-adaptive", "train-wikitext103.sh", ("--adaptive",),
+                 marks=pytest.mark.skipif(not criterion_registered("rdrop_adaptive_loss"),
+                                          reason="criterion rdrop_adaptive_loss not in this checkout yet")),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def printed_argv(script, flags):
+    # FP16=1 stands for "on a CUDA machine", where the YAMLs are meant to run.
+    env = {k: v for k, v in os.environ.items() if k not in {"WORLD_SIZE", "DISTRIBUTED_PORT", "DATA", "SAVE_DIR"}}
+    env.update(FP16="1" if script != "train-iwslt14.sh" else "0", USER_DIR=USER_DIR)
+    out = subprocess.run(["bash", str(REPO / "scripts" / script), "--print-args", *flags],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    argv = shlex.split(out)
+    assert argv[0] == "fairseq-train"
+    return tuple(argv[1:])
+
+
+@functools.lru_cache(maxsize=None)
+def fairseq_cfg(argv):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(), list(argv))
+    return convert_namespace_to_omegaconf(args)
+
+
+@functools.lru_cache(maxsize=None)
+def hydra_cfg(name):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+
+    hydra_init(name)
+    GlobalHydra.instance().clear()
+    # version_base 1.1: what fairseq-hydra-train's @hydra.main (no version_base) gets.
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.1"):
+        cfg = compose(config_name=name, overrides=["task.data=/data", f"common.user_dir={USER_DIR}"])
+    add_defaults(cfg)
+    return cfg
+
+
+def value(cfg, group, key):
+    node = cfg[group]
+    got = getattr(node, key) if not hasattr(node, "keys") else node[key]
+    return OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+
+
+def same(a, b):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def yaml_keys(name):
+    raw = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    return {(group, key) for group in raw for key in raw[group]}
+
+
+def test_every_script_has_a_config():
+    names = {p.stem for p in CONFIGS.glob("*.yaml")}
+    assert {"iwslt14", "wmt14", "wikitext103", "wikitext103-adaptive"} <= names
+
+
+@pytest.mark.parametrize("name,script,flags", CASES)
+def test_yaml_values_equal_the_script(name, script, flags):
+    script_cfg = fairseq_cfg(printed_argv(script, flags))
+    yaml_cfg = hydra_cfg(name)
+    keys = yaml_keys(name) - SUPPLIED
+    assert keys, f"{name}.yaml sets nothing"
+    differ = {
+        f"{g}.{k}": (value(yaml_cfg, g, k), value(script_cfg, g, k))
+        for g, k in sorted(keys)
+        if not same(value(yaml_cfg, g, k), value(script_cfg, g, k))
+    }
+    assert not differ, f"configs/{name}.yaml (left) differs from scripts/{script} (right): {differ}"
+
+
+@pytest.mark.parametrize("name,script,flags", CASES)
+def test_every_script_setting_is_in_the_yaml(name, script, flags):
+    argv = printed_argv(script, flags)
+    script_cfg = fairseq_cfg(argv)
+    # The same task, arch, criterion, optimizer and scheduler with fairseq's defaults otherwise.
+    names = (argv[0],)
+    for flag in ("--user-dir", "--task", "--arch", "--criterion", "--optimizer", "--lr-scheduler"):
+        names += (flag, argv[argv.index(flag) + 1])
+    default_cfg = fairseq_cfg(names)
+    yaml_cfg = hydra_cfg(name)
+    in_yaml = yaml_keys(name)
+    other_group_keys = {k for g in GROUPS if g != "model" for k in (script_cfg[g] or {})}
+    lost = {}
+    for group in GROUPS:
+        node = script_cfg[group]
+        for key in (vars(node) if not hasattr(node, "keys") else node.keys()):
+            if group == "model" and key in other_group_keys:
+                continue  # the legacy model Namespace repeats every other option
+            wanted = value(script_cfg, group, key)
+            if (group, key) in SUPPLIED or same(wanted, value(default_cfg, group, key)):
+                continue
+            # Hydra's model node holds only the YAML's keys (fairseq applies the arch later);
+            # the other groups carry every field, interpolations included.
+            if group == "model" and (group, key) not in in_yaml:
+                lost[f"{group}.{key}"] = (None, wanted)
+            elif group != "model" and not same(value(yaml_cfg, group, key), wanted):
+                lost[f"{group}.{key}"] = (value(yaml_cfg, group, key), wanted)
+    assert not lost, f"configs/{name}.yaml (left) misses settings of scripts/{script} (right): {lost}"

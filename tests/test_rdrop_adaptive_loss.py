@@ -1,0 +1,123 @@
+"""rdrop_adaptive_loss on a tiny transformer_lm_wiki103 (adaptive input + adaptive softmax)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.criterions.adaptive_loss import AdaptiveLoss
+
+from rdrop_fairseq.criterions.rdrop_adaptive_loss import RDropAdaptiveLoss
+from rdrop_fairseq.sub_models import dropout_modules, repeat_batch
+from tiny_lm import build, lm_sample, param_grads, run_seeded
+
+SEED = 11
+ADAPTIVE = ["--adaptive-softmax-cutoff", "12,24", "--adaptive-input-cutoff", "12,24"]
+
+
+def plain_full_log_probs(adaptive_softmax, hidden):
+    head = F.softmax(adaptive_softmax.head(hidden), dim=-1)
+    shortlist = adaptive_softmax.cutoff[0]
+    probs = [head[:, :shortlist]]
+    for i, tail in enumerate(adaptive_softmax.tail):
+        probs.append(head[:, shortlist + i, None] * F.softmax(tail(hidden), dim=-1))
+    return torch.cat(probs, dim=-1).log()
+
+
+def reference_loss(model, sample, alpha, pad):
+    """NLL of both copies + alpha/2 (KL(P1||P2) + KL(P2||P1)), full vocabulary, non-pad targets."""
+    hidden = model(**repeat_batch(sample["net_input"], 2))[0]
+    lprobs = plain_full_log_probs(model.decoder.adaptive_softmax, hidden.reshape(-1, hidden.size(-1)))
+    lp1, lp2 = lprobs.chunk(2)
+    target = sample["target"].reshape(-1)
+    keep = target.ne(pad).unsqueeze(-1)
+    nll = sum(F.nll_loss(lp, target, ignore_index=pad, reduction="sum") for lp in (lp1, lp2))
+    kl = 0.5 * ((F.kl_div(lp2, lp1, log_target=True, reduction="none")
+                 + F.kl_div(lp1, lp2, log_target=True, reduction="none")) * keep).sum()
+    return nll + alpha * kl, nll, kl
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    # No adaptive-softmax dropout: the NLL's clusters and the KL's full softmax then see
+    # the same distribution, which the plain reference computes once.
+    task, model, criterion, _ = build(
+        tmp_path_factory.mktemp("adaptive"), *ADAPTIVE, "--adaptive-softmax-dropout", "0",
+        "--ddp-backend", "legacy_ddp", "--rdrop-chunk-tokens", "5",
+        criterion="rdrop_adaptive_loss", arch="transformer_lm_wiki103",
+    )
+    return task, model, criterion
+
+
+def test_loss_and_gradient_match_reference(lm):
+    task, model, criterion = lm
+    assert isinstance(criterion, RDropAdaptiveLoss) and criterion.rdrop_chunk_tokens == 5
+    model.train()
+    sample = lm_sample(task.dictionary)
+    pad = task.dictionary.pad()
+
+    model.zero_grad()
+    ref_loss, ref_nll, ref_kl = run_seeded(SEED, reference_loss, model, sample, 1.0, pad)
+    ref_loss.backward()
+    ref_grads = param_grads(model)
+    model.zero_grad()
+    loss, sample_size, log = run_seeded(SEED, criterion, model, sample)
+    loss.backward()
+    grads = param_grads(model)
+
+    assert ref_kl > 0
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["loss"], ref_nll.detach() / 2, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["kl_loss"], ref_kl.detach(), rtol=1e-5, atol=1e-4)
+    assert sample_size == int(sample["target"].ne(pad).sum())
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def stock_adaptive_loss(task, model, sample):
+    return AdaptiveLoss(task, sentence_avg=False)(model, sample)
+
+
+def test_alpha_zero_and_validation_are_stock_adaptive_loss(lm):
+    task, model, criterion = lm
+    sample = lm_sample(task.dictionary)
+    model.train()
+    criterion.rdrop_alpha = 0.0
+    plain = run_seeded(SEED, criterion, model, sample)
+    criterion.rdrop_alpha = 1.0
+    stock = run_seeded(SEED, stock_adaptive_loss, task, model, sample)
+    assert plain[0].item() == stock[0].item() and plain[2] == stock[2]
+
+    model.eval()
+    valid = criterion(model, sample)
+    assert valid[0].item() == stock_adaptive_loss(task, model, sample)[0].item()
+    assert "kl_loss" not in valid[2]
+
+
+def test_nll_is_adaptive_loss_of_each_copy(lm):
+    """With the sub-models made identical (no dropout), the NLL is twice adaptive_loss."""
+    task, model, criterion = lm
+    model.train()
+    sample = lm_sample(task.dictionary)
+    saved = [(m, m.p) for m in dropout_modules(model)]
+    for m, _ in saved:
+        m.p = 0.0
+    try:
+        _, _, log = criterion(model, sample)
+        _, _, stock_log = stock_adaptive_loss(task, model, sample)
+    finally:
+        for m, p in saved:
+            m.p = p
+    torch.testing.assert_close(log["loss"].reshape(()), stock_log["loss"].reshape(()), rtol=1e-5, atol=1e-5)
+    assert log["kl_loss"] < 1e-5
+
+
+def test_pytorch_ddp_is_refused_with_the_flag_named(tmp_path):
+    with pytest.raises(ValueError, match="--ddp-backend legacy_ddp"):
+        build(tmp_path, *ADAPTIVE, "--ddp-backend", "pytorch_ddp",
+              criterion="rdrop_adaptive_loss", arch="transformer_lm_wiki103")
+
+
+def test_model_without_adaptive_softmax_is_refused(tmp_path):
+    task, model, criterion, _ = build(tmp_path, "--ddp-backend", "legacy_ddp", criterion="rdrop_adaptive_loss")
+    model.train()
+    with pytest.raises(ValueError, match="adaptive softmax"):
+        criterion(model, lm_sample(task.dictionary))

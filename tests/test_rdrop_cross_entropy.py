@@ -1,0 +1,125 @@
+"""rdrop_cross_entropy on a tiny fairseq transformer_lm, against a plainly written reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from fairseq.logging import metrics
+
+from rdrop_fairseq.criterions.rdrop_cross_entropy import RDropCrossEntropyCriterion
+from rdrop_fairseq.sub_models import repeat_batch
+from tiny_lm import build, lm_sample, param_grads, run_seeded
+
+SEED = 7
+
+
+def reference_rdrop_lm_loss(model, sample, alpha, pad):
+    """NLL of both copies + alpha/2 (KL(P1||P2) + KL(P2||P1)) over the non-pad targets."""
+    net_output = model(**repeat_batch(sample["net_input"], 2))
+    lprobs = F.log_softmax(net_output[0].float(), dim=-1)
+    lp1, lp2 = lprobs.chunk(2)
+    target = sample["target"]
+    keep = target.ne(pad).unsqueeze(-1)
+    nll = sum(F.nll_loss(lp.transpose(1, 2), target, ignore_index=pad, reduction="sum") for lp in (lp1, lp2))
+    kl_12 = F.kl_div(lp2, lp1, log_target=True, reduction="none")  # KL(P1 || P2)
+    kl_21 = F.kl_div(lp1, lp2, log_target=True, reduction="none")
+    kl = 0.5 * ((kl_12 + kl_21) * keep).sum()
+    return nll + alpha * kl, nll, kl
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    task, model, criterion, _ = build(tmp_path_factory.mktemp("lm"))
+    return task, model, criterion
+
+
+def test_built_from_flags_with_paper_default_alpha(lm):
+    _, _, criterion = lm
+    assert isinstance(criterion, RDropCrossEntropyCriterion)
+    assert criterion.rdrop_alpha == 1.0
+
+
+@pytest.mark.parametrize("alpha", [1.0, 3.0])
+def test_loss_and_gradient_match_reference(lm, alpha):
+    task, model, criterion = lm
+    criterion.rdrop_alpha = alpha
+    model.train()
+    sample = lm_sample(task.dictionary)
+    pad = task.dictionary.pad()
+
+    model.zero_grad()
+    ref_loss, ref_nll, ref_kl = run_seeded(SEED, reference_rdrop_lm_loss, model, sample, alpha, pad)
+    ref_loss.backward()
+    ref_grads = param_grads(model)
+
+    model.zero_grad()
+    loss, sample_size, log = run_seeded(SEED, criterion, model, sample)
+    loss.backward()
+    grads = param_grads(model)
+    criterion.rdrop_alpha = 1.0
+
+    assert ref_kl > 0
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["loss"], ref_nll / 2, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["nll_loss"], ref_nll / 2, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["kl_loss"], ref_kl.detach(), rtol=1e-5, atol=1e-4)
+    assert sample_size == log["ntokens"] == int(sample["target"].ne(pad).sum())
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_padding_positions_do_not_count(lm):
+    task, model, criterion = lm
+    model.train()
+    sample = lm_sample(task.dictionary, pad_tail=(0, 3, 5))
+    loss, _, _ = run_seeded(SEED, criterion, model, sample)
+    assert sample["ntokens"] == 27 - 8
+    ref_loss, _, _ = run_seeded(SEED, reference_rdrop_lm_loss, model, sample, 1.0, task.dictionary.pad())
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    unmasked = run_seeded(SEED, reference_rdrop_lm_loss, model, sample, 1.0, -100)[0]
+    assert not torch.allclose(loss, unmasked)
+
+
+def stock_cross_entropy(task, model, sample):
+    return CrossEntropyCriterion(task, sentence_avg=False)(model, sample)
+
+
+def test_alpha_zero_and_validation_are_stock_cross_entropy(lm):
+    task, model, criterion = lm
+    sample = lm_sample(task.dictionary)
+    model.train()
+    criterion.rdrop_alpha = 0.0
+    plain = run_seeded(SEED, criterion, model, sample)
+    criterion.rdrop_alpha = 1.0
+    stock = run_seeded(SEED, stock_cross_entropy, task, model, sample)
+    assert plain[0].item() == stock[0].item() and plain[2] == stock[2]
+
+    model.eval()
+    valid = criterion(model, sample)
+    stock_valid = stock_cross_entropy(task, model, sample)
+    assert valid[0].item() == stock_valid[0].item() and valid[2] == stock_valid[2]
+    assert "kl_loss" not in valid[2]
+
+
+def test_logged_loss_is_per_copy_and_kl_separate(lm):
+    task, model, criterion = lm
+    model.train()
+    sample = lm_sample(task.dictionary)
+    _, _, log = run_seeded(SEED, criterion, model, sample)
+    with metrics.aggregate() as agg:
+        RDropCrossEntropyCriterion.reduce_metrics([log])
+    values = agg.get_smoothed_values()
+    ln2 = torch.log(torch.tensor(2.0)).item()
+    assert values["loss"] == pytest.approx(log["loss"].item() / log["sample_size"] / ln2, abs=1e-3)
+    assert values["kl_loss"] == pytest.approx(log["kl_loss"].item() / log["sample_size"] / ln2, abs=1e-4)
+    assert values["ppl"] == pytest.approx(2 ** values["loss"], rel=1e-2)
+
+
+def test_works_with_stock_language_modeling_task(tmp_path):
+    task, model, criterion, _ = build(tmp_path, task="language_modeling")
+    model.train()
+    sample = lm_sample(task.dictionary)
+    loss, _, log = run_seeded(SEED, criterion, model, sample)
+    ref_loss, _, ref_kl = run_seeded(SEED, reference_rdrop_lm_loss, model, sample, 1.0, task.dictionary.pad())
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["kl_loss"], ref_kl.detach(), rtol=1e-5, atol=1e-4)
