@@ -118,7 +118,7 @@ class RDropLossFunction(torch.autograd.Function):
             if target is not None:
                 idx = target[rows].clamp(min=0).view(1, -1, 1).expand(copies, -1, 1)
                 g.scatter_add_(-1, idx, target_grad.expand(idx.shape).to(g.dtype))
-            g.mul_(keep[rows].view(1, -1, 1).to(g.dtype))
+            g.masked_fill_(~keep[rows].view(1, -1, 1), 0.0)
             if not write_direct:
                 grad_all[:, rows].copy_(g)
         return grad, None, None, None, None, None, None
