@@ -111,10 +111,11 @@ def plot_runs(runs: Dict[str, Records], out: Path, title: Optional[str] = None) 
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, (name, xlabel, tag, x_key, y_key, ylabel) in zip(axes.flat, panels):
-        for label, records in runs.items():
+        for index, (label, records) in enumerate(runs.items()):
             xs, ys = _series(records[tag], x_key, y_key)
-            if xs:
-                ax.plot(xs, ys, marker="o" if tag == "valid" else None, markersize=3, label=label)
+            if xs:  # a run keeps its colour in every panel
+                ax.plot(xs, ys, color=f"C{index}", marker="o" if tag == "valid" else None,
+                        markersize=3, label=label)
         ax.set_title(f"{name} vs {xlabel.split()[0]}", fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

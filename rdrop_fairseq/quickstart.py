@@ -59,9 +59,10 @@ class Setup:
     max_update: int       # 0: set by the time budget
 
 
+# sized for a few hundred updates on a laptop CPU: the output softmax dominates, so a small BPE vocabulary
 FULL = Setup(layers=2, embed_dim=128, ffn_dim=256, heads=4, dropout=0.3, max_tokens=2048,
-             lr=2e-3, warmup=100, bpe_merges=6000, train_pairs=0, heldout_pairs=0,
-             validate_every=40, log_every=10, beam=4, max_update=0)
+             lr=3e-3, warmup=100, bpe_merges=2500, train_pairs=0, heldout_pairs=0,
+             validate_every=25, log_every=5, beam=4, max_update=0)
 SMOKE = Setup(layers=1, embed_dim=32, ffn_dim=64, heads=2, dropout=0.3, max_tokens=1024,
               lr=1e-3, warmup=4, bpe_merges=200, train_pairs=400, heldout_pairs=40,
               validate_every=3, log_every=1, beam=1, max_update=6)
