@@ -1,6 +1,7 @@
 """``rdrop-fairseq``: small commands around the plugin.
 
     rdrop-fairseq user-dir     print the folder to pass to fairseq's --user-dir
+    rdrop-fairseq quickstart   baseline vs R-Drop on one machine in minutes (--help for options)
 """
 import argparse
 import os
@@ -15,8 +16,15 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("user-dir", help="print the path for fairseq's --user-dir")
-    args = parser.parse_args(argv)
-    if args.command == "user-dir":
+    sub.add_parser("quickstart", add_help=False, help="baseline vs R-Drop on one machine in minutes")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "quickstart":
+        from rdrop_fairseq import quickstart
+
+        quickstart.main(rest, argparse.ArgumentParser(prog="rdrop-fairseq quickstart"))
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    elif args.command == "user-dir":
         print(user_dir())
 
 
