@@ -14,6 +14,7 @@ with ``torch.cuda.max_memory_allocated`` on CUDA.
 
     python benchmarks/step_cost.py --shape iwslt
     python benchmarks/step_cost.py --shape all --device cuda --dtype bf16
+    RDROP_CHUNK_TOKENS=64 python benchmarks/step_cost.py   # the plugin with another KL chunk
 """
 import argparse
 import copy
@@ -51,6 +52,7 @@ SHAPES = {
                model="--arch transformer_lm --decoder-layers 1 --decoder-embed-dim 256 "
                      "--decoder-ffn-embed-dim 1024 --decoder-attention-heads 4 --dropout 0.1"),
 }
+CHUNK_TOKENS = int(os.environ.get("RDROP_CHUNK_TOKENS", "0"))  # 0: the criterion's default
 MODES = {
     "doubled": ("label_smoothed_cross_entropy", 2),
     "plugin": ("rdrop_label_smoothed_cross_entropy", 1),
@@ -72,6 +74,8 @@ def build(shape, mode, device, dtype, workdir):
             *spec["model"].split()]
     if mode in ("plugin", "fairseq"):
         argv += ["--rdrop-alpha", "5"]
+    if mode == "plugin" and CHUNK_TOKENS:
+        argv += ["--rdrop-chunk-tokens", str(CHUNK_TOKENS)]
     if spec["task"] == "translation":
         argv += ["--source-lang", "de", "--target-lang", "en"]
     else:
