@@ -38,6 +38,17 @@ def step(task, model, criterion, optimizer, sample, update_num, seed=11):
     return loss.detach(), log, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
+def assert_step_matches_reference(task, model, sample, logits, copies, loss, grads):
+    """The step's loss and parameter gradients equal Eq. 4 on ``logits`` (alpha 5, smoothing 0.1)."""
+    ref = reference_loss(logits.reshape(-1, logits.size(-1)), sample["target"].reshape(-1), copies, 5.0, 0.1,
+                         task.target_dictionary.pad())
+    ref[0].backward()
+    torch.testing.assert_close(loss, ref[0].detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, [p.grad for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    return ref
+
+
 def test_train_step_keeps_fairseqs_own_behaviour(data_dir):
     task, model, criterion, optimizer, sample = setup(data_dir)
     model.eval()
@@ -68,12 +79,7 @@ def test_three_sub_models_match_the_reference(data_dir):
     model.zero_grad()
     torch.manual_seed(11)
     logits = model(**repeat_batch(sample["net_input"], 3))[0]
-    ref = reference_loss(logits.reshape(-1, logits.size(-1)), sample["target"].reshape(-1), 3, 5.0, 0.1,
-                         task.target_dictionary.pad())
-    ref[0].backward()
-    torch.testing.assert_close(loss, ref[0].detach(), rtol=1e-5, atol=1e-5)
-    for a, b in zip(ours, [p.grad for p in model.parameters() if p.grad is not None]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    ref = assert_step_matches_reference(task, model, sample, logits, 3, loss, ours)
     torch.testing.assert_close(log["loss"], ref[1].detach() / 3)
 
 
@@ -104,12 +110,7 @@ def test_two_dropout_rates_match_separate_passes(data_dir):
         with dropout_rate(model, rate):
             outputs.append(model(**sample["net_input"])[0])
     logits = torch.cat(outputs)
-    ref = reference_loss(logits.reshape(-1, logits.size(-1)), sample["target"].reshape(-1), 2, 5.0, 0.1,
-                         task.target_dictionary.pad())
-    ref[0].backward()
-    torch.testing.assert_close(loss, ref[0].detach(), rtol=1e-5, atol=1e-5)
-    for a, b in zip(ours, [p.grad for p in model.parameters() if p.grad is not None]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_step_matches_reference(task, model, sample, logits, 2, loss, ours)
 
 
 def test_dropout_rates_come_back_when_a_step_raises(data_dir):
