@@ -2,9 +2,12 @@
 import logging
 import math
 
+import torch
 from fairseq.logging import metrics
+from fairseq.models import BaseFairseqModel, FairseqDecoder
+from fairseq.models.transformer import TransformerModelBase
 
-from ..rdrop_loss import rdrop_loss
+from ..rdrop_loss import rdrop_loss, rdrop_loss_from_logits
 from ..sub_models import SubModelPasses, has_active_dropout
 
 logger = logging.getLogger(__name__)
@@ -59,9 +62,15 @@ class RDropCriterionMixin:
         """``(loss, smoothed_nll, nll, kl)`` as :func:`rdrop_loss` returns them, summed
         over tokens and copies, and extra logging entries.  A criterion whose output
         layer gives no full ``(tokens, V)`` log-probabilities overrides this."""
-        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
-        terms = rdrop_loss(
-            lprobs,
+        logits = log_softmax_input(model, net_output)
+        if logits is not None:
+            scores, target = self.trim_prefix(logits, model.get_targets(sample, net_output))
+            loss_fn = rdrop_loss_from_logits
+        else:
+            scores, target = self.get_lprobs_and_target(model, net_output, sample)
+            loss_fn = rdrop_loss
+        terms = loss_fn(
+            scores,
             target,
             copies,
             self.rdrop_alpha,
@@ -72,10 +81,17 @@ class RDropCriterionMixin:
         extra_logs = {}
         if getattr(self, "report_accuracy", False):
             mask = target.ne(self.padding_idx).repeat(copies)
-            correct = lprobs.argmax(-1).eq(target.repeat(copies)) & mask
+            correct = scores.argmax(-1).eq(target.repeat(copies)) & mask
             extra_logs["n_correct"] = correct.sum().item()
             extra_logs["total"] = mask.sum().item()
         return terms, extra_logs
+
+    def trim_prefix(self, scores, target):
+        """``(rows, V)`` scores and ``(rows,)`` targets without the first ``--ignore-prefix-size`` positions."""
+        prefix = getattr(self, "ignore_prefix_size", 0)
+        if prefix > 0:
+            scores, target = scores[:, prefix:, :], target[:, prefix:]
+        return scores.reshape(-1, scores.size(-1)), target.reshape(-1)
 
     def _warn_without_dropout(self, model):
         if not self._dropout_checked:
@@ -95,3 +111,32 @@ class RDropCriterionMixin:
             kl_sum = sum(log["kl_loss"] for log in rdrop_logs)
             sample_size = sum(log.get("sample_size", 0) for log in rdrop_logs)
             metrics.log_scalar("kl_loss", kl_sum / sample_size / math.log(2), sample_size, round=4)
+
+
+_PLAIN_MODEL_NORMALIZERS = (BaseFairseqModel.get_normalized_probs, TransformerModelBase.get_normalized_probs)
+
+
+def log_softmax_input(model, net_output):
+    """``net_output[0]`` if the model's log-probabilities are fairseq's plain
+    ``log_softmax(net_output[0].float())`` (transformer, LSTM and convolutional models
+    without an adaptive softmax), else None.  The loss then starts from these logits
+    and never stores the log-probabilities; any other model goes through its own
+    ``get_normalized_probs``."""
+    while not isinstance(model, BaseFairseqModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module  # distributed wrappers
+    decoder = getattr(model, "decoder", None)
+    plain = (
+        isinstance(model, BaseFairseqModel)
+        and _method(model, "get_normalized_probs") in _PLAIN_MODEL_NORMALIZERS
+        and _method(model, "get_normalized_probs_scriptable") is BaseFairseqModel.get_normalized_probs_scriptable
+        and isinstance(decoder, FairseqDecoder)
+        and _method(decoder, "get_normalized_probs") is FairseqDecoder.get_normalized_probs
+        and _method(decoder, "get_normalized_probs_scriptable") is FairseqDecoder.get_normalized_probs_scriptable
+        and getattr(decoder, "adaptive_softmax", None) is None
+    )
+    return net_output[0] if plain else None
+
+
+def _method(obj, name):
+    """The function behind ``obj.name``; None if it is not a method (e.g. set on the instance)."""
+    return getattr(getattr(obj, name, None), "__func__", None)

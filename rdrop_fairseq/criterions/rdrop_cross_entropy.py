@@ -22,5 +22,4 @@ class RDropCrossEntropyCriterion(RDropCriterionMixin, CrossEntropyCriterion):
 
     def get_lprobs_and_target(self, model, net_output, sample):
         lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        target = model.get_targets(sample, net_output)
-        return lprobs.view(-1, lprobs.size(-1)), target.reshape(-1)
+        return self.trim_prefix(lprobs, model.get_targets(sample, net_output))
