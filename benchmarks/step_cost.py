@@ -3,22 +3,25 @@
 On the same model, tokens and seed it times, in one process, interleaved so that
 load drift hits every mode alike:
 
-  doubled   stock label_smoothed_cross_entropy on the batch repeated twice (the floor)
-  plugin    this plugin's rdrop_label_smoothed_cross_entropy (alpha 5)
-  fairseq   fairseq's label_smoothed_cross_entropy_with_rdrop (alpha 5)
-  single    stock label_smoothed_cross_entropy on the single batch
+  doubled         stock label_smoothed_cross_entropy on the batch repeated twice (the floor)
+  plugin          this plugin's rdrop_label_smoothed_cross_entropy (alpha 5), from the logits
+  plugin_lprobs   the same through the model's log-softmax (the route of models that
+                  normalise their own way)
+  fairseq         fairseq's label_smoothed_cross_entropy_with_rdrop (alpha 5)
+  single          stock label_smoothed_cross_entropy on the single batch
 
-and prints the median step time with its ratio to ``doubled``.  Peak memory is
-measured per mode: in a fresh subprocess on CPU (peak RSS growth over the step),
-with ``torch.cuda.max_memory_allocated`` on CUDA.
+and prints the median step time with its ratio to ``doubled``.  Peak memory is the
+peak of the tensors allocated during one step (parameters excluded), per mode: on a
+CPU in a fresh subprocess that follows every tensor storage from its creation to its
+release (exact and repeatable, unlike RSS), on CUDA ``torch.cuda.max_memory_allocated``.
 
     python benchmarks/step_cost.py --shape iwslt
     python benchmarks/step_cost.py --shape all --device cuda --dtype bf16
     RDROP_CHUNK_TOKENS=64 python benchmarks/step_cost.py   # the plugin with another KL chunk
 """
 import argparse
+import contextlib
 import copy
-import gc
 import json
 import os
 import statistics
@@ -26,14 +29,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
+from unittest import mock
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import rdrop_fairseq  # noqa: E402  (registers the plugin, applies the compat shims)
+from rdrop_fairseq.criterions import rdrop_criterion  # noqa: E402
 from fairseq import options, tasks  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 
@@ -56,6 +64,7 @@ CHUNK_TOKENS = int(os.environ.get("RDROP_CHUNK_TOKENS", "0"))  # 0: the criterio
 MODES = {
     "doubled": ("label_smoothed_cross_entropy", 2),
     "plugin": ("rdrop_label_smoothed_cross_entropy", 1),
+    "plugin_lprobs": ("rdrop_label_smoothed_cross_entropy", 1),
     "fairseq": ("label_smoothed_cross_entropy_with_rdrop", 1),
     "single": ("label_smoothed_cross_entropy", 1),
 }
@@ -72,9 +81,9 @@ def build(shape, mode, device, dtype, workdir):
     argv = [str(data), "--user-dir", str(REPO / "rdrop_fairseq"), "--task", spec["task"],
             "--criterion", criterion, "--label-smoothing", str(spec["smoothing"]), "--seed", "1",
             *spec["model"].split()]
-    if mode in ("plugin", "fairseq"):
+    if mode != "doubled" and mode != "single":
         argv += ["--rdrop-alpha", "5"]
-    if mode == "plugin" and CHUNK_TOKENS:
+    if mode.startswith("plugin") and CHUNK_TOKENS:
         argv += ["--rdrop-chunk-tokens", str(CHUNK_TOKENS)]
     if spec["task"] == "translation":
         argv += ["--source-lang", "de", "--target-lang", "en"]
@@ -87,7 +96,9 @@ def build(shape, mode, device, dtype, workdir):
     if dtype != torch.float32:
         model = model.to(dtype)
     model.train()
-    return model, task.build_criterion(cfg.criterion).to(device), make_sample(shape, repeat, device)
+    route = mock.patch.object(rdrop_criterion, "log_softmax_input", lambda *args: None) \
+        if mode == "plugin_lprobs" else contextlib.nullcontext()
+    return model, task.build_criterion(cfg.criterion).to(device), make_sample(shape, repeat, device), route
 
 
 def make_sample(shape, repeat, device):
@@ -104,11 +115,12 @@ def make_sample(shape, repeat, device):
             "ntokens": target.numel(), "nsentences": len(tokens)}
 
 
-def step(model, criterion, sample):
+def step(model, criterion, sample, route):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(7)
-    # fairseq's rdrop criterion concatenates the sample in place: give it its own copy
-    loss, _, _ = criterion(model, copy.copy(sample) | {"net_input": dict(sample["net_input"])})
+    with route:
+        # fairseq's rdrop criterion concatenates the sample in place: give it its own copy
+        loss, _, _ = criterion(model, copy.copy(sample) | {"net_input": dict(sample["net_input"])})
     loss.backward()
 
 
@@ -117,37 +129,53 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def rss_bytes(field="VmRSS"):
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+class TensorPeak(TorchDispatchMode):
+    """Peak bytes of the tensor storages created while it is active and still alive.
+
+    Every new storage an operator returns is counted once, from its creation until its
+    Python object is finalised (torch keeps that object alive exactly as long as the
+    storage), so views, in-place results and autograd's saved tensors are all right.
+    Workspace that a kernel frees before returning is not seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.tracked = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+                if size and key not in self.tracked and key not in inputs:  # not in place on older tensors
+                    self.tracked.add(key)
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._release, key, size)
+        return out
+
+    def _release(self, key, size):
+        self.tracked.discard(key)
+        self.live -= size
 
 
-def reset_peak_rss():
-    # Linux: writing 5 to clear_refs resets the VmHWM high-water mark to the current RSS
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-
-
-def measure_memory(shape, mode, device, dtype, workdir, steps=2):
-    model, criterion, sample = build(shape, mode, device, dtype, workdir)
+def measure_memory(shape, mode, device, dtype, workdir):
+    model, criterion, sample, route = build(shape, mode, device, dtype, workdir)
+    step(model, criterion, sample, route)  # first-touch work, as in the timed steps
+    model.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        for _ in range(steps):
-            step(model, criterion, sample)
+        step(model, criterion, sample, route)
         sync(device)
         return torch.cuda.max_memory_allocated() - before
-    step(model, criterion, sample)  # first-touch allocations of gradients and optimiser-free state
-    gc.collect()
-    before = rss_bytes()
-    reset_peak_rss()
-    for _ in range(steps):
-        step(model, criterion, sample)
-    return rss_bytes("VmHWM") - before
+    with TensorPeak() as peak:
+        step(model, criterion, sample, route)
+    return peak.peak
 
 
 def run_shape(shape, args, dtype, workdir):
