@@ -37,13 +37,17 @@ def record_tag(record: dict) -> str:
 
 def parse_log_lines(lines) -> Records:
     """Records per tag; numbers converted to float.  A valid record gets the
-    wall-clock time of the last training record before it as ``wall``."""
+    wall-clock time of the last training record before it as ``wall``.  Repeated
+    identical records are kept once: fairseq's ``--log-file`` gains one more handler
+    with every progress bar, so a long run writes each line many times."""
     records: Records = {tag: [] for tag in TAGS}
     last_wall = 0.0
+    seen = set()
     for line in lines:
         _, brace, body = line.partition("{")
-        if not brace:
+        if not brace or body.strip() in seen:
             continue
+        seen.add(body.strip())
         try:
             record = {k: _number(v) for k, v in json.loads(brace + body).items()}
         except json.JSONDecodeError:

@@ -36,6 +36,15 @@ def test_log_file_and_captured_stdout_give_the_same_records(tmp_path, prefix):
     assert records["train"][0]["train_loss"] == 5.0
 
 
+def test_lines_repeated_by_fairseqs_log_file_handlers_count_once(tmp_path):
+    log = fake_log(tmp_path / "train.log")
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(line for i, line in enumerate(lines) for _ in range(1 + i % 3)) + "\n")
+    records = plot.read_log(log)
+    assert [r["num_updates"] for r in records["train_inner"]] == [10.0, 20.0, 30.0, 40.0, 50.0]
+    assert [r["valid_loss"] for r in records["valid"]] == [8.0, 7.0]
+
+
 def test_plot_writes_a_decodable_png_with_all_panels(tmp_path):
     runs = {"baseline": plot.read_log(fake_log(tmp_path / "a" / "train.log", kl=False)),
             "rdrop": plot.read_log(fake_log(tmp_path / "b" / "train.log"))}
