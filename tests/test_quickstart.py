@@ -57,6 +57,17 @@ def test_missing_corpus_file_names_the_flag(tmp_path, capsys):
     assert "--corpus" in capsys.readouterr().err
 
 
+def test_a_corpus_already_split_by_bpe_is_refused_naming_the_flag(tmp_path, capsys):
+    for split in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            (tmp_path / f"{split}.{lang}").write_text("ein Bei@@ spiel\n")
+    with pytest.raises(SystemExit):
+        cli.main(["quickstart", "--corpus", str(tmp_path), "--work-dir", str(tmp_path / "w"),
+                  "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert "--corpus" in err and "BPE" in err and not (tmp_path / "w").exists()
+
+
 def test_without_apt_the_error_says_what_to_pass(tmp_path, monkeypatch, capsys):
     def no_apt(*_):
         raise RuntimeError("apt-get not found")
