@@ -10,6 +10,10 @@
   where the NaN came from; the backward hooks it registers on every module make
   current torch raise ``StopIteration`` inside the transformer encoder, hiding the
   real ``FloatingPointError``.  The detector keeps its forward hooks only.
+* fairseq main's ``data_utils.batch_by_size`` drops the last batch when its size is
+  not a multiple of ``required_batch_size_multiple`` (8 by default), so
+  fairseq-generate skipped the last ``n % 8`` sentences of a test set (the longest)
+  and validation the last ones of the valid set.  The batch is kept, as in fairseq 0.12.2.
 """
 import functools
 import types
@@ -58,7 +62,30 @@ def _patch_nan_detector():
     nan_detector.NanDetector.add_hooks = _forward_hooks_only
 
 
+def _keeps_the_last_batch(batch_by_size):
+    @functools.wraps(batch_by_size)
+    def every_index_batched(indices, *args, **kwargs):
+        batches = batch_by_size(indices, *args, **kwargs)
+        placed = sum(len(batch) for batch in batches)
+        # the batches are consecutive runs of ``indices``: what is missing is the tail
+        fixed_shapes = kwargs.get("fixed_shapes", args[5] if len(args) > 5 else None)
+        if fixed_shapes is None and placed < len(indices):
+            batches = list(batches) + [np.asarray(indices[placed:], dtype=np.int64)]
+        return batches
+
+    every_index_batched.keeps_the_last_batch = True
+    return every_index_batched
+
+
+def _patch_batch_by_size():
+    from fairseq.data import data_utils
+
+    if not getattr(data_utils.batch_by_size, "keeps_the_last_batch", False):
+        data_utils.batch_by_size = _keeps_the_last_batch(data_utils.batch_by_size)
+
+
 def apply():
     _patch_numpy_compat()
     _patch_checkpoint_loading()
     _patch_nan_detector()
+    _patch_batch_by_size()

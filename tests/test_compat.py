@@ -1,0 +1,28 @@
+"""fairseq main's batching, as the plugin leaves it."""
+import numpy as np
+import pytest
+from fairseq.data import data_utils
+
+import rdrop_fairseq  # noqa: F401  (applies the compat patches)
+
+
+@pytest.mark.parametrize("max_tokens,max_sentences", [(None, 128), (12000, None), (3000, 100)])
+def test_every_sentence_is_batched_when_the_last_batch_is_not_a_multiple_of_8(max_tokens, max_sentences):
+    sizes = np.random.RandomState(0).randint(5, 150, size=1431)  # 1431 = 178 * 8 + 7
+    indices = np.argsort(sizes, kind="mergesort")
+    batches = data_utils.batch_by_size(
+        indices, lambda i: sizes[i], num_tokens_vec=sizes[indices], max_tokens=max_tokens,
+        max_sentences=max_sentences, required_batch_size_multiple=8,
+    )
+    assert np.array_equal(np.concatenate(batches), indices)  # each once, in order
+    assert all(len(batch) % 8 == 0 for batch in batches[:-1])
+    for batch in batches:
+        assert len(batch) <= (max_sentences or len(indices))
+        assert max_tokens is None or len(batch) * sizes[batch].max() <= max_tokens
+
+
+def test_a_multiple_of_8_gives_the_same_batches_as_before():
+    sizes = np.arange(1, 65)
+    indices = np.arange(64)
+    batches = data_utils.batch_by_size(indices, lambda i: sizes[i], max_sentences=16, required_batch_size_multiple=8)
+    assert [list(batch) for batch in batches] == [list(range(i, i + 16)) for i in range(0, 64, 16)]
