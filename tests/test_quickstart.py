@@ -15,12 +15,24 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_table_has_one_row_per_run_with_every_column():
-    row = {"bleu": 12.345, "best_valid_loss": 4.5, "valid_ppl": 22.6, "updates": 300,
-           "wall_s": 90.0, "words_per_s": 1234.4}
-    table = quickstart.format_table({"baseline": row, "rdrop": dict(row, bleu=13.0)}).splitlines()
-    assert table[0].count("|") == 8 and "test BLEU" in table[0] and "words/s" in table[0]
-    assert table[2] == "| baseline | 12.35 | 4.500 | 22.60 | 300 | 1.5 min | 1234 |"
-    assert table[3].startswith("| rdrop | 13.00 |")
+    row = {"bleu": 12.345, "bleu_ci95": 0.7, "bleu_p": None, "best_valid_loss": 4.5, "valid_ppl": 22.6,
+           "updates": 300, "wall_s": 90.0, "words_per_s": 1234.4}
+    table = quickstart.format_table({"baseline": row, "rdrop": dict(row, bleu=13.0, bleu_p=0.0123)}).splitlines()
+    assert table[0] == quickstart.TABLE_HEADER and table[0].count("|") == 9 and "words/s" in table[0]
+    assert table[2] == "| baseline | 12.35 ± 0.70 | – | 4.500 | 22.60 | 300 | 1.5 min | 1234 |"
+    assert table[3].startswith("| rdrop | 13.00 ± 0.70 | 0.012 |")
+
+
+def test_bleu_comes_with_its_confidence_interval_and_a_paired_p_value():
+    import sacrebleu
+
+    refs = [f"the cat number {i} sat on the mat near door {i % 7}" for i in range(60)]
+    worse = [ref if i % 3 else "a dog" for i, ref in enumerate(refs)]
+    better = [ref if i % 9 else "a dog" for i, ref in enumerate(refs)]
+    scores = quickstart.bleu_with_significance({"baseline": worse, "rdrop": better}, refs)
+    assert scores["baseline"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(worse, [refs]).score)
+    assert scores["baseline"]["bleu_p"] is None and scores["baseline"]["bleu_ci95"] > 0
+    assert scores["rdrop"]["bleu"] > scores["baseline"]["bleu"] and scores["rdrop"]["bleu_p"] < 0.01
 
 
 def test_both_runs_share_every_setting_but_alpha(tmp_path):
@@ -34,6 +46,27 @@ def test_both_runs_share_every_setting_but_alpha(tmp_path):
                         ("--log-format", "json"), ("--max-update", "100")):
         assert cmd[cmd.index(flag) + 1] == value
     assert "--log-file" in cmd and "--stop-time-hours" in cmd and "--cpu" in cmd
+
+
+def test_rdrop_run_takes_the_alpha_flag_and_the_baseline_zero(tmp_path, monkeypatch):
+    alphas = []
+
+    def fake_run(cmd, log, echo=None):
+        alphas.append(cmd[cmd.index("--rdrop-alpha") + 1])
+        return []
+
+    monkeypatch.setattr(quickstart, "run_logged", fake_run)
+    args = quickstart.build_parser().parse_args(["--rdrop-alpha", "0.5"])
+    walls = quickstart.train_runs(tmp_path, tmp_path / "out", quickstart.SMOKE, args, 60.0)
+    assert alphas == ["0.5", "0.0"] and set(walls) == {"rdrop", "baseline"}
+    assert quickstart.build_parser().parse_args([]).rdrop_alpha == 2.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_non_positive_alpha_is_refused_naming_the_flag(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--rdrop-alpha", value])
+    assert exit_info.value.code == 2 and "--rdrop-alpha" in capsys.readouterr().err
 
 
 def test_slice_keeps_the_first_lines_of_each_split(tmp_path):
@@ -93,9 +126,9 @@ def test_smoke_run_prints_the_table_and_draws_the_curves(tmp_path):
         capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "| run | test BLEU | best valid loss | valid ppl | updates | wall time | words/s |" in out
+    assert quickstart.TABLE_HEADER in out
     rows = [line for line in out.splitlines() if line.startswith(("| baseline |", "| rdrop |"))]
-    assert len(rows) == 2 and all(row.split("|")[5].strip() == "6" for row in rows)
+    assert len(rows) == 2 and all(row.split("|")[6].strip() == "6" for row in rows)
     assert '"num_updates"' in out  # fairseq's progress reaches the console
 
     png = tmp_path / "out" / "curves.png"
