@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -271,9 +271,14 @@ def score(bin_dir: Path, raw: Path, out_dir: Path, setup: Setup, args, walls) ->
     return {name: {**bleu[name], **summarize(out_dir / name, walls[name])} for name in translations}
 
 
+def chosen_setup(args) -> Setup:
+    setup = SMOKE if args.smoke else FULL
+    return setup if args.train_pairs is None else replace(setup, train_pairs=args.train_pairs)
+
+
 def quickstart(args) -> Dict[str, Dict[str, float]]:
     start = time.time()
-    setup = SMOKE if args.smoke else FULL
+    setup = chosen_setup(args)
     raw = resolve_corpus(args)
     raw = slice_corpus(raw, args.work_dir / "slices" / f"{raw.name}-{setup.train_pairs}-{setup.heldout_pairs}",
                        args.src, args.tgt, setup.train_pairs, setup.heldout_pairs)
@@ -318,6 +323,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                         help="time budget for the whole run (default 20); ignored by --smoke")
     parser.add_argument("--corpus", type=Path, help="folder with {train,valid,test}.{SRC,TGT} raw text "
                         "(default: build the LibreOffice help corpus)")
+    parser.add_argument("--train-pairs", type=int, help=f"train on the first N pairs of the corpus, 0 for all "
+                        f"(default {FULL.train_pairs}; {SMOKE.train_pairs} with --smoke)")
     parser.add_argument("--src", default="de")
     parser.add_argument("--tgt", default="en")
     parser.add_argument("--work-dir", type=Path, default=default_work_dir(),
@@ -340,6 +347,8 @@ def main(argv: Optional[Sequence[str]] = None, parser: Optional[argparse.Argumen
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes must be positive")
+    if args.train_pairs is not None and args.train_pairs < 0:
+        parser.error("--train-pairs must be 0 (all) or positive")
     if args.rdrop_alpha <= 0:
         parser.error("--rdrop-alpha must be positive: the baseline run is the alpha 0 one")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",

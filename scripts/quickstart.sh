@@ -2,7 +2,7 @@
 # See R-Drop work on one machine in minutes: a baseline and an R-Drop transformer, German->English.
 #
 # Usage: scripts/quickstart.sh [--minutes M] [--rdrop-alpha A] [--corpus DIR --src de --tgt en] [--work-dir DIR]
-#            [--out-dir DIR] [--smoke] [--eval-bleu] [--cpu] [--seed N] [--workers N]
+#            [--train-pairs N] [--out-dir DIR] [--smoke] [--eval-bleu] [--cpu] [--seed N] [--workers N]
 # Env:   PYTHON  interpreter with rdrop_fairseq's dependencies (default: python)
 # Without --corpus it builds a German-English corpus from LibreOffice's help packages (apt-get download,
 # no root), cached in --work-dir (default ~/.cache/rdrop_fairseq).  Prints a table (test BLEU, valid

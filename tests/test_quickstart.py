@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib.image
@@ -67,6 +68,20 @@ def test_a_non_positive_alpha_is_refused_naming_the_flag(value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         quickstart.main(["--rdrop-alpha", value])
     assert exit_info.value.code == 2 and "--rdrop-alpha" in capsys.readouterr().err
+
+
+def test_train_pairs_flag_sizes_the_training_slice_only():
+    parse = quickstart.build_parser().parse_args
+    assert quickstart.chosen_setup(parse([])) == quickstart.FULL
+    assert quickstart.chosen_setup(parse(["--smoke"])) == quickstart.SMOKE
+    sized = quickstart.chosen_setup(parse(["--train-pairs", "6000"]))
+    assert asdict(sized) == {**asdict(quickstart.FULL), "train_pairs": 6000}
+
+
+def test_negative_train_pairs_are_refused_naming_the_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--train-pairs", "-1"])
+    assert exit_info.value.code == 2 and "--train-pairs" in capsys.readouterr().err
 
 
 def test_slice_keeps_the_first_lines_of_each_split(tmp_path):
