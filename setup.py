@@ -25,7 +25,12 @@ setup(
         "pooch>=1.6",
         "matplotlib",
         "pyyaml",
+        "rouge-score",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    extras_require={
+        # The fused CUDA loss kernel; on a CPU the tests run it under Triton's interpreter.
+        "triton": ["triton>=3.0; platform_system == 'Linux'"],
+        "test": ["pytest>=7", "pytest-timeout", "triton>=3.0; platform_system == 'Linux'"],
+    },
     entry_points={"console_scripts": ["rdrop-fairseq=rdrop_fairseq.cli:main"]},
 )
