@@ -53,41 +53,61 @@ def _pair_gap(x_i: Tensor, x_j: Tensor) -> Tensor:
     return gap.nan_to_num_(nan=0.0, posinf=_LOG_GAP_LIMIT, neginf=-_LOG_GAP_LIMIT)
 
 
+def _copies_view(scores: Tensor, copies: int) -> Tensor:
+    """``scores`` as ``(groups, copies, T, V)``; see :func:`rdrop_loss` for the two layouts."""
+    vocab = scores.size(-1)
+    if scores.dim() == 3:
+        return scores.view(scores.size(0) // copies, copies, scores.size(1), vocab)
+    return scores.view(1, copies, -1, vocab)
+
+
+def _blocks(groups: int, length: int, step: int):
+    """``(group slice, position slice)`` pairs that cover ``groups x length`` tokens, about ``step`` at a time."""
+    if length >= step:
+        for g in range(groups):
+            for t in range(0, length, step):
+                yield slice(g, g + 1), slice(t, t + step)
+    else:
+        per = max(1, step // max(length, 1))
+        for g in range(0, groups, per):
+            yield slice(g, g + per), slice(None)
+
+
 class RDropLossFunction(torch.autograd.Function):
     """See :func:`rdrop_loss`.  Returns (loss, smoothed_nll, nll, kl); only loss has a gradient."""
 
     @staticmethod
     def forward(ctx, scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, from_logits):
         vocab = scores.size(-1)
-        x_all = scores.view(copies, -1, vocab)
-        num_tokens = x_all.size(1)
-        keep = _keep_mask(target, ignore_index, num_tokens, scores.device)
+        x_all = _copies_view(scores, copies)
+        groups, _, length, _ = x_all.shape
+        target = target.reshape(groups, length) if target is not None else None
+        keep = _keep_mask(target, ignore_index, (groups, length), scores.device)
         eps_i = epsilon / (vocab - 1) if vocab > 1 else 0.0
         dtype = _compute_dtype(scores.dtype)
         smoothed = scores.new_zeros((), dtype=dtype)
         nll = smoothed.clone()
         kl = smoothed.clone()
-        log_norm = scores.new_empty((copies, num_tokens, 1), dtype=dtype) if from_logits else None
-        step = chunk_rows(num_tokens, vocab, chunk_tokens, scores.device.type)
-        for start in range(0, num_tokens, step):
-            rows = slice(start, start + step)
-            x = x_all[:, rows].to(dtype)
+        log_norm = scores.new_empty((groups, copies, length, 1), dtype=dtype) if from_logits else None
+        step = chunk_rows(groups * length, vocab, chunk_tokens, scores.device.type)
+        for gs, ts in _blocks(groups, length, step):
+            x = x_all[gs, :, ts].to(dtype)
             if from_logits:
-                log_norm[:, rows] = torch.logsumexp(x, -1, keepdim=True)
-                x = x - log_norm[:, rows]
-            k = keep[rows].to(x.dtype)
+                log_norm[gs, :, ts] = torch.logsumexp(x, -1, keepdim=True)
+                x = x - log_norm[gs, :, ts]
+            k = keep[gs, ts].to(x.dtype)
             if target is not None:
-                idx = target[rows].clamp(min=0).view(1, -1, 1).expand(copies, -1, 1)
+                idx = target[gs, ts].clamp(min=0).unsqueeze(1).unsqueeze(-1).expand(-1, copies, -1, 1)
                 tok_nll = -x.gather(-1, idx).squeeze(-1)
-                nll += (tok_nll * k).sum()
+                nll += (tok_nll * k.unsqueeze(1)).sum()
                 if eps_i:
-                    smoothed += eps_i * (-x.sum(-1) * k).sum()
+                    smoothed += eps_i * (-x.sum(-1) * k.unsqueeze(1)).sum()
             if alpha != 0 and copies > 1:
                 p = x.exp()
-                pair_sum = x.new_zeros(x.size(1))
+                pair_sum = torch.zeros_like(k)
                 for i in range(copies):
                     for j in range(i + 1, copies):
-                        pair_sum += torch.linalg.vecdot(p[i] - p[j], _pair_gap(x[i], x[j]))
+                        pair_sum += torch.linalg.vecdot(p[:, i] - p[:, j], _pair_gap(x[:, i], x[:, j]))
                 kl += (pair_sum * k).sum()
         kl = kl / (copies * (copies - 1)) if copies > 1 else kl
         smoothed = smoothed + (1.0 - epsilon - eps_i) * nll
@@ -103,46 +123,45 @@ class RDropLossFunction(torch.autograd.Function):
         copies, alpha, epsilon, chunk_tokens = ctx.hparams
         from_logits = log_norm is not None
         vocab = scores.size(-1)
-        x_all = scores.view(copies, -1, vocab)
-        num_tokens = x_all.size(1)
-        grad = torch.empty_like(scores)
-        grad_all = grad.view(copies, -1, vocab)
+        x_all = _copies_view(scores, copies)
+        groups, _, length, _ = x_all.shape
+        grad = scores.new_empty(scores.shape)
+        grad_all = _copies_view(grad, copies)
         dtype = _compute_dtype(scores.dtype)
         go = grad_loss.to(dtype)
         eps_i = epsilon / (vocab - 1) if vocab > 1 else 0.0
         kl_scale = go * (alpha / (copies * (copies - 1))) if copies > 1 else 0.0
         target_grad = -(1.0 - epsilon - eps_i) * go
-        step = chunk_rows(num_tokens, vocab, chunk_tokens, scores.device.type)
+        step = chunk_rows(groups * length, vocab, chunk_tokens, scores.device.type)
         write_direct = grad.dtype == dtype
-        for start in range(0, num_tokens, step):
-            rows = slice(start, start + step)
-            x = x_all[:, rows].to(dtype)
+        for gs, ts in _blocks(groups, length, step):
+            x = x_all[gs, :, ts].to(dtype)
             if from_logits:
-                x = x - log_norm[:, rows]
-            g = grad_all[:, rows] if write_direct else torch.empty_like(x)
+                x = x - log_norm[gs, :, ts]
+            g = grad_all[gs, :, ts] if write_direct else torch.empty_like(x)
             g.fill_(-eps_i * go if target is not None else 0.0)
             p = x.exp() if from_logits or (alpha != 0 and copies > 1) else None
             if alpha != 0 and copies > 1:
                 for i in range(copies):
                     for j in range(i + 1, copies):
-                        gap = _pair_gap(x[i], x[j]).mul_(kl_scale)
-                        dp = (p[i] - p[j]).mul_(kl_scale)
-                        g[i].addcmul_(p[i], gap).add_(dp)
-                        g[j].addcmul_(p[j], gap, value=-1.0).sub_(dp)
+                        gap = _pair_gap(x[:, i], x[:, j]).mul_(kl_scale)
+                        dp = (p[:, i] - p[:, j]).mul_(kl_scale)
+                        g[:, i].addcmul_(p[:, i], gap).add_(dp)
+                        g[:, j].addcmul_(p[:, j], gap, value=-1.0).sub_(dp)
             if target is not None:
-                idx = target[rows].clamp(min=0).view(1, -1, 1).expand(copies, -1, 1)
+                idx = target[gs, ts].clamp(min=0).unsqueeze(1).unsqueeze(-1).expand(-1, copies, -1, 1)
                 g.scatter_add_(-1, idx, target_grad.expand(idx.shape).to(g.dtype))
             if from_logits:  # through log-softmax: g - p * sum(g)
                 g.addcmul_(p, g.sum(-1, keepdim=True), value=-1.0)
-            g.masked_fill_(~keep[rows].view(1, -1, 1), 0.0)
+            g.masked_fill_(~keep[gs, ts].unsqueeze(1).unsqueeze(-1), 0.0)
             if not write_direct:
-                grad_all[:, rows].copy_(g)
+                grad_all[gs, :, ts] = g
         return grad, None, None, None, None, None, None, None
 
 
-def _keep_mask(target, ignore_index, num_tokens, device):
+def _keep_mask(target, ignore_index, shape, device):
     if target is None or ignore_index is None:
-        return torch.ones(num_tokens, dtype=torch.bool, device=device)
+        return torch.ones(shape, dtype=torch.bool, device=device)
     return target.ne(ignore_index)
 
 
@@ -158,9 +177,12 @@ def rdrop_loss(
     """R-Drop loss summed over tokens.
 
     Args:
-        lprobs: ``(copies * N, V)`` log-probabilities; row ``k * N + t`` is copy ``k``
-            of token ``t`` (the batch concatenated with itself ``copies`` times).
-        target: ``(N,)`` token ids shared by all copies, or None for the KL term alone.
+        lprobs: log-probabilities in one of two layouts:
+            ``(copies * B, T, V)``, the copies of sample ``b`` in rows ``b * copies`` to
+            ``b * copies + copies - 1`` (the batch repeated with ``repeat_interleave``, as
+            :class:`~rdrop_fairseq.sub_models.SubModelPasses` makes it); or
+            ``(copies * N, V)``, copy after copy: row ``k * N + t`` is copy ``k`` of token ``t``.
+        target: ``(B, T)`` (or ``(N,)``) token ids shared by all copies, or None for the KL term alone.
         copies: number of sub-models m (>= 1).
         alpha: weight of the KL term.
         epsilon: label smoothing, as fairseq's ``label_smoothed_nll_loss``.
@@ -186,7 +208,7 @@ def rdrop_loss_from_logits(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`rdrop_loss` of ``log_softmax(logits.float(), -1)``, without storing it.
 
-    ``logits`` is ``(copies * N, V)`` in the layout of :func:`rdrop_loss`'s ``lprobs``;
+    ``logits`` is in a layout of :func:`rdrop_loss`'s ``lprobs``;
     half-precision logits are normalised in fp32, as fairseq's own log-softmax does,
     and receive their gradient in their own dtype.
     """
@@ -194,10 +216,32 @@ def rdrop_loss_from_logits(
 
 
 def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, from_logits):
+    if scores.dim() not in (2, 3):
+        raise ValueError(f"scores must be (copies * N, V) or (copies * B, T, V), got shape {tuple(scores.shape)}")
     if copies < 1 or scores.size(0) % copies:
         raise ValueError(f"{scores.size(0)} rows cannot be split into {copies} copies")
-    if target is not None and target.numel() * copies != scores.size(0):
+    if target is not None and target.numel() * copies != scores[..., 0].numel():
         raise ValueError("target must have one entry per token of one copy")
     return RDropLossFunction.apply(
         scores, target, copies, float(alpha), float(epsilon), ignore_index, chunk_tokens, from_logits
     )
+
+
+def rdrop_regression_loss(predictions: Tensor, target: Tensor, copies: int, alpha: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """R-Drop for a regression head (GLUE's STS-B), as the paper's authors made it.
+
+    ``predictions`` is ``(copies * B,)`` or ``(copies * B, 1)`` in the interleaved layout of
+    :func:`rdrop_loss`, ``target`` is ``(B,)``.  Returns ``(loss, mse, consistency)``:
+    ``mse`` sums ``(y_k - t)^2`` over samples and copies, ``consistency`` sums over samples
+    the mean over ordered pairs of copies of ``(y_i - y_j)^2`` (the squared distance takes
+    the place of the KL between two point predictions), and
+    ``loss = mse + alpha * consistency``.  Computed in fp32 (fp64 stays fp64).
+    """
+    if copies < 2 or predictions.numel() != copies * target.numel():
+        raise ValueError(f"{predictions.numel()} predictions do not hold {copies} copies of {target.numel()} targets")
+    dtype = _compute_dtype(predictions.dtype)
+    y = predictions.reshape(-1, copies).to(dtype)
+    mse = (y - target.reshape(-1, 1).to(dtype)).pow(2).sum()
+    pair_gaps = y.unsqueeze(2) - y.unsqueeze(1)
+    consistency = pair_gaps.pow(2).sum() / (copies * (copies - 1))
+    return mse + alpha * consistency, mse, consistency

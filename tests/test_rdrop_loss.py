@@ -188,3 +188,70 @@ def test_logits_entry_saves_only_its_input_and_one_value_per_row():
     # the log-softmax route keeps a second (copies * N, V) tensor: log-softmax's output
     via_lprobs = saved_elements(lambda z: rdrop_loss(F.log_softmax(z, -1), target, 2, 5.0, 0.1, PAD), leaf)
     assert sorted(via_lprobs, reverse=True)[:2] == [logits.numel(), logits.numel()]
+
+
+def interleaved(copy_major, copies, batch):
+    """``(copies * B * T, V)`` copy after copy -> ``(copies * B, T, V)`` with sample b's copies adjacent."""
+    vocab = copy_major.size(-1)
+    return copy_major.view(copies, batch, -1, vocab).transpose(0, 1).reshape(copies * batch, -1, vocab)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("copies", [2, 3])
+@pytest.mark.parametrize("chunk_tokens", [0, 2, 7])
+def test_interleaved_layout_equals_copy_major(entry, copies, chunk_tokens):
+    batch, length = 3, 5
+    logits, target = make_case(copies, tokens=batch * length)
+    ref, _, grad_ref, _ = both(logits, target, copies, 5.0, 0.1, entry=entry)
+    leaf = interleaved(logits, copies, batch).detach().requires_grad_()
+    new = loss_of(entry, leaf, target.view(batch, length), copies, 5.0, 0.1, PAD, chunk_tokens)
+    new[0].backward()
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n, r, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(leaf.grad, interleaved(grad_ref, copies, batch), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_interleaved_layout_takes_a_strided_view(entry):
+    """``--ignore-prefix-size`` hands over ``scores[:, prefix:]``, which is not contiguous."""
+    copies, batch, length = 2, 3, 6
+    logits, target = make_case(copies, tokens=batch * length)
+    full = interleaved(logits, copies, batch)
+    trimmed = full[:, 2:]
+    assert not trimmed.is_contiguous()
+    leaf = full.detach().requires_grad_()
+    new = loss_of(entry, leaf[:, 2:], target.view(batch, length)[:, 2:], copies, 5.0, 0.1, PAD, 4)
+    new[0].backward()
+    dense = trimmed.detach().contiguous().requires_grad_()
+    ref = loss_of(entry, dense, target.view(batch, length)[:, 2:].contiguous(), copies, 5.0, 0.1, PAD)
+    ref[0].backward()
+    torch.testing.assert_close(new[0], ref[0])
+    torch.testing.assert_close(leaf.grad[:, 2:], dense.grad)
+    assert leaf.grad[:, :2].abs().max() == 0
+
+
+def test_regression_loss_matches_a_plain_reference():
+    from rdrop_fairseq.rdrop_loss import rdrop_regression_loss
+
+    gen = torch.Generator().manual_seed(3)
+    copies, batch, alpha = 3, 5, 0.7
+    predictions = torch.randn(copies * batch, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(batch, generator=gen, dtype=torch.float64)
+    loss, mse, consistency = rdrop_regression_loss(predictions, target, copies, alpha)
+    loss.backward()
+    y = predictions.detach().clone().requires_grad_()
+    ref_mse = ref_consistency = 0.0
+    for b in range(batch):
+        for k in range(copies):
+            ref_mse = ref_mse + (y[b * copies + k, 0] - target[b]) ** 2
+        for i in range(copies):
+            for j in range(copies):
+                if i != j:
+                    gap = y[b * copies + i, 0] - y[b * copies + j, 0]
+                    ref_consistency = ref_consistency + gap**2 / (copies * (copies - 1))
+    (ref_mse + alpha * ref_consistency).backward()
+    torch.testing.assert_close(mse, ref_mse)
+    torch.testing.assert_close(consistency, ref_consistency)
+    torch.testing.assert_close(predictions.grad, y.grad)
+    with pytest.raises(ValueError, match="copies"):
+        rdrop_regression_loss(predictions[:-1], target, copies, alpha)
