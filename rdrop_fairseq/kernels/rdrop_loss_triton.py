@@ -37,7 +37,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 # Same role as rdrop_loss._LOG_GAP_LIMIT: a NaN or infinite score gap becomes finite.
-LOG_GAP_LIMIT = 1.0e4
+LOG_GAP_LIMIT = tl.constexpr(1.0e4)
 
 
 @triton.jit
