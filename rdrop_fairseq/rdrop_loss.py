@@ -20,6 +20,11 @@ layer that made it) and, from logits, one log-normaliser per row.  Forward and
 backward walk over the tokens in chunks, so their temporaries are bounded by
 ``chunk_tokens * V`` floats, and backward writes the whole gradient (the NLL,
 smoothing and KL parts together) into a single buffer of the input's size.
+
+On CUDA the same Function's work is done by two fused Triton kernels
+(:mod:`rdrop_fairseq.kernels.rdrop_loss_triton`): one pass over the scores for the loss,
+one for the gradient.  :func:`kernel_for` picks the implementation (``RDROP_KERNEL``);
+the torch Function here is the CPU path and the reference the kernels are tested against.
 """
 import os
 from typing import Optional, Tuple
