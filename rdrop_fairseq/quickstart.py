@@ -277,8 +277,14 @@ def generate(bin_dir: Path, run_dir: Path, plan: Plan, args, subset: str, lenpen
     logger.info("translating the %s set with %s (--lenpen %g)", subset, run_dir.name, lenpen)
     # the translations go to their own file: lines on a shared stdout/stderr pipe can interleave
     run_logged(cmd, run_dir / f"generate-{subset}.log", echo=lambda line: None)
+    return read_nbest(results / f"generate-{subset}.txt")
+
+
+def read_nbest(path: Path) -> Dict[int, List[Tuple[str, List[float]]]]:
+    """The H- lines of a fairseq-generate output by sentence number, in its order (best first), each with
+    the per-token scores of its P- line."""
     hyps: Dict[int, List[Tuple[str, List[float]]]] = {}
-    for line in read_lines(results / f"generate-{subset}.txt"):
+    for line in read_lines(path):
         kind, _, rest = line.partition("-")
         if kind == "H":
             ident, _score, text = (rest.split("\t", 2) + ["", ""])[:3]
@@ -409,6 +415,22 @@ def score(bin_dir: Path, raw: Path, out_dir: Path, plan: Plan, args, walls) -> D
             for name in translations}
 
 
+def write_results(out_dir: Path, plan: Plan, raw: Path, results: Dict[str, Dict[str, float]]) -> str:
+    """OUT_DIR/results.{json,md}; returns the markdown: the table, and the warning when R-Drop trained
+    less than the default (logged as well)."""
+    warning = shortfall_warning(results["rdrop"]["updates"], plan.setup)
+    report = format_table(results) + (f"\n\n**Warning:** {warning}" if warning else "")
+    with atomic_output(out_dir / "results.json") as handle:
+        json.dump({"setup": asdict(plan.setup), "device": asdict(plan.device), "device_flags": plan.device_flags,
+                   "rdrop_alpha": plan.alpha, "lenpen_grid": LENPENS, "corpus": str(raw),
+                   "warning": warning, "results": results}, handle, indent=1)
+    with atomic_output(out_dir / "results.md") as handle:
+        handle.write(report + "\n")
+    if warning:
+        logger.warning(warning)
+    return report
+
+
 def quickstart(args) -> Dict[str, Dict[str, float]]:
     start = time.time()
     plan = plan_run(detect_device(args.cpu), args)
@@ -424,21 +446,12 @@ def quickstart(args) -> Dict[str, Dict[str, float]]:
     prepared = time.time()
     walls = train_runs(bin_dir, args.out_dir, plan, args)
     results = score(bin_dir, raw, args.out_dir, plan, args, walls)
-    warning = shortfall_warning(results["rdrop"]["updates"], setup)
-    table = format_table(results)
-    with atomic_output(args.out_dir / "results.json") as handle:
-        json.dump({"setup": asdict(setup), "device": asdict(plan.device), "device_flags": plan.device_flags,
-                   "rdrop_alpha": plan.alpha, "lenpen_grid": LENPENS, "corpus": str(raw),
-                   "warning": warning, "results": results}, handle, indent=1)
-    with atomic_output(args.out_dir / "results.md") as handle:
-        handle.write(table + "\n" + (f"\n**Warning:** {warning}\n" if warning else ""))
+    report = write_results(args.out_dir, plan, raw, results)
     logs = {"baseline": plot.read_log(args.out_dir / "baseline" / "train.log"),
             f"R-Drop (alpha {plan.alpha:g})": plot.read_log(args.out_dir / "rdrop" / "train.log")}
     png = plot.plot_runs(logs, args.out_dir / "curves.png", title=f"{args.src}->{args.tgt}: baseline vs R-Drop")
     print()
-    print(table)
-    if warning:
-        logger.warning(warning)
+    print(report)
     print(f"\ncurves: {png}\ntotal time: {(time.time() - start) / 60:.1f} min, of which "
           f"{(prepared - start) / 60:.1f} min preparing the corpus")
     return results
