@@ -316,30 +316,92 @@ def read(path):
     return path.read_text(encoding="utf-8").splitlines()
 
 
+FAKE_PIP = """#!/usr/bin/env bash
+# Stands in for the venv's pip: records its arguments and, for the package itself, makes the test's own
+# site-packages visible to the new environment instead of downloading anything.
+set -euo pipefail
+echo "$*" >> "$PIP_CALLS"
+if [[ " $* " == *" -e "* ]]; then
+    site=$("$RDROP_QUICKSTART_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    printf '%s\\n' "$TEST_SITE_PACKAGES" > "$site/quickstart-test-deps.pth"
+fi
+"""
+
+
+def quickstart_env(tmp_path, python):
+    fake_pip = tmp_path / "fake-pip"
+    fake_pip.write_text(FAKE_PIP)
+    fake_pip.chmod(0o755)
+    site_packages = [p for p in sys.path if p.endswith("site-packages")]
+    return dict(os.environ, PYTHON=str(python), RDROP_QUICKSTART_VENV=str(tmp_path / "venv"),
+                RDROP_QUICKSTART_PIP=str(fake_pip), PIP_CALLS=str(tmp_path / "pip-calls"),
+                TEST_SITE_PACKAGES="\n".join(site_packages))
+
+
+def run_script(env, *args, timeout=120):
+    return subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_with_the_dependencies_installed_the_script_runs_them_as_they_are(tmp_path):
+    result = run_script(quickstart_env(tmp_path, sys.executable), "--minutes", "0")
+    # the interpreter's own argument check answered: it ran, and nothing was installed
+    assert result.returncode == 2 and "--minutes must be positive" in result.stderr
+    assert "installing" not in result.stdout and "lacks" not in result.stdout
+    assert not (tmp_path / "pip-calls").exists() and not (tmp_path / "venv").exists()
+
+
+def test_without_the_dependencies_help_still_prints_the_usage(tmp_path):
+    bare = bare_python(tmp_path)
+    result = run_script(quickstart_env(tmp_path, bare), "--help")
+    assert result.returncode == 0 and "Usage: scripts/quickstart.sh" in result.stdout
+    assert not (tmp_path / "venv").exists()
+
+
+def bare_python(tmp_path) -> Path:
+    """A fresh interpreter without any of the project's dependencies."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    python = tmp_path / "bare" / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+    return python
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(not SHARED_CORPUS.is_dir(), reason=f"needs {SHARED_CORPUS}")
-def test_smoke_run_prints_the_table_and_draws_the_curves(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable)
-    result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "quickstart.sh"), "--smoke", "--cpu", "--corpus", str(SHARED_CORPUS),
-         "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=600)
+def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_draws_the_curves(tmp_path):
+    env = quickstart_env(tmp_path, bare_python(tmp_path))
+    venv = tmp_path / "venv"
+    result = run_script(env, "--smoke", "--cpu", "--corpus", str(SHARED_CORPUS), "--work-dir",
+                        str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"), timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
+    assert "lacks rdrop_fairseq's dependencies" in out and f"installing them into the virtual environment {venv}" in out
+    calls = read(tmp_path / "pip-calls")
+    assert calls[1] == "install -q torch==2.13.0" and calls[2] == f"install -q -e {REPO}"
+    assert f"running: {venv}/bin/python -m fairseq_cli.train" in out  # the run used the new environment
+
     assert quickstart.TABLE_HEADER in out
     rows = [line for line in out.splitlines() if line.startswith(("| baseline |", "| rdrop |"))]
-    assert len(rows) == 2 and all(row.split("|")[6].strip() == "6" for row in rows)
-    assert '"num_updates"' in out  # fairseq's progress reaches the console
+    assert len(rows) == 2 and all(row.split("|")[8].strip() == "6" for row in rows)
+    assert "[rdrop] 6/6 updates" in out and "[baseline] 3/6 updates" in out  # progress reaches the console
+    assert "**Warning:**" not in out  # the default number of updates
 
     png = tmp_path / "out" / "curves.png"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     assert matplotlib.image.imread(png).ndim == 3
-    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    results = summary["results"]
     assert set(results) == {"baseline", "rdrop"} and results["rdrop"]["updates"] == 6
+    assert all(r["lenpen"] in quickstart.LENPENS and 0 < r["bp"] <= 1 for r in results.values())
+    assert summary["warning"] is None
 
-    corpus = Path(json.loads((tmp_path / "out" / "results.json").read_text())["corpus"])
+    corpus = Path(summary["corpus"])
     for lang in ("de", "en"):
         train = set(read(corpus / f"train.{lang}"))
         assert not train & set(read(corpus / f"valid.{lang}")) and not train & set(read(corpus / f"test.{lang}"))
     hyps = read(tmp_path / "out" / "rdrop" / "test.hyp.en")
     assert len(hyps) == len(read(corpus / "test.en")) == quickstart.SMOKE.heldout_pairs
+
+    again = run_script(env, "--minutes", "0")  # a second run finds the environment made by the first
+    assert again.returncode == 2 and "--minutes must be positive" in again.stderr
+    assert f"using {venv}/bin/python" in again.stdout and len(read(tmp_path / "pip-calls")) == len(calls)
