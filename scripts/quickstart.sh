@@ -9,7 +9,7 @@
 #                which later runs reuse.
 #        RDROP_QUICKSTART_TORCH  what that installation asks pip for torch (default torch==2.13.0)
 # On a CPU: a 2+2-layer transformer on 2,000 pairs, 2,200 updates per run.  With CUDA: the paper's
-# transformer_iwslt_de_en (alpha 5, bf16 or fp16) on the whole corpus, 4,000 updates per run.
+# transformer_iwslt_de_en (alpha 5, fp16) on the whole corpus, 4,000 updates per run.
 # Without --corpus it builds a German-English corpus from LibreOffice's help packages (apt-get download,
 # no root), cached in --work-dir (default ~/.cache/rdrop_fairseq).  Prints a table (test BLEU, length
 # penalty chosen on valid, brevity penalty, valid loss/ppl, updates, wall time, words/s) and writes
