@@ -165,6 +165,11 @@ def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, mon
     assert rdrop_limit is None and rdrop_hours == pytest.approx(20 / 60 * 0.9 * 0.6, abs=1e-4)
     assert baseline_limit == "625" and baseline_hours > 20 / 60 * 0.9 * 0.4
 
+    limits.clear()  # with both flags, the budget stopped R-Drop first: the baseline gets R-Drop's 625 still
+    args = parse("--minutes", "20", "--max-updates", "2000")
+    quickstart.train_runs(tmp_path, tmp_path / "out", quickstart.plan_run(CPU, args), args)
+    assert [limit for limit, _ in limits] == ["2000", "625"]
+
 
 def test_a_run_with_fewer_updates_than_the_default_says_it_settles_nothing(tmp_path, caplog):
     assert quickstart.shortfall_warning(2200, quickstart.CPU) is None
