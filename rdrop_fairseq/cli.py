@@ -1,7 +1,7 @@
 """``rdrop-fairseq``: small commands around the plugin.
 
     rdrop-fairseq user-dir     print the folder to pass to fairseq's --user-dir
-    rdrop-fairseq quickstart   baseline vs R-Drop on one machine in minutes (--help for options)
+    rdrop-fairseq quickstart   baseline vs R-Drop on one machine, the same updates each (--help for options)
 """
 import argparse
 import os
@@ -16,7 +16,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("user-dir", help="print the path for fairseq's --user-dir")
-    sub.add_parser("quickstart", add_help=False, help="baseline vs R-Drop on one machine in minutes")
+    sub.add_parser("quickstart", add_help=False, help="baseline vs R-Drop on one machine, the same updates each")
     args, rest = parser.parse_known_args(argv)
     if args.command == "quickstart":
         from rdrop_fairseq import quickstart
