@@ -19,6 +19,8 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from . import safe_load
+
 UPDATE_CHECKPOINT = re.compile(r"checkpoint_\d+_(\d+)\.pt")
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")
 
@@ -39,8 +41,7 @@ def last_checkpoints(save_dir: Path, count: int, epochs: bool = False) -> List[P
 
 
 def load(path: Path) -> dict:
-    # fairseq checkpoints pickle their config and meters, so full unpickling is required.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return safe_load.load(path, map_location="cpu")
 
 
 def average_state_dicts(states: Sequence[Dict[str, torch.Tensor]], names: Sequence[str]) -> Dict[str, torch.Tensor]:

@@ -1,10 +1,17 @@
 """Make fairseq-fixed (fairseq main) run on current torch and numpy.
 
 * torch >= 2.6 loads with ``weights_only=True`` by default, which rejects fairseq
-  checkpoints (they pickle the config, meters and iterator state).  Only fairseq's
-  own checkpoint and inter-worker loads are switched back to full unpickling, the
-  behaviour they were written for; every other ``torch.load`` in the process keeps
-  torch's safer default.
+  checkpoints: besides tensors they pickle a few data classes (``argparse.Namespace``,
+  numpy arrays).  fairseq's checkpoint loads go through :mod:`rdrop_fairseq.safe_load`,
+  which allows exactly those and refuses anything else unless the user opts in
+  (``RDROP_TRUST_CHECKPOINTS=1``, or a task's ``--trust-checkpoints``, honoured when
+  ``fairseq.tasks.setup_task`` sets up the command line's task).
+  fairseq's inter-worker broadcasts (``distributed.utils``) keep full unpickling: their
+  bytes come from a peer process of the same job, pickled from objects it already holds
+  (a checkpoint it loaded through the safe loader, or the workers' own state), and they
+  carry ``OmegaConf`` configs and fairseq's own placeholders.  A process-group peer is
+  trusted as torch.distributed trusts it (``broadcast_object_list`` unpickles too).
+  Every other ``torch.load`` in the process keeps torch's own default.
 * numpy 2 removed ``np.compat``, which fairseq's datasets still use for ``long``.
 * After a non-finite step fairseq re-runs the batch under its ``NanDetector`` to say
   where the NaN came from; the backward hooks it registers on every module make
@@ -21,29 +28,46 @@ import types
 import numpy as np
 import torch
 
+from . import safe_load
+
 
 @functools.wraps(torch.load)
-def _fairseq_torch_load(*args, **kwargs):
+def _load_from_peer(*args, **kwargs):
     kwargs.setdefault("weights_only", False)
     return torch.load(*args, **kwargs)
 
 
-class _TorchForFairseq(types.ModuleType):
+class _TorchWithLoad(types.ModuleType):
     """``torch`` as seen from one fairseq module: the same, except ``load``."""
 
-    load = staticmethod(_fairseq_torch_load)
+    def __init__(self, load):
+        super().__init__("torch")
+        self.load = load
 
     def __getattr__(self, name):
         return getattr(torch, name)
 
 
+def _setup_task_honouring_trust(setup_task):
+    @functools.wraps(setup_task)
+    def setup_task_and_honour_trust(cfg, **kwargs):
+        safe_load.honour_task_option(cfg, from_checkpoint=kwargs.get("from_checkpoint", False))
+        return setup_task(cfg, **kwargs)
+
+    setup_task_and_honour_trust.honours_trust = True
+    return setup_task_and_honour_trust
+
+
 def _patch_checkpoint_loading():
-    from fairseq import checkpoint_utils
+    from fairseq import checkpoint_utils, tasks
     from fairseq.distributed import utils as distributed_utils
 
-    for module in (checkpoint_utils, distributed_utils):
-        if not isinstance(module.torch, _TorchForFairseq):
-            module.torch = _TorchForFairseq("torch")
+    if not isinstance(checkpoint_utils.torch, _TorchWithLoad):
+        checkpoint_utils.torch = _TorchWithLoad(safe_load.load)
+    if not isinstance(distributed_utils.torch, _TorchWithLoad):
+        distributed_utils.torch = _TorchWithLoad(_load_from_peer)
+    if not getattr(tasks.setup_task, "honours_trust", False):
+        tasks.setup_task = _setup_task_honouring_trust(tasks.setup_task)
 
 
 def _patch_numpy_compat():

@@ -1,6 +1,10 @@
-"""fairseq main's batching, as the plugin leaves it."""
+"""fairseq main's batching and checkpoint loading, as the plugin leaves them."""
+import io
+import pickle
+
 import numpy as np
 import pytest
+import torch
 from fairseq.data import data_utils
 
 import rdrop_fairseq  # noqa: F401  (applies the compat patches)
@@ -26,3 +30,25 @@ def test_a_multiple_of_8_gives_the_same_batches_as_before():
     indices = np.arange(64)
     batches = data_utils.batch_by_size(indices, lambda i: sizes[i], max_sentences=16, required_batch_size_multiple=8)
     assert [list(batch) for batch in batches] == [list(range(i, i + 16)) for i in range(0, 64, 16)]
+
+
+class _NotAllowed:
+    pass
+
+
+def test_torch_load_outside_fairseq_keeps_torch_default():
+    buffer = io.BytesIO()
+    torch.save({"object": _NotAllowed()}, buffer)
+    buffer.seek(0)
+    with pytest.raises(pickle.UnpicklingError, match="_NotAllowed"):
+        torch.load(buffer)
+
+
+def test_applying_twice_wraps_once():
+    from fairseq import checkpoint_utils, tasks
+
+    from rdrop_fairseq import compat, safe_load
+
+    compat.apply()
+    assert checkpoint_utils.torch.load is safe_load.load
+    assert not getattr(tasks.setup_task.__wrapped__, "honours_trust", False)

@@ -1,0 +1,167 @@
+"""Load fairseq checkpoints without running code from them.
+
+Unpickling a ``.pt`` file in full can call any function the file names, so a crafted
+checkpoint runs code on the machine that loads it.  :func:`load` unpickles with
+``torch.load(weights_only=True)``: tensors and Python containers, plus the few
+classes below that fairseq's own checkpoints hold (:func:`checkpoint_globals`).
+Anything else is refused with :class:`UntrustedCheckpointError`, which names it.
+
+A checkpoint the user trusts may be loaded in full: ``RDROP_TRUST_CHECKPOINTS=1``
+in the environment, or ``--trust-checkpoints`` where a task offers
+:class:`TrustCheckpointsFields`.  The first load that needs it warns.
+"""
+import argparse
+import contextlib
+import functools
+import io
+import os
+import pickle
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Tuple, Union
+
+import numpy as np
+import torch
+
+TRUST_ENV = "RDROP_TRUST_CHECKPOINTS"
+TRUST_FLAG = "--trust-checkpoints"
+
+_trusted_by_flag = False
+_warned = False
+
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds an object outside the allow-list, and no opt-in is set."""
+
+
+class TrustedCheckpointWarning(UserWarning):
+    """A checkpoint is loaded in full (it can run code) because the user opted in."""
+
+
+@dataclass
+class TrustCheckpointsFields:
+    """The task option that opts in.  A task's options are parsed, and the task set
+    up, before fairseq-train, -generate, -interactive and -eval-lm load a checkpoint."""
+
+    trust_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "load checkpoints that hold objects outside rdrop_fairseq's allow-list "
+                          "with full unpickling, which runs any code they carry: only for files "
+                          f"you trust (as {TRUST_ENV}=1)"},
+    )
+
+
+def _numpy_reconstruct() -> Callable:
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+    return core.multiarray._reconstruct
+
+
+@functools.lru_cache(maxsize=1)
+def checkpoint_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
+    """What fairseq checkpoints hold beyond what ``weights_only`` allows by default.
+
+    Each entry only rebuilds data (a class instance from its attributes, or an array);
+    none calls code the file chooses."""
+    from fairseq.logging import meters
+
+    reconstruct = _numpy_reconstruct()
+    return [
+        # Measured (torch.serialization.get_unsafe_globals_in_checkpoint on checkpoints of
+        # the tiny runs in docs/checkpoint-safety.md): the config of a legacy model
+        # (cfg["model"]; "args" before fairseq 0.10).
+        argparse.Namespace,
+        # Measured: the validation meters of --eval-bleu keep n-gram counts as numpy
+        # arrays.  Files written under numpy 1 name numpy.core.
+        (reconstruct, "numpy._core.multiarray._reconstruct"),
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        # A dtype is rebuilt as an instance of its own class (numpy.dtypes.Int64DType
+        # for the counts above): those of bool and numbers, never object dtypes.
+        *sorted({type(np.dtype(code)) for code in "?bhilqBHILQefd"}, key=str),
+        # Read from fairseq's save code, not from a file: fairseq <= 0.9 (the 2019
+        # pretrained models) pickled its training meters in extra_state["train_meters"];
+        # fairseq keeps the module alias fairseq.meters so that those files load.
+        (meters.AverageMeter, "fairseq.meters.AverageMeter"),
+        (meters.TimeMeter, "fairseq.meters.TimeMeter"),
+        (meters.StopwatchMeter, "fairseq.meters.StopwatchMeter"),
+    ]
+
+
+def trust_checkpoints() -> None:
+    """Opt in for this process: load checkpoints outside the allow-list in full."""
+    global _trusted_by_flag
+    _trusted_by_flag = True
+
+
+def honour_task_option(task_cfg: Any, from_checkpoint: bool = False) -> None:
+    """Opt in when the command line's task has ``--trust-checkpoints``.  A task
+    configuration read back from a checkpoint is not the user's word, so it is ignored."""
+    if not from_checkpoint and getattr(task_cfg, "trust_checkpoints", False):
+        trust_checkpoints()
+
+
+def _flag_offered() -> bool:
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    config = TASK_DATACLASS_REGISTRY.get("rdrop_translation")
+    return config is not None and issubclass(config, TrustCheckpointsFields)
+
+
+def trusted() -> bool:
+    return _trusted_by_flag or os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def _allowed(entries):
+    # torch's allow-list is process-wide: add only what the user has not added, and
+    # take away only that.  It holds data types alone, so another load that sees it
+    # meanwhile gains nothing that runs code.
+    present = set(torch.serialization.get_safe_globals())
+    with torch.serialization.safe_globals([entry for entry in entries if entry not in present]):
+        yield
+
+
+def _refused_global(error: Exception) -> str:
+    message = str(error)
+    match = re.search(r"GLOBAL (\S+)", message) or re.search(r"got <class '([^']+)'>", message)
+    return match.group(1) if match else message
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return str(getattr(source, "name", "checkpoint"))
+
+
+def load(f, map_location=None):
+    """``torch.load`` of a fairseq checkpoint (a path or a binary file), refusing anything
+    outside :func:`checkpoint_globals` unless the user opted in."""
+    global _warned
+    start = f.tell() if isinstance(f, io.IOBase) and f.seekable() else None
+    try:
+        with _allowed(checkpoint_globals()):
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not str(error).startswith("Weights only load failed"):
+            raise
+        refused, name = _refused_global(error), _describe(f)
+    if not trusted():
+        flag = f", or pass {TRUST_FLAG} with an R-Drop --task" if _flag_offered() else ""
+        raise UntrustedCheckpointError(
+            f"{name}: refused to load: it holds {refused}, which is not among the objects fairseq "
+            "checkpoints hold (rdrop_fairseq.safe_load.checkpoint_globals), and unpickling it could "
+            f"run code.  If you trust this file, set {TRUST_ENV}=1{flag}."
+        ) from None
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"{name} holds {refused}, outside the checkpoint allow-list; loading it with full "
+            f"unpickling, which runs any code it carries, because {TRUST_ENV} or {TRUST_FLAG} "
+            "is set.  Warned once per process.",
+            TrustedCheckpointWarning, stacklevel=2,
+        )
+    if start is not None:
+        f.seek(start)
+    return torch.load(f, map_location=map_location, weights_only=False)

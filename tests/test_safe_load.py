@@ -1,0 +1,293 @@
+"""Checkpoints are unpickled with ``weights_only=True`` and a short allow-list: real
+checkpoints of every training setup load exactly as in full, a crafted one is refused
+before it can run anything, and the opt-in loads it with one warning."""
+import argparse
+import io
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from fairseq.tasks import register_task
+
+from fairseq_runs import USER_DIR, toy_data, train_args, train_in_process
+from rdrop_fairseq import average_checkpoints, safe_load
+from rdrop_fairseq.tasks.rdrop_translation import RDropTranslationConfig, RDropTranslationTask
+
+EVAL_BLEU = ["--eval-bleu", "--eval-bleu-detok", "space",
+             "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 3}',
+             "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]
+# fairseq's --fp16 flattens its fp32 master weights on a CUDA device; unflattened it runs
+# on CPU with the same optimizer state.  --bf16 implies --tpu, so it cannot run here.
+PRECISIONS = {
+    "fp32": [],
+    "fp16": ["--fp16", "--fp16-no-flatten-grads"],
+    "memory-efficient-fp16": ["--memory-efficient-fp16"],
+    "amp": ["--amp"],
+}
+TRUSTING_TASK = "rdrop_translation_trusting_checkpoints_test"
+
+
+class WritesFile:
+    """Unpickling it opens ``path`` for writing: a crafted checkpoint's move, harmless."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+class RunsCommand:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+class ExtraState:
+    """An object of the user's own, outside the allow-list, that runs nothing."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return toy_data(tmp_path_factory)
+
+
+def train(data, save_dir, *extra):
+    """2 updates with validation (and its BLEU meters) and a checkpoint after each."""
+    args = [arg for arg in train_args(data, save_dir, "--max-update", "2", "--save-interval-updates", "1", *extra)
+            if arg != "--disable-validation"]
+    train_in_process(args)
+    return save_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(data, tmp_path_factory):
+    return train(data, tmp_path_factory.mktemp("safe-load") / "fp32", *EVAL_BLEU)
+
+
+def assert_same(safe, full, where="state"):
+    assert type(safe) is type(full), where
+    if torch.is_tensor(full):
+        assert safe.dtype == full.dtype and torch.equal(safe, full), where
+    elif isinstance(full, dict):
+        assert list(safe) == list(full), where
+        for key in full:
+            assert_same(safe[key], full[key], f"{where}[{key!r}]")
+    elif isinstance(full, (list, tuple)):
+        assert len(safe) == len(full), where
+        for i, (a, b) in enumerate(zip(safe, full)):
+            assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(full, np.ndarray):
+        assert safe.dtype == full.dtype and np.array_equal(safe, full), where
+    elif hasattr(full, "__dict__"):
+        assert_same(vars(safe), vars(full), f"{where}.__dict__")
+    else:
+        assert safe == full, where
+
+
+def allowed_names():
+    return {entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+            for entry in safe_load.checkpoint_globals()}
+
+
+def full_load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def crafted(checkpoint, out, extra):
+    """``checkpoint`` with one more object in its extra_state."""
+    state = full_load(checkpoint)
+    state["extra_state"]["injected"] = extra
+    torch.save(state, out)
+    return out
+
+
+def test_translation_checkpoint_needs_the_namespace_and_the_bleu_meters_arrays(run_dir):
+    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(run_dir / "checkpoint_last.pt"))
+    assert unsafe == {"argparse.Namespace", "numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype"}
+    assert unsafe <= allowed_names()
+
+
+@pytest.mark.parametrize("precision", sorted(PRECISIONS))
+def test_checkpoints_of_each_precision_load_as_in_full(data, run_dir, tmp_path, precision):
+    from fairseq import checkpoint_utils
+
+    save_dir = run_dir if precision == "fp32" else train(data, tmp_path / precision, *PRECISIONS[precision])
+    for path in sorted(save_dir.glob("*.pt")):
+        assert set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) <= allowed_names(), path
+        full = full_load(path)
+        assert_same(safe_load.load(path, map_location="cpu"), full)
+        assert checkpoint_utils.load_checkpoint_to_cpu(str(path))["extra_state"]["train_iterator"]
+    optimizer_state = full_load(save_dir / "checkpoint_last.pt")["last_optimizer_state"]
+    assert ("loss_scale" in optimizer_state) == ("fp16" in precision)
+
+
+def test_averaged_checkpoint_loads_as_in_full(run_dir, tmp_path):
+    inputs = [run_dir / "checkpoint_1_1.pt", run_dir / "checkpoint_1_2.pt"]
+    average_checkpoints.average_checkpoints(inputs, tmp_path / "avg.pt")
+    assert set(torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "avg.pt")) <= allowed_names()
+    assert_same(safe_load.load(tmp_path / "avg.pt"), full_load(tmp_path / "avg.pt"))
+
+
+def test_fairseq_0_9_training_meters_load(run_dir, tmp_path, monkeypatch):
+    """A stand-in for a 2019 checkpoint (fairseq <= 0.9, as the pretrained RoBERTa and BART
+    were written): its extra_state pickled meter objects under the module fairseq.meters."""
+    from fairseq.logging import meters
+
+    train_meters = OrderedDict()
+    for name, meter in (("train_loss", meters.AverageMeter()), ("wps", meters.TimeMeter()),
+                        ("train_wall", meters.StopwatchMeter())):
+        monkeypatch.setattr(type(meter), "__module__", "fairseq.meters")
+        train_meters[name] = meter
+    train_meters["train_loss"].update(2.5, 3)
+    path = crafted(run_dir / "checkpoint_last.pt", tmp_path / "old.pt", train_meters)
+    assert {"fairseq.meters.AverageMeter", "fairseq.meters.TimeMeter", "fairseq.meters.StopwatchMeter"} <= set(
+        torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    loaded = safe_load.load(path)["extra_state"]["injected"]
+    assert type(loaded["train_loss"]) is meters.AverageMeter and loaded["train_loss"].avg == 2.5
+
+
+PAYLOADS = {"open a file": (WritesFile, "io.open"), "os.system": (RunsCommand, "posix.system")}
+
+
+@pytest.fixture(params=sorted(PAYLOADS))
+def attack(request, run_dir, tmp_path):
+    """A crafted checkpoint, the file its unpickling would create, and the global it names."""
+    payload, refused = PAYLOADS[request.param]
+    marker = tmp_path / "pwned"
+    return crafted(run_dir / "checkpoint_last.pt", tmp_path / "crafted.pt", payload(marker)), marker, refused
+
+
+def assert_refused(raised, checkpoint, refused, marker):
+    message = str(raised.value)
+    assert isinstance(raised.value, safe_load.UntrustedCheckpointError)
+    assert str(checkpoint) in message and refused in message, message
+    assert f"{safe_load.TRUST_ENV}=1" in message
+    assert not marker.exists()
+
+
+@pytest.fixture(autouse=True)
+def no_opt_in(monkeypatch):
+    monkeypatch.delenv(safe_load.TRUST_ENV, raising=False)
+    monkeypatch.setattr(safe_load, "_trusted_by_flag", False)
+    monkeypatch.setattr(safe_load, "_warned", False)
+
+
+def test_crafted_checkpoint_is_refused_by_load_checkpoint_to_cpu(attack):
+    from fairseq import checkpoint_utils
+
+    checkpoint, marker, refused = attack
+    with pytest.raises(safe_load.UntrustedCheckpointError) as raised:
+        checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
+    assert_refused(raised, checkpoint, refused, marker)
+
+
+def generate_config(data, checkpoint, *extra):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    return convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_generation_parser(), input_args=[
+        str(data), "--user-dir", USER_DIR, "--task", "rdrop_translation", "--path", str(checkpoint),
+        "--gen-subset", "test", "--beam", "1", "--max-len-a", "0", "--max-len-b", "3", "--batch-size", "16",
+        "--cpu", "-s", "de", "-t", "en", "--results-path", str(checkpoint.parent / "generated"), *extra]))
+
+
+def test_crafted_checkpoint_is_refused_by_fairseq_generate(attack, data):
+    from fairseq_cli import generate
+
+    checkpoint, marker, refused = attack
+    with pytest.raises(safe_load.UntrustedCheckpointError) as raised:
+        generate.main(generate_config(data, checkpoint))
+    assert_refused(raised, checkpoint, refused, marker)
+
+
+@pytest.mark.parametrize("flag", ["--restore-file", "--finetune-from-model"])
+def test_crafted_checkpoint_is_refused_by_fairseq_train(attack, data, tmp_path, flag):
+    checkpoint, marker, refused = attack
+    with pytest.raises(safe_load.UntrustedCheckpointError) as raised:
+        train_in_process(train_args(data, tmp_path / "resumed", "--max-update", "3", flag, str(checkpoint)))
+    assert_refused(raised, checkpoint, refused, marker)
+    assert not (tmp_path / "resumed" / "checkpoint_last.pt").exists()
+
+
+def test_opt_in_loads_an_extra_object_and_warns_once(run_dir, data, tmp_path, monkeypatch):
+    from fairseq import checkpoint_utils
+    from fairseq_cli import generate
+
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "extra.pt", ExtraState(42))
+    monkeypatch.setenv(safe_load.TRUST_ENV, "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
+        generate.main(generate_config(data, checkpoint))
+        safe_load.load(run_dir / "checkpoint_last.pt")  # needs no opt-in: no warning
+    assert state["extra_state"]["injected"].value == 42
+    trusted = [w for w in caught if issubclass(w.category, safe_load.TrustedCheckpointWarning)]
+    assert len(trusted) == 1 and "test_safe_load.ExtraState" in str(trusted[0].message)
+    assert (tmp_path / "generated" / "generate-test.txt").stat().st_size > 0
+
+
+def test_a_binary_file_is_reread_from_where_it_started(run_dir, tmp_path, monkeypatch):
+    data = b"prefix" + crafted(run_dir / "checkpoint_last.pt", tmp_path / "extra.pt", ExtraState(7)).read_bytes()
+    monkeypatch.setenv(safe_load.TRUST_ENV, "yes")
+    with io.BytesIO(data) as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore", safe_load.TrustedCheckpointWarning)
+        handle.seek(len(b"prefix"))
+        assert safe_load.load(handle)["extra_state"]["injected"].value == 7
+
+
+@dataclass
+class TrustingTranslationConfig(RDropTranslationConfig, safe_load.TrustCheckpointsFields):
+    pass
+
+
+# The R-Drop translation task with the option, as any task that offers it.
+register_task(TRUSTING_TASK, dataclass=TrustingTranslationConfig)(type("TrustingTask", (RDropTranslationTask,), {}))
+
+
+def test_the_task_option_opts_in_for_fairseq_generate(run_dir, data, tmp_path):
+    from fairseq_cli import generate
+
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "extra.pt", ExtraState(42))
+    with pytest.raises(safe_load.UntrustedCheckpointError):
+        generate.main(generate_config(data, checkpoint, "--task", TRUSTING_TASK))
+    with pytest.warns(safe_load.TrustedCheckpointWarning, match="test_safe_load.ExtraState"):
+        generate.main(generate_config(data, checkpoint, "--task", TRUSTING_TASK, safe_load.TRUST_FLAG))
+    assert (tmp_path / "generated" / "generate-test.txt").stat().st_size > 0
+
+
+def test_a_task_option_read_back_from_a_checkpoint_does_not_opt_in():
+    safe_load.honour_task_option(argparse.Namespace(trust_checkpoints=True), from_checkpoint=True)
+    assert not safe_load.trusted()
+    safe_load.honour_task_option(argparse.Namespace(trust_checkpoints=True))
+    assert safe_load.trusted()
+
+
+def test_refusal_without_opt_in_leaves_torch_allow_list_as_it_was(attack):
+    before = torch.serialization.get_safe_globals()
+    with pytest.raises(safe_load.UntrustedCheckpointError):
+        safe_load.load(attack[0])
+    assert torch.serialization.get_safe_globals() == before
+
+
+def test_loads_between_workers_still_unpickle_fairseq_configs(run_dir):
+    """fairseq broadcasts a loaded checkpoint (its OmegaConf config included) from rank 0."""
+    from fairseq import checkpoint_utils
+    from fairseq.distributed import utils as distributed_utils
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(run_dir / "checkpoint_last.pt"))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    received = distributed_utils.torch.load(buffer, map_location="cpu")
+    assert received["cfg"] == state["cfg"]
