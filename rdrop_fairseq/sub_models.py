@@ -34,7 +34,7 @@ class SubModelPasses:
     every_k_steps: int = 1
     dropout_rates: Tuple[float, ...] = ()
     # set once the reason for separate passes has been logged
-    _logged: List[str] = field(default_factory=list, compare=False, repr=False)
+    _logged: List[str] = field(default_factory=list, init=False, compare=False, repr=False)
 
     def __post_init__(self):
         if self.copies < 2:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdrop_fairseq.sub_models import SubModelPasses, dropout_rate, has_active_dropout, repeat_batch
+from rdrop_fairseq.sub_models import SubModelPasses, dropout_rate, has_active_dropout, has_active_layerdrop, repeat_batch
 
 
 def test_copies_follow_training_mode_and_the_k_step_schedule():
@@ -80,3 +80,12 @@ def test_separate_dropout_rates_give_one_pass_per_copy_in_order():
 def test_active_dropout_detection():
     assert has_active_dropout(Net())
     assert not has_active_dropout(Net(p=0.0).main)
+
+
+def test_active_layerdrop_detection():
+    from fairseq.modules import LayerDropModuleList
+
+    net = nn.Sequential(LayerDropModuleList(0.2, [nn.Linear(2, 2)]))
+    assert has_active_layerdrop(net)
+    assert not has_active_layerdrop(net.eval())
+    assert not has_active_layerdrop(nn.Sequential(LayerDropModuleList(0.0, [nn.Linear(2, 2)])))
