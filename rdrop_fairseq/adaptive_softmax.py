@@ -55,26 +55,30 @@ def adaptive_rdrop_kl(
     """R-Drop's KL term between the copies' full-vocabulary distributions.
 
     Args:
-        hidden: ``(copies * B, T, d)`` decoder features, copies one after another.
+        hidden: ``(copies * B, T, d)`` decoder features, the copies interleaved
+            (copy ``k`` of sample ``b`` in row ``b * copies + k``).
         keep: ``(B * T,)`` bool, the target tokens to include (not padding).
         alpha, copies, chunk_tokens: as for :func:`~rdrop_fairseq.rdrop_loss.rdrop_loss`.
 
     Returns:
         ``(alpha * kl, kl)`` summed over the kept tokens; only the first has a gradient.
     """
-    features = hidden.reshape(copies, -1, hidden.size(-1))[:, keep]
-    num_tokens = features.size(1)
+    dim = hidden.size(-1)
+    # (tokens, copies, d): one token's copies adjacent, so a chunk's rows stay interleaved
+    features = hidden.view(-1, copies, hidden.size(1), dim).transpose(1, 2).reshape(-1, copies, dim)[keep]
+    num_tokens = features.size(0)
     step = kl_chunk_tokens(num_tokens, adaptive_softmax.vocab_size, copies, chunk_tokens)
 
     def chunk_kl(chunk: Tensor) -> Tuple[Tensor, Tensor]:
-        lprobs = full_log_probs(adaptive_softmax, chunk.reshape(-1, chunk.size(-1)))
-        weighted, _, _, kl = rdrop_loss(lprobs, None, copies, alpha, chunk_tokens=chunk.size(1))
+        lprobs = full_log_probs(adaptive_softmax, chunk.reshape(-1, dim))
+        # (tokens * copies, 1, V): the interleaved layout with one position per sample
+        weighted, _, _, kl = rdrop_loss(lprobs.unsqueeze(1), None, copies, alpha, chunk_tokens=chunk.size(0))
         return weighted, kl
 
     weighted_sum = features.new_zeros((), dtype=torch.float32)
     kl_sum = weighted_sum.clone()
     for start in range(0, num_tokens, step):
-        chunk = features[:, start : start + step]
+        chunk = features[start : start + step]
         weighted, kl = checkpoint(chunk_kl, chunk, use_reentrant=False)
         weighted_sum = weighted_sum + weighted
         kl_sum += kl

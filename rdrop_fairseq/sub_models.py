@@ -2,16 +2,23 @@
 
 This is the only place that decides it.  The criteria ask :class:`SubModelPasses`
 how many copies a step uses and get one network output back whose batch dimension
-holds the copies one after another; the R-Drop tasks build it from their options.
-The sample is never modified: the repeated batch is a new set of tensors.
+holds the copies interleaved: copy ``k`` of sample ``b`` is row ``b * copies + k``
+(the layout :func:`~rdrop_fairseq.rdrop_loss.rdrop_loss` takes).  Interleaving keeps
+fairseq's batches sorted by decreasing source length, which its LSTM encoder needs
+(``pack_padded_sequence(..., enforce_sorted=True)``).  The R-Drop tasks build the
+schedule from their options.  The sample is never modified: the repeated batch is a
+new set of tensors.
 """
 import contextlib
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence, Tuple
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from fairseq.modules import FairseqDropout
+from fairseq.modules import FairseqDropout, LayerDropModuleList
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,8 @@ class SubModelPasses:
     copies: int = 2
     every_k_steps: int = 1
     dropout_rates: Tuple[float, ...] = ()
+    # set once the reason for separate passes has been logged
+    _logged: List[str] = field(default_factory=list, init=False, compare=False, repr=False)
 
     def __post_init__(self):
         if self.copies < 2:
@@ -51,22 +60,50 @@ class SubModelPasses:
         return self.copies
 
     def forward(self, model: nn.Module, net_input: dict, copies: int):
-        """Run ``copies`` sub-models; the output's batch holds the copies in order."""
+        """Run ``copies`` sub-models; ``output[0]`` holds them interleaved (row ``b * copies + k``).
+
+        One pass over the repeated batch, except where a copy must differ from the
+        others in more than its dropout masks: with per-copy dropout rates, and with
+        active LayerDrop, which draws the dropped layers once per pass.  Each copy then
+        gets a pass of its own.  The other entries of the output are those of the first
+        pass in that case.
+        """
         if copies == 1:
             return model(**net_input)
-        if not self.dropout_rates:
-            return model(**repeat_batch(net_input, copies))
-        outputs = []
-        for rate in self.dropout_rates:
-            with dropout_rate(model, rate):
-                outputs.append(model(**net_input))
-        return (torch.cat([out[0] for out in outputs]),) + tuple(outputs[0][1:])
+        if self.dropout_rates:
+            outputs = []
+            for rate in self.dropout_rates:
+                with dropout_rate(model, rate):
+                    outputs.append(model(**net_input))
+            return interleave_outputs(outputs)
+        if has_active_layerdrop(model):
+            self._log_once(
+                "layerdrop",
+                "LayerDrop is active: R-Drop makes one forward pass per sub-model, so that "
+                "each sub-model drops its own layers (one pass over the repeated batch would "
+                "share them and the sub-models would differ only in their dropout masks)",
+            )
+            return interleave_outputs([model(**net_input) for _ in range(copies)])
+        return model(**repeat_batch(net_input, copies))
+
+    def _log_once(self, key: str, message: str) -> None:
+        if key not in self._logged:
+            self._logged.append(key)
+            logger.info(message)
+
+
+def interleave_outputs(outputs: Sequence[tuple]) -> tuple:
+    """Separate passes' outputs as one, ``output[0]`` interleaved as a repeated batch gives it."""
+    first = torch.stack([out[0] for out in outputs], dim=1).flatten(0, 1)
+    return (first,) + tuple(outputs[0][1:])
 
 
 def repeat_batch(value: Any, copies: int) -> Any:
-    """A new batch with every batch-first tensor repeated ``copies`` times along dim 0."""
+    """A new batch with every tensor of one or more dimensions (in a fairseq
+    ``net_input`` all are batch-first) repeated ``copies`` times along dim 0,
+    interleaved: row ``b`` becomes rows ``b * copies`` to ``b * copies + copies - 1``."""
     if torch.is_tensor(value):
-        return value.repeat(copies, *([1] * (value.dim() - 1))) if value.dim() else value
+        return value.repeat_interleave(copies, dim=0) if value.dim() else value
     if isinstance(value, dict):
         return {key: repeat_batch(item, copies) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -82,6 +119,14 @@ def dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
 
 def has_active_dropout(model: nn.Module) -> bool:
     return any(module.p > 0 for module in dropout_modules(model))
+
+
+def has_active_layerdrop(model: nn.Module) -> bool:
+    """Whether a forward pass of ``model`` now drops layers at random (fairseq's LayerDrop)."""
+    return any(
+        isinstance(module, LayerDropModuleList) and module.training and module.p > 0
+        for module in model.modules()
+    )
 
 
 def main_dropout(model: nn.Module) -> Optional[float]:

@@ -5,16 +5,11 @@ import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from rdrop_fairseq.prepare import binarize, read_lines, write_lines
 from tiny_lm import USER_DIR
 
-CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora" / "austen-lm"
-LINES = {"train": 600, "valid": 60, "test": 60}
-VOCAB = 1000
 COMMON = [
     "--task", "rdrop_language_modeling", "--decoder-layers", "1", "--decoder-embed-dim", "32",
     "--decoder-input-dim", "32", "--decoder-output-dim", "32", "--decoder-ffn-embed-dim", "64",
@@ -47,17 +42,8 @@ def json_logs(output, kind):
 
 
 @pytest.fixture(scope="module")
-def data_bin(tmp_path_factory):
-    if not CORPUS.is_dir():
-        pytest.fail(f"corpus not found: {CORPUS}")
-    root = tmp_path_factory.mktemp("austen")
-    text = root / "text"
-    text.mkdir()
-    # fairseq-preprocess --only-source reads <prefix> itself: text/train, text/valid, text/test.
-    for split, count in LINES.items():
-        write_lines(text / split, read_lines(CORPUS / f"{split}.tok.txt")[:count])
-    binarize(text, root / "bin", src=None, workers=2, extra=["--nwordssrc", str(VOCAB)])
-    return root / "bin"
+def data_bin(austen_bin):
+    return austen_bin
 
 
 @pytest.mark.parametrize("output_layer", sorted(ARCHS))

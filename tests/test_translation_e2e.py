@@ -3,16 +3,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import sacrebleu
 
-from rdrop_fairseq.prepare import prepare_parallel, read_lines, write_lines
+from conftest import LOHELP_SLICE
 from tiny_fairseq import USER_DIR
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "lohelp-de-en"
-SLICE = {"train": 3000, "valid": 200, "test": 200}
 MODEL = (
     "--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 64 "
     "--decoder-embed-dim 64 --encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128 "
@@ -29,14 +26,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def data_bin(tmp_path_factory):
-    if not CORPUS.is_dir():
-        pytest.fail(f"corpus not found: {CORPUS} (it sits beside the checkout in shared/)")
-    raw = tmp_path_factory.mktemp("raw")
-    for split, count in SLICE.items():
-        for lang in ("de", "en"):
-            write_lines(raw / f"{split}.{lang}", read_lines(CORPUS / f"{split}.{lang}")[:count])
-    return prepare_parallel(raw, tmp_path_factory.mktemp("prep"), "de", "en", bpe_merges=3000, workers=2)
+def data_bin(lohelp_bin):
+    return lohelp_bin
 
 
 def run(tool, *args, cwd=None):
@@ -101,7 +92,7 @@ def test_generate_from_an_rdrop_checkpoint_and_score_with_sacrebleu(data_bin, rd
     lines = (tmp_path / "generate-test.txt").read_text(encoding="utf-8").splitlines()
     hyps = {int(l.split("\t")[0][2:]): l.split("\t")[2] for l in lines if l.startswith("H-")}
     refs = {int(l.split("\t")[0][2:]): l.split("\t")[1] for l in lines if l.startswith("T-")}
-    assert len(hyps) == SLICE["test"]
+    assert len(hyps) == LOHELP_SLICE["test"]
     order = sorted(refs)
     bleu = sacrebleu.corpus_bleu([hyps[i] for i in order], [[refs[i] for i in order]])
     # a 120-update model scores near 0; what is checked is that the output is complete

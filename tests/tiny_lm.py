@@ -25,13 +25,13 @@ def write_dictionary(data_dir: Path, num_words: int) -> Dictionary:
 
 
 def build(data_dir: Path, *extra, num_words=40, task="rdrop_language_modeling",
-          criterion="rdrop_cross_entropy", arch="transformer_lm"):
+          criterion="rdrop_cross_entropy", arch="transformer_lm", model_args=SMALL_DECODER):
     """(task, model, criterion, cfg) from fairseq-train style flags."""
     write_dictionary(data_dir, num_words)
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [
         str(data_dir), "--user-dir", USER_DIR, "--task", task, "--criterion", criterion,
-        "--arch", arch, *SMALL_DECODER, *extra,
+        "--arch", arch, *model_args, *extra,
     ])
     cfg = convert_namespace_to_omegaconf(args)
     lm_task = tasks.setup_task(cfg.task)

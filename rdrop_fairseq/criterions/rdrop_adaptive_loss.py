@@ -21,7 +21,8 @@ class RDropAdaptiveLossConfig(AdaptiveLossConfig):
 
 class _ReplayModel:
     """Stands in for the model inside ``AdaptiveLoss.forward``: it hands back the
-    sub-models' output, already computed, and the target repeated for every copy."""
+    sub-models' output, already computed, and the target repeated for every copy in
+    the same interleaved layout."""
 
     def __init__(self, model, net_output, target):
         self.decoder = model.decoder
@@ -64,7 +65,7 @@ class RDropAdaptiveLoss(RDropCriterionMixin, AdaptiveLoss):
                 "use --criterion rdrop_cross_entropy otherwise"
             )
         target = model.get_targets(sample, net_output)
-        replay = _ReplayModel(model, net_output, target.repeat(copies, 1))
+        replay = _ReplayModel(model, net_output, target.repeat_interleave(copies, dim=0))
         nll, _, _ = AdaptiveLoss.forward(self, replay, {"net_input": {}, "target": replay.target})
         weighted_kl, kl = adaptive_rdrop_kl(
             adaptive_softmax,

@@ -8,7 +8,7 @@ from fairseq.models import BaseFairseqModel, FairseqDecoder
 from fairseq.models.transformer import TransformerModelBase
 
 from ..rdrop_loss import rdrop_loss, rdrop_loss_from_logits
-from ..sub_models import SubModelPasses, has_active_dropout
+from ..sub_models import SubModelPasses, has_active_dropout, has_active_layerdrop
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,17 @@ class RDropCriterionMixin:
 
     def compute_rdrop_loss(self, model, net_output, sample, copies):
         """``(loss, smoothed_nll, nll, kl)`` as :func:`rdrop_loss` returns them, summed
-        over tokens and copies, and extra logging entries.  A criterion whose output
-        layer gives no full ``(tokens, V)`` log-probabilities overrides this."""
+        over tokens and copies, and extra logging entries.  ``net_output[0]`` is
+        ``(copies * B, T, ...)`` with the copies interleaved (see
+        :mod:`~rdrop_fairseq.sub_models`).  A criterion whose output layer gives no full
+        ``(copies * B, T, V)`` log-probabilities overrides this."""
+        target = model.get_targets(sample, net_output)
         logits = log_softmax_input(model, net_output)
         if logits is not None:
-            scores, target = self.trim_prefix(logits, model.get_targets(sample, net_output))
+            scores, target = self.trim_prefix(logits, target)
             loss_fn = rdrop_loss_from_logits
         else:
-            scores, target = self.get_lprobs_and_target(model, net_output, sample)
+            scores, target = self.trim_prefix(model.get_normalized_probs(net_output, log_probs=True), target)
             loss_fn = rdrop_loss
         terms = loss_fn(
             scores,
@@ -80,23 +83,29 @@ class RDropCriterionMixin:
         )
         extra_logs = {}
         if getattr(self, "report_accuracy", False):
-            mask = target.ne(self.padding_idx).repeat(copies)
-            correct = scores.argmax(-1).eq(target.repeat(copies)) & mask
+            copies_target = target.repeat_interleave(copies, dim=0)
+            mask = copies_target.ne(self.padding_idx)
+            correct = scores.argmax(-1).eq(copies_target) & mask
             extra_logs["n_correct"] = correct.sum().item()
             extra_logs["total"] = mask.sum().item()
         return terms, extra_logs
 
     def trim_prefix(self, scores, target):
-        """``(rows, V)`` scores and ``(rows,)`` targets without the first ``--ignore-prefix-size`` positions."""
+        """``(copies * B, T, V)`` scores and ``(B, T)`` targets without the first
+        ``--ignore-prefix-size`` positions: strided views, not copies."""
         prefix = getattr(self, "ignore_prefix_size", 0)
         if prefix > 0:
-            scores, target = scores[:, prefix:, :], target[:, prefix:]
-        return scores.reshape(-1, scores.size(-1)), target.reshape(-1)
+            scores, target = scores[:, prefix:], target[:, prefix:]
+        return scores, target
 
     def _warn_without_dropout(self, model):
         if not self._dropout_checked:
             self._dropout_checked = True
-            if not has_active_dropout(model) and not self.sub_model_passes.dropout_rates:
+            if not (
+                has_active_dropout(model)
+                or has_active_layerdrop(model)
+                or self.sub_model_passes.dropout_rates
+            ):
                 logger.warning(
                     "R-Drop is on (--rdrop-alpha %s) but the model has no dropout: "
                     "the sub-models are identical and the KL term is zero",

@@ -19,7 +19,3 @@ class RDropCrossEntropyCriterion(RDropCriterionMixin, CrossEntropyCriterion):
     def __init__(self, task, sentence_avg, rdrop_alpha=1.0, rdrop_chunk_tokens=0):
         super().__init__(task, sentence_avg)
         self.init_rdrop(task, rdrop_alpha, rdrop_chunk_tokens)
-
-    def get_lprobs_and_target(self, model, net_output, sample):
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        return self.trim_prefix(lprobs, model.get_targets(sample, net_output))

@@ -1,0 +1,43 @@
+"""Corpus slices shared by the end-to-end tests: prepared once per test session."""
+from pathlib import Path
+
+import pytest
+
+from rdrop_fairseq.prepare import binarize, prepare_parallel, read_lines, write_lines
+
+CORPORA = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora"
+LOHELP_SLICE = {"train": 3000, "valid": 200, "test": 200}
+AUSTEN_SLICE = {"train": 600, "valid": 60, "test": 60}
+AUSTEN_VOCAB = 1000
+
+
+def corpus(name: str) -> Path:
+    path = CORPORA / name
+    if not path.is_dir():
+        pytest.fail(f"corpus not found: {path} (it sits beside the checkout in shared/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lohelp_bin(tmp_path_factory):
+    """The first lines of lohelp-de-en, tokenised, joint BPE (3,000 merges), binarised."""
+    source = corpus("lohelp-de-en")
+    raw = tmp_path_factory.mktemp("lohelp-raw")
+    for split, count in LOHELP_SLICE.items():
+        for lang in ("de", "en"):
+            write_lines(raw / f"{split}.{lang}", read_lines(source / f"{split}.{lang}")[:count])
+    return prepare_parallel(raw, tmp_path_factory.mktemp("lohelp-prep"), "de", "en", bpe_merges=3000, workers=2)
+
+
+@pytest.fixture(scope="session")
+def austen_bin(tmp_path_factory):
+    """The first lines of austen-lm, binarised with a 1,000-word dictionary."""
+    source = corpus("austen-lm")
+    root = tmp_path_factory.mktemp("austen")
+    text = root / "text"
+    text.mkdir()
+    # fairseq-preprocess --only-source reads <prefix> itself: text/train, text/valid, text/test.
+    for split, count in AUSTEN_SLICE.items():
+        write_lines(text / split, read_lines(source / f"{split}.tok.txt")[:count])
+    binarize(text, root / "bin", src=None, workers=2, extra=["--nwordssrc", str(AUSTEN_VOCAB)])
+    return root / "bin"
