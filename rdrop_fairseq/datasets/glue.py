@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import prepare
-from ..download import Archive, CorruptArchiveError, extract, fetch, parse_hash_overrides, remove_if_cached, with_hashes
+from ..download import Archive, fetch, parse_hash_overrides, with_hashes
 from . import gpt2
-from .common import Layout, build_parser, check_params, pending, resolve_archives, run
+from .common import Layout, build_parser, check_params, fetch_and_extract, pending, resolve_archives, run
 
 GLUE_DATA = "https://dl.fbaipublicfiles.com/glue/data"
 SENTEVAL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
@@ -102,25 +102,19 @@ def _read_tsv(path: Path) -> List[str]:
 
 def fetch_task(layout: Layout, args, task: GlueTask, local, archives: Dict[str, Archive]) -> Path:
     """The folder holding the task's {train,dev*,test*}.tsv."""
-    orig = layout.orig_dir / task.name
-    if orig.is_dir():
-        return orig
-    cache = args.download_dir or args.out / "downloads"
     if task.name == "MRPC":
-        paths = [fetch(archives[a.name], cache, local[a.name], args.mirror) for a in MRPC_FILES]
-        staging = layout.orig_dir / ".MRPC.part"
-        split_mrpc(*paths, staging)
-        staging.rename(orig)
+        orig = layout.orig_dir / task.name
+        if not orig.is_dir():
+            cache = args.download_dir or args.out / "downloads"
+            paths = [fetch(archives[a.name], cache, local[a.name], args.mirror) for a in MRPC_FILES]
+            staging = layout.orig_dir / ".MRPC.part"
+            split_mrpc(*paths, staging)
+            staging.rename(orig)
         return orig
     zip_name, folder = TASK_ZIPS[task.name]
     members = [f"{folder}/{split}.tsv" for split in ("train", *task.dev_splits, *task.test_splits)]
-    path = fetch(archives[zip_name], cache, local[zip_name], args.mirror)
-    try:
-        extract(path, members, orig)
-    except CorruptArchiveError:
-        remove_if_cached(path, cache)
-        raise
-    return orig
+    return fetch_and_extract(layout, gpt2.without_gpt2_files(args, [zip_name]), task_archives(task.name),
+                             {zip_name: members})[zip_name]
 
 
 def split_columns(task: GlueTask, orig: Path, raw: Path) -> Dict[str, List[str]]:

@@ -8,6 +8,7 @@ against the sha256 that tiktoken publishes for OpenAI's copies (fetched from the
 first; fairseq's copies are the fallback).  No hash is published for fairseq's
 ``dict.txt``: it is fetched unchecked unless ``--hash dict.txt=sha256:...`` is given.
 """
+import argparse
 import multiprocessing
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -35,6 +36,14 @@ def fetch_files(archives: Sequence[Archive], local: Dict[str, Optional[Path]], c
             for a in archives if a.name in {b.name for b in ARCHIVES}}
 
 
+def without_gpt2_files(args: argparse.Namespace, names: Iterable[str]) -> argparse.Namespace:
+    """``args`` with only the ``--archive`` and ``--hash`` entries of ``names``, for
+    ``common.fetch_and_extract``, which refuses names it does not know."""
+    names = set(names)
+    return argparse.Namespace(**{**vars(args), "archive": [p for p in args.archive if p.name in names],
+                                 "hash": [h for h in args.hash if h.partition("=")[0] in names]})
+
+
 def _init_encoder(encoder_json: str, vocab_bpe: str) -> None:
     global _encoder
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
@@ -56,10 +65,6 @@ def encode_lines(lines: Sequence[str], files: Dict[str, Path], workers: int = 1)
         return [line for chunk in chunks for line in _encode_chunk(chunk)]
     with multiprocessing.get_context("spawn").Pool(workers, _init_encoder, init) as pool:
         return [line for chunk in pool.imap(_encode_chunk, chunks) for line in chunk]
-
-
-def encode_file(source: Path, dest: Path, files: Dict[str, Path], workers: int = 1) -> None:
-    prepare.write_lines(dest, encode_lines(prepare.read_lines(source), files, workers))
 
 
 def write_encoded(dest: Path, lines: Iterable[str], files: Dict[str, Path], workers: int = 1) -> None:
