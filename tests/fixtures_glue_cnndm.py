@@ -85,6 +85,7 @@ def build_cola(root: Path) -> Path:
 def build_mrpc(root: Path, pairs: int = 12) -> Dict[str, Path]:
     """msr_paraphrase_{train,test}.txt (with the BOM of the originals) and mrpc_dev_ids.tsv."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     header = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
     text = english(3000, 4 * pairs)
     train = [[i % 2, 100 + i, 200 + i, text[2 * i], text[2 * i + 1]] for i in range(pairs)]
@@ -105,7 +106,8 @@ def build_cnn_dm(root: Path, stories: int = 14) -> Dict[str, Path]:
     """cnn_stories.tgz, dailymail_stories.tgz (stories named by the SHA1 of their URL) and
     abisee's all_{train,val,test}.txt.  Returns the files and the expected article/summary pairs."""
     root = Path(root)
-    text = prepare.read_lines(AUSTEN / "train.tok.txt")[:stories * 6]
+    root.mkdir(parents=True, exist_ok=True)
+    text = [line.strip() for line in prepare.read_lines(AUSTEN / "train.tok.txt") if line.strip()][:stories * 6]
     archives, urls, expected = {"cnn": {}, "dailymail": {}}, [], {}
     for i in range(stories):
         site = ("cnn", "dailymail")[i % 2]

@@ -1,0 +1,168 @@
+"""scripts/{prepare,train,evaluate}-glue.sh end to end on fixture archives in the upstream
+formats: a tiny RoBERTa trained from scratch on RTE, then packed as the roberta.large
+tarball and fine-tuned on STS-B (regression) through the checked download."""
+import json
+import shutil
+import tarfile
+import zipfile
+
+import pytest
+from fairseq.data import Dictionary, data_utils
+
+from fixtures_glue_cnndm import build_cola, build_mrpc, build_rte, build_stsb, gpt2_hashes, write_gpt2_files
+from fixtures_upstream import run_script
+from rdrop_fairseq import prepare
+from rdrop_fairseq.datasets import glue, pretrained
+from test_train_scripts import dry_run, flag, once, script_env
+
+pytestmark = pytest.mark.e2e
+
+
+def gpt2_args(paths):
+    args = [arg for path in paths.values() for arg in ("--archive", path)]
+    return args + [arg for value in gpt2_hashes(paths) for arg in ("--hash", value)]
+
+
+def prepared(base, task, build):
+    def make(dest):
+        paths = write_gpt2_files(dest / "gpt2")
+        proc = run_script("prepare-glue.sh", "--task", task, "--out", dest / "data", "--archive", build(dest),
+                          *gpt2_args(paths), "--workers", "1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return once(base / f"glue-{task}", make) / "data" / "data-bin" / "glue" / task
+
+
+@pytest.fixture(scope="module")
+def rte(tmp_path_factory):
+    return prepared(tmp_path_factory.getbasetemp(), "RTE", build_rte)
+
+
+@pytest.fixture(scope="module")
+def stsb(tmp_path_factory):
+    return prepared(tmp_path_factory.getbasetemp(), "STS-B", build_stsb)
+
+
+def test_prepare_binarises_inputs_and_labels_as_fairseqs_recipe(rte, stsb):
+    dictionary = Dictionary.load(str(rte / "input0" / "dict.txt"))
+    for name in ("input0", "input1"):
+        assert len(data_utils.load_indexed_dataset(str(rte / name / "train"), dictionary)) == 48
+        assert len(data_utils.load_indexed_dataset(str(rte / name / "test"), dictionary)) == 8
+    labels = Dictionary.load(str(rte / "label" / "dict.txt"))
+    assert {"entailment", "not_entailment"} <= set(labels.symbols)
+    assert len(data_utils.load_indexed_dataset(str(rte / "label" / "valid"), labels)) == 12
+    # STS-B: raw scores / 5, no label dictionary.
+    assert not (stsb / "label" / "dict.txt").exists()
+    raw = prepare.read_lines(stsb.parents[2] / "glue" / "STS-B" / "raw" / "label" / "train")
+    scaled = [float(x) for x in prepare.read_lines(stsb / "label" / "train.label")]
+    assert scaled == pytest.approx([float(x) / 5 for x in raw], abs=1e-5) and max(scaled) <= 1
+
+
+def test_gpt2_bpe_is_fairseqs_encoder(rte):
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    gpt2_dir = rte.parents[3] / "gpt2"
+    encoder = get_encoder(str(gpt2_dir / "encoder.json"), str(gpt2_dir / "vocab.bpe"))
+    text_dir = rte.parents[2] / "glue" / "RTE"
+    raw, bpe = (prepare.read_lines(text_dir / kind / "input1" / "valid") for kind in ("raw", "bpe"))
+    assert bpe == [" ".join(map(str, encoder.encode(line.strip()))) for line in raw]
+    assert encoder.decode([int(t) for t in bpe[0].split()]) == raw[0]
+
+
+def test_column_layouts_of_cola_and_mrpc(tmp_path):
+    cola = tmp_path / "cola"
+    with zipfile.ZipFile(build_cola(tmp_path)) as zf:
+        zf.extractall(tmp_path)
+    names = glue.split_columns(glue.TASKS["CoLA"], tmp_path / "CoLA", cola)
+    assert names == {"valid": ["valid"], "test": ["test"]}
+    assert len(prepare.read_lines(cola / "input0" / "train")) == 12  # no header to drop
+    assert prepare.read_lines(cola / "label" / "train")[:2] == ["0", "1"]
+    assert len(prepare.read_lines(cola / "input0" / "test")) == 4  # header dropped
+    files = build_mrpc(tmp_path / "mrpc-src")
+    glue.split_mrpc(files["msr_paraphrase_train.txt"], files["msr_paraphrase_test.txt"],
+                    files["mrpc_dev_ids.tsv"], tmp_path / "MRPC")
+    mrpc = tmp_path / "mrpc"
+    glue.split_columns(glue.TASKS["MRPC"], tmp_path / "MRPC", mrpc)
+    assert len(prepare.read_lines(mrpc / "label" / "valid")) == 4  # ids 0, 3, 6, 9 of 12
+    assert len(prepare.read_lines(mrpc / "input0" / "train")) == 8
+    assert prepare.read_lines(tmp_path / "MRPC" / "test.tsv")[0].startswith("index\t")
+
+
+def test_corrupt_downloads_are_refused(tmp_path):
+    paths = write_gpt2_files(tmp_path / "gpt2")
+    rte_zip = build_rte(tmp_path)
+    # The fixture's encoder.json is not GPT-2's: without --hash it fails the published sha256.
+    proc = run_script("prepare-glue.sh", "--task", "RTE", "--out", tmp_path / "a", "--archive", rte_zip,
+                      *[arg for p in paths.values() for arg in ("--archive", p)])
+    assert proc.returncode == 1
+    assert "encoder.json: sha256 is" in proc.stderr and "196139668be63f3b5d6574427317ae82f612a97c" in proc.stderr
+    truncated = tmp_path / "cut" / "RTE.zip"
+    truncated.parent.mkdir()
+    truncated.write_bytes(rte_zip.read_bytes()[:-200])
+    proc = run_script("prepare-glue.sh", "--task", "RTE", "--out", tmp_path / "b", "--archive", truncated,
+                      *gpt2_args(paths))
+    assert proc.returncode == 1 and "truncated or corrupt" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "b" / "data-bin").exists()
+
+
+def test_a_truncated_model_tarball_is_refused(tmp_path, capsys):
+    package = tmp_path / "roberta.large"
+    package.mkdir()
+    (package / "model.pt").write_bytes(bytes(range(256)) * 400)
+    (package / "dict.txt").write_text("4 10\n")
+    tarball = tmp_path / "roberta.large.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(package, arcname="roberta.large")
+    tarball.write_bytes(tarball.read_bytes()[:-300])
+    with pytest.raises(SystemExit):
+        pretrained.main(["roberta.large", "--out", str(tmp_path / "models"), "--archive", str(tarball)])
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert not list((tmp_path / "models").rglob("model.pt"))
+
+
+def test_published_hyperparameters_per_task():
+    rte = dry_run("train-glue.sh", "--task", "RTE")
+    assert (flag(rte, "--task"), flag(rte, "--criterion"), flag(rte, "--rdrop-alpha")) == \
+        ("rdrop_sentence_prediction", "rdrop_sentence_prediction", "1.0")
+    assert (flag(rte, "--lr"), flag(rte, "--batch-size"), flag(rte, "--total-num-update"),
+            flag(rte, "--warmup-updates"), flag(rte, "--num-classes")) == ("2e-5", "16", "2036", "122", "2")
+    mnli = dry_run("train-glue.sh", "--task", "MNLI", "--baseline")
+    assert (flag(mnli, "--task"), flag(mnli, "--criterion"), flag(mnli, "--num-classes"), flag(mnli, "--lr")) == \
+        ("sentence_prediction", "sentence_prediction", "3", "1e-5")
+    stsb = dry_run("train-glue.sh", "--task", "STS-B")
+    assert "--regression-target" in stsb and flag(stsb, "--best-checkpoint-metric") == "loss"
+    assert "--report-mcc" in dry_run("train-glue.sh", "--task", "CoLA")
+    assert flag(dry_run("train-glue.sh", "--task", "QQP", "--double-batch"), "--batch-size") == "64"
+
+
+def test_bad_task_is_named():
+    proc = run_script("train-glue.sh", "--task", "WNLI", "--print-args")
+    assert proc.returncode == 2 and "--task must be one of" in proc.stderr
+
+
+def test_finetune_and_evaluate_classification_then_regression(rte, stsb, tmp_path):
+    rte_run = tmp_path / "rte"
+    proc = run_script("train-glue.sh", "--task", "RTE", "--smoke", "--data", rte, "--save-dir", rte_run,
+                      env=script_env(FP16="0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '"kl_loss"' in proc.stderr + proc.stdout and '"valid_accuracy"' in proc.stderr + proc.stdout
+
+    # The RTE model, packed as fairseq's roberta.large tarball, is the pre-trained model for STS-B.
+    package = tmp_path / "pkg" / "roberta.large"
+    package.mkdir(parents=True)
+    shutil.copy(rte_run / "checkpoint_best.pt", package / "model.pt")
+    shutil.copy(rte / "input0" / "dict.txt", package / "dict.txt")
+    tarball = tmp_path / "roberta.large.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(package, arcname="roberta.large")
+    model_pt = pretrained.fetch_model(pretrained.parser().parse_args(
+        ["roberta.large", "--out", str(tmp_path / "models"), "--archive", str(tarball)]))
+    run = tmp_path / "stsb-restored"
+    proc = run_script("train-glue.sh", "--task", "STS-B", "--smoke", "--data", stsb, "--save-dir", run,
+                      "--restore-file", model_pt, env=script_env(FP16="0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Loaded checkpoint " + str(model_pt) in proc.stderr + proc.stdout
+    proc = run_script("evaluate-glue.sh", "--task", "STS-B", "--data", stsb, "--save-dir", run, "--cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "glue-dev.json").read_text())["valid"]
+    assert {"loss", "pearson", "spearman"} <= set(metrics)
