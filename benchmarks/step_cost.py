@@ -4,9 +4,12 @@ On the same model, tokens and seed it times, in one process, interleaved so that
 load drift hits every mode alike:
 
   doubled         stock label_smoothed_cross_entropy on the batch repeated twice (the floor)
-  plugin          this plugin's rdrop_label_smoothed_cross_entropy (alpha 5), from the logits
-  plugin_lprobs   the same through the model's log-softmax (the route of models that
-                  normalise their own way)
+  plugin          this plugin's rdrop_label_smoothed_cross_entropy (alpha 5), from the logits,
+                  with the loss kernel RDROP_KERNEL=auto picks (the fused Triton kernels on
+                  CUDA, the chunked torch Function on a CPU)
+  plugin_torch    the same with RDROP_KERNEL=torch (CUDA only: on a CPU it is ``plugin``)
+  plugin_lprobs   the plugin through the model's log-softmax (the route of models that
+                  normalise their own way), kernel as RDROP_KERNEL=auto picks
   fairseq         fairseq's label_smoothed_cross_entropy_with_rdrop (alpha 5)
   single          stock label_smoothed_cross_entropy on the single batch
 
@@ -17,6 +20,7 @@ release (exact and repeatable, unlike RSS), on CUDA ``torch.cuda.max_memory_allo
 
     python benchmarks/step_cost.py --shape iwslt
     python benchmarks/step_cost.py --shape all --device cuda --dtype bf16
+    python benchmarks/step_cost.py --shape wmt_full --modes doubled,plugin,fairseq
     RDROP_CHUNK_TOKENS=64 python benchmarks/step_cost.py   # the plugin with another KL chunk
 """
 import argparse
@@ -51,10 +55,16 @@ SHAPES = {
                   model="--arch transformer_iwslt_de_en --encoder-layers 2 --decoder-layers 2 "
                         "--encoder-embed-dim 256 --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 "
                         "--decoder-ffn-embed-dim 1024 --share-all-embeddings --dropout 0.3"),
+    # the whole transformer_iwslt_de_en, 4,096 target tokens per copy
+    "iwslt_full": dict(task="translation", vocab=10_000, batch=128, length=32, smoothing=0.1,
+                       model="--arch transformer_iwslt_de_en --share-all-embeddings --dropout 0.3"),
     # the WMT big output layer (V=32k, d=1024, 4096 tokens per copy) on a one-layer body
     "wmt": dict(task="translation", vocab=32_000, batch=128, length=32, smoothing=0.1,
                 model="--arch transformer_vaswani_wmt_en_de_big --encoder-layers 1 --decoder-layers 1 "
                       "--share-all-embeddings --dropout 0.1"),
+    # the whole transformer_vaswani_wmt_en_de_big, 4,096 target tokens per copy
+    "wmt_full": dict(task="translation", vocab=32_000, batch=128, length=32, smoothing=0.1,
+                     model="--arch transformer_vaswani_wmt_en_de_big --share-all-embeddings --dropout 0.3"),
     # WikiText-103's vocabulary on a small LM body; the KL is chunked
     "lm": dict(task="language_modeling", vocab=267_744, batch=2, length=128, smoothing=0.0,
                model="--arch transformer_lm --decoder-layers 1 --decoder-embed-dim 256 "
@@ -64,16 +74,21 @@ CHUNK_TOKENS = int(os.environ.get("RDROP_CHUNK_TOKENS", "0"))  # 0: the criterio
 MODES = {
     "doubled": ("label_smoothed_cross_entropy", 2),
     "plugin": ("rdrop_label_smoothed_cross_entropy", 1),
+    "plugin_torch": ("rdrop_label_smoothed_cross_entropy", 1),
     "plugin_lprobs": ("rdrop_label_smoothed_cross_entropy", 1),
     "fairseq": ("label_smoothed_cross_entropy_with_rdrop", 1),
     "single": ("label_smoothed_cross_entropy", 1),
 }
 
 
+_MODELS = {}
+
+
 def build(shape, mode, device, dtype, workdir):
     spec = SHAPES[shape]
     criterion, repeat = MODES[mode]
-    data = Path(workdir)
+    data = Path(workdir) / shape  # each shape its own dictionaries
+    data.mkdir(exist_ok=True)
     names = ["dict.txt"] if spec["task"] == "language_modeling" else ["dict.de.txt", "dict.en.txt"]
     for name in names:
         if not (data / name).exists():
@@ -91,13 +106,19 @@ def build(shape, mode, device, dtype, workdir):
         argv += ["--tokens-per-sample", str(spec["length"])]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     task = tasks.setup_task(cfg.task)
-    torch.manual_seed(1)
-    model = task.build_model(cfg.model).to(device)
-    if dtype != torch.float32:
-        model = model.to(dtype)
+    key = (shape, device, dtype)
+    if key not in _MODELS:  # every mode steps the same model: built once a shape
+        torch.manual_seed(1)
+        _MODELS.clear()
+        _MODELS[key] = task.build_model(cfg.model).to(device=device, dtype=dtype)
+    model = _MODELS[key]
     model.train()
-    route = mock.patch.object(rdrop_criterion, "log_softmax_input", lambda *args: None) \
-        if mode == "plugin_lprobs" else contextlib.nullcontext()
+    if mode == "plugin_lprobs":
+        route = mock.patch.object(rdrop_criterion, "log_softmax_input", lambda *args: None)
+    elif mode == "plugin_torch":
+        route = mock.patch.dict(os.environ, {"RDROP_KERNEL": "torch"})
+    else:
+        route = contextlib.nullcontext()
     return model, task.build_criterion(cfg.criterion).to(device), make_sample(shape, repeat, device), route
 
 
@@ -179,12 +200,13 @@ def measure_memory(shape, mode, device, dtype, workdir):
 
 
 def run_shape(shape, args, dtype, workdir):
-    built = {mode: build(shape, mode, args.device, dtype, workdir) for mode in MODES}
-    times = {mode: [] for mode in MODES}
-    for mode in MODES:  # warm-up
+    modes = args.modes
+    built = {mode: build(shape, mode, args.device, dtype, workdir) for mode in modes}
+    times = {mode: [] for mode in modes}
+    for mode in modes:  # warm-up
         step(*built[mode])
     for _ in range(args.repeats):
-        for mode in MODES:
+        for mode in modes:
             sync(args.device)
             start = time.perf_counter()
             step(*built[mode])
@@ -192,7 +214,7 @@ def run_shape(shape, args, dtype, workdir):
             times[mode].append(time.perf_counter() - start)
     del built
     memory = {}
-    for mode in MODES:
+    for mode in modes:
         if args.device == "cuda":
             memory[mode] = measure_memory(shape, mode, args.device, dtype, workdir)
         else:
@@ -200,14 +222,15 @@ def run_shape(shape, args, dtype, workdir):
                 [sys.executable, __file__, "--memory-only", mode, "--shape", shape, "--dtype", args.dtype,
                  "--device", args.device], capture_output=True, text=True, check=True)
             memory[mode] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
-    return {mode: (statistics.median(times[mode]), memory[mode]) for mode in MODES}
+    return {mode: (statistics.median(times[mode]), memory[mode]) for mode in modes}
 
 
 def report(shape, results, args):
     base_time, base_mem = results["doubled"]
+    kernel = os.environ.get("RDROP_KERNEL", "auto")
     spec = SHAPES[shape]
     print(f"\n## {shape}: V={spec['vocab']}, {spec['batch']}x{spec['length']} tokens per copy, "
-          f"{args.device}, {args.dtype}, median of {args.repeats}")
+          f"{args.device}, {args.dtype}, median of {args.repeats}, RDROP_KERNEL={kernel}")
     print("| mode | step time (s) | time / doubled | peak memory (MiB) | memory / doubled |")
     print("|---|---|---|---|---|")
     for mode, (seconds, peak) in results.items():
@@ -220,8 +243,16 @@ def main():
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--modes", help="comma-separated modes to run (default: all; plugin_torch only on CUDA)")
     parser.add_argument("--memory-only", choices=list(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.modes:
+        args.modes = [mode.strip() for mode in args.modes.split(",")]
+        unknown = sorted(set(args.modes) - set(MODES))
+        if unknown or "doubled" not in args.modes:
+            parser.error(f"--modes: unknown {unknown}" if unknown else "--modes must include doubled, the baseline")
+    else:
+        args.modes = [mode for mode in MODES if args.device == "cuda" or mode != "plugin_torch"]
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as workdir:

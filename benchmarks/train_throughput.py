@@ -9,6 +9,8 @@ once), the model tokens per second (R-Drop's twice) and the ratios.
 
     python benchmarks/train_throughput.py                       # lohelp de-en from ../shared/corpora
     python benchmarks/train_throughput.py --updates 500 --rounds 3 --extra "--fp16"
+    python benchmarks/train_throughput.py --max-tokens 4096 --extra "--fp16" \
+        --model "--arch transformer_iwslt_de_en --share-all-embeddings --dropout 0.3"   # one GPU
 """
 import argparse
 import shlex
@@ -33,7 +35,7 @@ def train(bin_dir: Path, alpha: float, max_tokens: int, args, log: Path):
     cmd = [sys.executable, "-m", "fairseq_cli.train", str(bin_dir), "--user-dir", str(REPO / "rdrop_fairseq"),
            "--source-lang", "de", "--target-lang", "en", "--task", "rdrop_translation",
            "--criterion", "rdrop_label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-           "--rdrop-alpha", str(alpha), *MODEL.split(), "--optimizer", "adam", "--adam-betas", "(0.9,0.98)",
+           "--rdrop-alpha", str(alpha), *shlex.split(args.model), "--optimizer", "adam", "--adam-betas", "(0.9,0.98)",
            "--lr", "5e-4", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4000",
            "--max-tokens", str(max_tokens), "--max-update", str(args.updates), "--seed", "1",
            "--disable-validation", "--no-save", "--num-workers", "0",
@@ -61,6 +63,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--log-interval", type=int, default=25)
     parser.add_argument("--bpe-merges", type=int, default=10000)
+    parser.add_argument("--model", default=MODEL, help=f"fairseq model flags (default: {MODEL})")
     parser.add_argument("--extra", default="", help="more fairseq-train flags for both runs, e.g. '--fp16' or '--cpu'")
     args = parser.parse_args()
     try:

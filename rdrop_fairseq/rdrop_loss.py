@@ -20,7 +20,13 @@ layer that made it) and, from logits, one log-normaliser per row.  Forward and
 backward walk over the tokens in chunks, so their temporaries are bounded by
 ``chunk_tokens * V`` floats, and backward writes the whole gradient (the NLL,
 smoothing and KL parts together) into a single buffer of the input's size.
+
+On CUDA the same Function's work is done by two fused Triton kernels
+(:mod:`rdrop_fairseq.kernels.rdrop_loss_triton`): one pass over the scores for the loss,
+one for the gradient.  :func:`kernel_for` picks the implementation (``RDROP_KERNEL``);
+the torch Function here is the CPU path and the reference the kernels are tested against.
 """
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -215,6 +221,40 @@ def rdrop_loss_from_logits(
     return _apply(logits, target, copies, alpha, epsilon, ignore_index, chunk_tokens, from_logits=True)
 
 
+KERNEL_ENV = "RDROP_KERNEL"
+KERNEL_CHOICES = ("auto", "triton", "torch")
+
+
+def kernel_for(scores: Tensor) -> str:
+    """``"triton"`` or ``"torch"``: the implementation that computes the loss of ``scores``.
+
+    ``RDROP_KERNEL`` decides: ``torch`` is the chunked Function in this module, ``triton``
+    the fused kernels of :mod:`rdrop_fairseq.kernels.rdrop_loss_triton` (on a machine
+    without CUDA they run under Triton's interpreter), ``auto`` (the default) the fused
+    kernels for fp32/bf16/fp16 CUDA tensors when Triton is installed, else torch.
+    """
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"{KERNEL_ENV}={choice!r}: expected one of {', '.join(KERNEL_CHOICES)}")
+    if choice == "auto":
+        fused = scores.is_cuda and scores.dtype in (torch.float32, torch.bfloat16, torch.float16) and _has_triton()
+        return "triton" if fused else "torch"
+    if choice == "triton":
+        if not _has_triton():
+            raise RuntimeError(f"{KERNEL_ENV}=triton but Triton is not installed: pip install 'rdrop-fairseq[triton]'")
+        if scores.dtype == torch.float64:
+            raise ValueError(f"{KERNEL_ENV}=triton computes in fp32; fp64 scores need {KERNEL_ENV}=torch")
+    return choice
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, from_logits):
     if scores.dim() not in (2, 3):
         raise ValueError(f"scores must be (copies * N, V) or (copies * B, T, V), got shape {tuple(scores.shape)}")
@@ -222,6 +262,12 @@ def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, f
         raise ValueError(f"{scores.size(0)} rows cannot be split into {copies} copies")
     if target is not None and target.numel() * copies != scores[..., 0].numel():
         raise ValueError("target must have one entry per token of one copy")
+    if kernel_for(scores) == "triton":
+        from .kernels.rdrop_loss_triton import TritonRDropLossFunction
+
+        return TritonRDropLossFunction.apply(
+            scores, target, copies, float(alpha), float(epsilon), ignore_index, from_logits
+        )
     return RDropLossFunction.apply(
         scores, target, copies, float(alpha), float(epsilon), ignore_index, chunk_tokens, from_logits
     )

@@ -35,3 +35,17 @@ def test_tensor_peak_follows_creation_release_and_saved_tensors():
     assert after_forward == 4 * MB + 4  # y and the scalar loss
     assert peak.live == 8 * MB + 4  # y, loss and x.grad
     assert peak.peak >= 12 * MB  # backward holds y, x.grad and one more full gradient
+
+
+def test_each_shape_gets_dictionaries_of_its_own_vocabulary(tmp_path, monkeypatch):
+    """``--shape all`` once reused the first shape's dictionaries for the next, larger vocabulary."""
+    tiny = "--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 16 " \
+           "--decoder-embed-dim 16 --encoder-ffn-embed-dim 16 --decoder-ffn-embed-dim 16 " \
+           "--encoder-attention-heads 2 --decoder-attention-heads 2 --share-all-embeddings"
+    shapes = {name: dict(task="translation", vocab=vocab, batch=2, length=4, smoothing=0.1, model=tiny)
+              for name, vocab in (("small", 40), ("large", 90))}
+    monkeypatch.setattr(step_cost, "SHAPES", shapes)
+    for name, spec in shapes.items():
+        model, _, sample, _ = step_cost.build(name, "doubled", "cpu", torch.float32, tmp_path)
+        assert model.encoder.embed_tokens.num_embeddings >= spec["vocab"]
+        assert sample["target"].max() < model.encoder.embed_tokens.num_embeddings

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU figures of the README, in one run on a CUDA machine: the fused kernels' tests compiled for it, the
+# loss alone (benchmarks/loss_kernel.py), one training step per shape (benchmarks/step_cost.py) and
+# fairseq-train throughput (benchmarks/train_throughput.py), each printed and kept in OUT_DIR.
+#
+# Usage: benchmarks/gpu-report.sh [OUT_DIR]     (default: gpu-report)
+# Env:   PYTHON       interpreter with rdrop_fairseq's dependencies (default: python3)
+#        REPEATS      steps timed per mode (default: 10)
+#        BF16_SHAPES  step_cost shapes in bf16 (default: iwslt iwslt_full wmt wmt_full lm)
+#        FP16_SHAPES  step_cost shapes in fp16 (default: iwslt_full wmt_full)
+#        CORPUS, WORK_DIR  train_throughput's --corpus and --work-dir (its defaults otherwise)
+#        THROUGHPUT_UPDATES  updates per throughput run (default: 150; 0 skips it)
+set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;; esac
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out=${1:-gpu-report}
+PYTHON=${PYTHON:-python3}
+repeats=${REPEATS:-10}
+mkdir -p "$out"
+if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo "error: no CUDA device visible to $PYTHON; this report is for a GPU (CPU figures: benchmarks/step_cost.py)" >&2
+    exit 2
+fi
+stamp() { echo "[$(date +%T)] $*" >&2; }
+keep() { grep -E '^(\||## )' | tee -a "$out/$1"; }
+
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
+"$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/device.txt"
+stamp kernel tests
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_rdrop_loss_triton.py 2>&1 | tail -n 3 | tee "$out/kernel-tests.txt"
+for shape in ${BF16_SHAPES-iwslt iwslt_full wmt wmt_full lm}; do
+    stamp "step_cost $shape bf16"
+    "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype bf16 --repeats "$repeats" 2>&1 | keep step-cost-bf16.md
+done
+for dtype in bf16 fp16; do
+    stamp "loss_kernel $dtype"
+    "$PYTHON" benchmarks/loss_kernel.py --dtype "$dtype" 2>&1 | keep "loss-kernel-$dtype.md"
+done
+for shape in ${FP16_SHAPES-iwslt_full wmt_full}; do
+    stamp "step_cost $shape fp16"
+    "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype fp16 --repeats "$repeats" 2>&1 | keep step-cost-fp16.md
+done
+if [ "${THROUGHPUT_UPDATES:-150}" -gt 0 ]; then
+    stamp train_throughput
+    "$PYTHON" benchmarks/train_throughput.py ${CORPUS:+--corpus "$CORPUS"} ${WORK_DIR:+--work-dir "$WORK_DIR"} \
+        --updates "${THROUGHPUT_UPDATES:-150}" --rounds 2 --max-tokens 4096 --extra "--fp16" \
+        --model "--arch transformer_iwslt_de_en --share-all-embeddings --dropout 0.3" 2>&1 \
+        | grep -E '^(\||round|[0-9]+ updates)' | tee "$out/train-throughput.md"
+fi
+stamp done

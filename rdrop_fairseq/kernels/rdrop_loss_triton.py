@@ -1,0 +1,269 @@
+"""The R-Drop loss of :mod:`rdrop_fairseq.rdrop_loss` as two fused Triton kernels.
+
+One program per target token handles all ``m`` copies of it, walking over the vocabulary
+in blocks:
+
+* forward: an online log-sum-exp per copy, the target score and the sum of the scores
+  (label smoothing), and for every ordered pair of copies ``A_ij = sum_v exp(z_i - max_i)
+  (z_i - z_j)``, rescaled whenever the running max moves.  At the end
+  ``KL(P_i || P_j) = A_ij / S_i - lse_i + lse_j``.  It keeps one log-normaliser and one KL
+  row sum per (token, copy) for backward.
+* backward: writes the whole gradient of a token in one pass: with ``x = z - lse``,
+  ``p = exp(x)`` and ``s = alpha / (m (m - 1))``, the KL part for log-probabilities is
+  ``s sum_{j != i} [p_i (x_i - x_j) + p_i - p_j]``, the smoothed NLL part is ``-eps_i``
+  everywhere and ``-(1 - eps - eps_i)`` at the target, and from logits the log-softmax
+  chain subtracts ``p_i`` times the row sum of that, which is known in closed form
+  (``s * sum_j KL(P_i || P_j)`` plus the NLL part's constant), so no extra pass is needed.
+
+Inputs are fp32, bf16 or fp16, loaded and accumulated in fp32; the gradient is written in
+the input's dtype into one buffer of the input's size.  On a machine without CUDA the
+kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
+check them against the torch Function.
+"""
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "RDROP_KERNEL=triton without CUDA runs the kernels under Triton's interpreter, which must be "
+            "chosen before Triton is imported: set TRITON_INTERPRET=1 at start-up, or use RDROP_KERNEL=torch"
+        )
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+# Same role as rdrop_loss._LOG_GAP_LIMIT: a NaN or infinite score gap becomes finite.
+LOG_GAP_LIMIT = tl.constexpr(1.0e4)
+
+
+@triton.jit
+def _gap(a, b):
+    gap = a - b
+    gap = tl.where(gap != gap, 0.0, gap)
+    return tl.minimum(tl.maximum(gap, -LOG_GAP_LIMIT), LOG_GAP_LIMIT)
+
+
+@triton.jit
+def _row(tile, rows, i: tl.constexpr, fill):
+    """Row ``i`` of a (COPIES_PAD, BLOCK) tile."""
+    return tl.max(tl.where(rows[:, None] == i, tile, fill), 0)
+
+
+@triton.jit
+def _token_base(token, length, stride_group, stride_pos):
+    group = token // length
+    return group * stride_group + (token - group * length) * stride_pos
+
+
+@triton.jit
+def _target_and_live_rows(target_ptr, token, ignore_index, rows, row_ok, HAS_TARGET: tl.constexpr):
+    """The token's target (-1 without one) and which copy rows carry loss (none for padding)."""
+    if HAS_TARGET:
+        tgt = tl.load(target_ptr + token).to(tl.int64)
+        live = row_ok & ((rows.to(tl.int64) * 0 + tgt) != ignore_index)
+    else:
+        tgt = tl.full((), -1, tl.int64)
+        live = row_ok
+    return tgt, live
+
+
+@triton.jit
+def _rdrop_forward_kernel(
+    scores_ptr, target_ptr, lse_ptr, kl_row_ptr, token_terms_ptr,
+    num_tokens, length, stride_group, stride_copy, stride_pos, vocab, ignore_index,
+    COPIES: tl.constexpr, COPIES_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_TARGET: tl.constexpr, FROM_LOGITS: tl.constexpr, WITH_KL: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    rows = tl.arange(0, COPIES_PAD)
+    row_ok = rows < COPIES
+    cols = tl.arange(0, BLOCK)
+    base = _token_base(token, length, stride_group, stride_pos) + rows.to(tl.int64) * stride_copy
+    tgt, live = _target_and_live_rows(target_ptr, token, ignore_index, rows, row_ok, HAS_TARGET)
+    end = vocab * tl.max(live.to(tl.int32), 0)
+
+    run_max = tl.full((COPIES_PAD,), float("-inf"), tl.float32)
+    run_sum = tl.zeros((COPIES_PAD,), tl.float32)
+    score_sum = tl.zeros((COPIES_PAD,), tl.float32)
+    pair_acc = tl.zeros((COPIES_PAD, COPIES_PAD), tl.float32)
+    for start in range(0, end, BLOCK):
+        col = start + cols
+        ok = row_ok[:, None] & (col < vocab)[None, :]
+        z = tl.load(scores_ptr + base[:, None] + col[None, :], mask=ok, other=float("-inf")).to(tl.float32)
+        if FROM_LOGITS:
+            new_max = tl.maximum(run_max, tl.max(z, 1))
+            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+            rescale = tl.exp(run_max - safe_max)
+            e = tl.exp(z - safe_max[:, None])
+            run_sum = run_sum * rescale + tl.sum(e, 1)
+            run_max = new_max
+        else:
+            rescale = tl.full((COPIES_PAD,), 1.0, tl.float32)
+            e = tl.exp(z)
+        score_sum += tl.sum(tl.where(ok, z, 0.0), 1)
+        if WITH_KL:
+            pair_acc = pair_acc * rescale[:, None]
+            for i in tl.static_range(COPIES):
+                z_i = _row(z, rows, i, float("-inf"))
+                e_i = _row(e, rows, i, 0.0)
+                for j in tl.static_range(COPIES):
+                    if i != j:
+                        term = tl.sum(tl.where(e_i > 0, e_i * _gap(z_i, _row(z, rows, j, float("-inf"))), 0.0))
+                        pair_acc += tl.where((rows[:, None] == i) & (rows[None, :] == j), term, 0.0)
+
+    if FROM_LOGITS:
+        lse = run_max + tl.log(run_sum)
+    else:
+        lse = tl.zeros((COPIES_PAD,), tl.float32)
+        run_sum = tl.full((COPIES_PAD,), 1.0, tl.float32)
+    lse = tl.where(live, lse, 0.0)
+    nll = tl.zeros((COPIES_PAD,), tl.float32)
+    if HAS_TARGET:
+        z_target = tl.load(scores_ptr + base + tgt, mask=live, other=0.0).to(tl.float32)
+        nll = tl.where(live, lse - z_target, 0.0)
+    smooth = tl.where(live, vocab * lse - score_sum, 0.0)
+    kl_row = tl.zeros((COPIES_PAD,), tl.float32)
+    if WITH_KL:
+        pair_ok = live[:, None] & row_ok[None, :] & (rows[:, None] != rows[None, :])
+        safe_sum = tl.where(row_ok, run_sum, 1.0)
+        kl_pair = pair_acc / safe_sum[:, None] - lse[:, None] + lse[None, :]
+        kl_row = tl.sum(tl.where(pair_ok, kl_pair, 0.0), 1)
+    tl.store(lse_ptr + token * COPIES + rows, lse, mask=row_ok)
+    tl.store(kl_row_ptr + token * COPIES + rows, kl_row, mask=row_ok)
+    tl.store(token_terms_ptr + token, tl.sum(nll, 0))
+    tl.store(token_terms_ptr + num_tokens + token, tl.sum(smooth, 0))
+    tl.store(token_terms_ptr + 2 * num_tokens + token, tl.sum(kl_row, 0))
+
+
+@triton.jit
+def _rdrop_backward_kernel(
+    scores_ptr, grad_ptr, target_ptr, lse_ptr, kl_row_ptr, grad_loss_ptr,
+    length, stride_group, stride_copy, stride_pos,
+    grad_stride_group, grad_stride_copy, grad_stride_pos,
+    vocab, ignore_index, kl_weight, eps_other, eps_target,
+    COPIES: tl.constexpr, COPIES_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_TARGET: tl.constexpr, FROM_LOGITS: tl.constexpr, WITH_KL: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    rows = tl.arange(0, COPIES_PAD)
+    row_ok = rows < COPIES
+    cols = tl.arange(0, BLOCK)
+    base = _token_base(token, length, stride_group, stride_pos) + rows.to(tl.int64) * stride_copy
+    grad_base = _token_base(token, length, grad_stride_group, grad_stride_pos) + rows.to(tl.int64) * grad_stride_copy
+    tgt, live = _target_and_live_rows(target_ptr, token, ignore_index, rows, row_ok, HAS_TARGET)
+    grad_loss = tl.load(grad_loss_ptr).to(tl.float32)
+    kl_scale = grad_loss * kl_weight
+    lse = tl.load(lse_ptr + token * COPIES + rows, mask=row_ok, other=0.0)
+    # row sums of the gradient with respect to the log-probabilities
+    row_total = tl.zeros((COPIES_PAD,), tl.float32)
+    if HAS_TARGET:
+        row_total += -grad_loss * (eps_other * vocab + eps_target)
+    if WITH_KL:
+        row_total += kl_scale * tl.load(kl_row_ptr + token * COPIES + rows, mask=row_ok, other=0.0)
+
+    for start in range(0, vocab, BLOCK):
+        col = start + cols
+        ok = row_ok[:, None] & (col < vocab)[None, :]
+        z = tl.load(scores_ptr + base[:, None] + col[None, :], mask=ok & live[:, None], other=float("-inf")).to(tl.float32)
+        x = z - lse[:, None]
+        p = tl.exp(x)
+        g = tl.zeros((COPIES_PAD, BLOCK), tl.float32)
+        if HAS_TARGET:
+            g += tl.where(col[None, :] == tgt, -grad_loss * (eps_other + eps_target), -grad_loss * eps_other)
+        if WITH_KL:
+            for i in tl.static_range(COPIES):
+                x_i = _row(x, rows, i, float("-inf"))
+                p_i = _row(p, rows, i, 0.0)
+                pair_grad = tl.zeros((BLOCK,), tl.float32)
+                for j in tl.static_range(COPIES):
+                    if i != j:
+                        pair_grad += p_i * _gap(x_i, _row(x, rows, j, float("-inf"))) + p_i - _row(p, rows, j, 0.0)
+                g += tl.where(rows[:, None] == i, kl_scale * pair_grad[None, :], 0.0)
+        if FROM_LOGITS:
+            g -= p * row_total[:, None]
+        g = tl.where(live[:, None], g, 0.0)
+        tl.store(grad_ptr + grad_base[:, None] + col[None, :], g.to(grad_ptr.dtype.element_ty), mask=ok)
+
+
+def _layout(tensor, copies):
+    """``(groups, length, stride_group, stride_copy, stride_pos)`` of the layouts of ``rdrop_loss``."""
+    if tensor.dim() == 3:
+        row, pos = tensor.stride(0), tensor.stride(1)
+        return tensor.size(0) // copies, tensor.size(1), copies * row, row, pos
+    tokens = tensor.size(0) // copies
+    return 1, tokens, 0, tokens * tensor.stride(0), tensor.stride(0)
+
+
+def _launch_config(vocab, copies, block_size):
+    copies_pad = triton.next_power_of_2(copies)
+    block = block_size or min(triton.next_power_of_2(vocab), max(256, 8192 // copies_pad))
+    num_warps = 8 if block * copies_pad >= 4096 else 4
+    return copies_pad, block, num_warps
+
+
+class TritonRDropLossFunction(torch.autograd.Function):
+    """The fused kernels with :class:`rdrop_fairseq.rdrop_loss.RDropLossFunction`'s interface."""
+
+    @staticmethod
+    def forward(ctx, scores, target, copies, alpha, epsilon, ignore_index, from_logits, block_size=0):
+        if scores.stride(-1) != 1:
+            scores = scores.contiguous()
+        vocab = scores.size(-1)
+        groups, length, stride_group, stride_copy, stride_pos = _layout(scores, copies)
+        num_tokens = groups * length
+        with_kl = alpha != 0 and copies > 1
+        has_target = target is not None
+        target_flat = target.reshape(-1).contiguous() if has_target else None
+        lse = scores.new_empty((num_tokens, copies), dtype=torch.float32)
+        kl_row = torch.empty_like(lse)
+        token_terms = scores.new_empty((3, num_tokens), dtype=torch.float32)
+        copies_pad, block, num_warps = _launch_config(vocab, copies, block_size)
+        if num_tokens:
+            _rdrop_forward_kernel[(num_tokens,)](
+                scores, target_flat if has_target else lse, lse, kl_row, token_terms,
+                num_tokens, length, stride_group, stride_copy, stride_pos, vocab,
+                -1 if ignore_index is None else ignore_index,
+                COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block,
+                HAS_TARGET=has_target, FROM_LOGITS=from_logits, WITH_KL=with_kl, num_warps=num_warps,
+            )
+        eps_other = epsilon / (vocab - 1) if vocab > 1 else 0.0
+        nll, smooth_sum, kl = token_terms.sum(1).unbind()
+        kl = kl / (copies * (copies - 1)) if copies > 1 else kl.zero_()
+        if not has_target:
+            nll, smooth_sum = nll.zero_(), smooth_sum.zero_()
+        smoothed = (1.0 - epsilon - eps_other) * nll + (eps_other * smooth_sum if eps_other else 0.0)
+        loss = smoothed + alpha * kl
+        ctx.save_for_backward(scores, target_flat, lse, kl_row)
+        ctx.hparams = (copies, alpha, epsilon, ignore_index, from_logits, block_size)
+        ctx.mark_non_differentiable(smoothed, nll, kl)
+        return loss, smoothed, nll, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, *unused):
+        scores, target_flat, lse, kl_row = ctx.saved_tensors
+        copies, alpha, epsilon, ignore_index, from_logits, block_size = ctx.hparams
+        vocab = scores.size(-1)
+        groups, length, stride_group, stride_copy, stride_pos = _layout(scores, copies)
+        grad = scores.new_empty(scores.shape)
+        _, _, grad_stride_group, grad_stride_copy, grad_stride_pos = _layout(grad, copies)
+        has_target = target_flat is not None
+        eps_other = epsilon / (vocab - 1) if vocab > 1 else 0.0
+        copies_pad, block, num_warps = _launch_config(vocab, copies, block_size)
+        if groups * length:
+            _rdrop_backward_kernel[(groups * length,)](
+                scores, grad, target_flat if has_target else lse, lse, kl_row,
+                grad_loss.detach().float().contiguous(),
+                length, stride_group, stride_copy, stride_pos,
+                grad_stride_group, grad_stride_copy, grad_stride_pos,
+                vocab, -1 if ignore_index is None else ignore_index,
+                alpha / (copies * (copies - 1)) if copies > 1 else 0.0,
+                eps_other if has_target else 0.0, (1.0 - epsilon - eps_other) if has_target else 0.0,
+                COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block,
+                HAS_TARGET=has_target, FROM_LOGITS=from_logits, WITH_KL=alpha != 0 and copies > 1,
+                num_warps=num_warps,
+            )
+        return grad, None, None, None, None, None, None, None

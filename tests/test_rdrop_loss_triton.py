@@ -1,0 +1,150 @@
+"""The fused Triton kernels against the torch Function: compiled on a CUDA machine, under
+Triton's interpreter on a CPU (as in CI)."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":  # before Triton is imported: it decides then which of its functions are interpreted
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from rdrop_fairseq import rdrop_loss as rdrop_loss_module  # noqa: E402
+from rdrop_fairseq.kernels.rdrop_loss_triton import TritonRDropLossFunction  # noqa: E402
+from rdrop_fairseq.rdrop_loss import RDropLossFunction, rdrop_loss_from_logits  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's masked lanes
+PAD = 1
+BLOCK = 32  # small, so that every row spans several blocks
+
+
+def make_case(copies=2, batch=2, length=3, vocab=70, dtype=torch.float32, seed=0, layout="interleaved"):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (copies * batch, length, vocab) if layout == "interleaved" else (copies * batch * length, vocab)
+    logits = (torch.randn(shape, generator=gen) * 3).to(dtype)
+    target = torch.randint(2, vocab, (batch, length), generator=gen)
+    target[0, 1] = PAD
+    return logits.to(DEVICE), target.to(DEVICE)
+
+
+def run(function, scores, target, copies, alpha, epsilon, from_logits, ignore_index=PAD):
+    # the torch Function takes chunk_tokens before from_logits; the kernels take a block size after it
+    last = (0, from_logits) if function is RDropLossFunction else (from_logits, BLOCK)
+    leaf = scores.detach().clone().requires_grad_()
+    out = function.apply(leaf, target, copies, alpha, epsilon, ignore_index, *last)
+    out[0].backward()
+    return out, leaf.grad
+
+
+def reference(scores, target, copies, alpha, epsilon, from_logits, ignore_index=PAD):
+    """The torch Function in fp64 on the same (rounded) input values."""
+    return run(RDropLossFunction, scores.double(), target, copies, alpha, epsilon, from_logits, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("copies", [2, 3])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_value_and_gradient_match_the_torch_function(copies, epsilon, from_logits):
+    logits, target = make_case(copies, seed=copies)
+    scores = logits if from_logits else F.log_softmax(logits, -1)
+    (ref, ref_grad), (new, new_grad) = (
+        reference(scores, target, copies, 5.0, epsilon, from_logits),
+        run(TritonRDropLossFunction, scores, target, copies, 5.0, epsilon, from_logits),
+    )
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n.double(), r, rtol=2e-6, atol=2e-5)
+    torch.testing.assert_close(new_grad.double(), ref_grad, rtol=1e-5, atol=1e-6)
+    assert new_grad.view(2, copies, 3, -1)[0, :, 1].abs().max() == 0  # the padded token
+    assert new_grad.view(2, copies, 3, -1)[0, :, 0].abs().max() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_accumulated_in_fp32(dtype):
+    logits, target = make_case(dtype=dtype, vocab=45)
+    (ref, ref_grad), (new, new_grad) = (
+        reference(logits, target, 2, 5.0, 0.1, True),
+        run(TritonRDropLossFunction, logits, target, 2, 5.0, 0.1, True),
+    )
+    assert new_grad.dtype == dtype
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n.double(), r, rtol=2e-6, atol=2e-5)
+    # the gradient differs from the fp64 one only by its rounding to the half type
+    resolution = torch.finfo(dtype).eps
+    torch.testing.assert_close(new_grad.double(), ref_grad, rtol=resolution, atol=resolution * 1e-2)
+
+
+def test_copy_major_layout_and_no_target():
+    logits, target = make_case(copies=3, layout="copy_major", vocab=33)
+    for tgt, alpha in ((target, 1.0), (None, 2.0)):
+        (ref, ref_grad), (new, new_grad) = (
+            reference(logits, tgt, 3, alpha, 0.0, True),
+            run(TritonRDropLossFunction, logits, tgt, 3, alpha, 0.0, True),
+        )
+        for r, n in zip(ref, new):
+            torch.testing.assert_close(n.double(), r, rtol=2e-6, atol=2e-5)
+        torch.testing.assert_close(new_grad.double(), ref_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_strided_view_after_a_prefix_is_trimmed():
+    logits, target = make_case(length=5)
+    full = logits.detach().requires_grad_()
+    new = TritonRDropLossFunction.apply(full[:, 2:], target[:, 2:], 2, 5.0, 0.1, PAD, True, BLOCK)
+    new[0].backward()
+    ref, ref_grad = reference(logits[:, 2:].contiguous(), target[:, 2:].contiguous(), 2, 5.0, 0.1, True)
+    torch.testing.assert_close(new[0].double(), ref[0], rtol=2e-6, atol=2e-5)
+    torch.testing.assert_close(full.grad[:, 2:].double(), ref_grad, rtol=1e-5, atol=1e-6)
+    assert full.grad[:, :2].abs().max() == 0
+
+
+def test_minus_infinity_logits_give_no_nan():
+    logits, target = make_case(vocab=40)
+    logits[..., 0] = float("-inf")  # masked in every copy
+    logits[..., 37] = float("-inf")
+    (ref, ref_grad), (new, new_grad) = (
+        reference(logits, target, 2, 5.0, 0.0, True),
+        run(TritonRDropLossFunction, logits, target, 2, 5.0, 0.0, True),
+    )
+    assert all(torch.isfinite(t) for t in new) and torch.isfinite(new_grad).all()
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n.double(), r, rtol=2e-6, atol=2e-5)
+    torch.testing.assert_close(new_grad.double(), ref_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_every_token_padded_gives_zero():
+    logits, target = make_case()
+    target.fill_(PAD)
+    new, grad = run(TritonRDropLossFunction, logits, target, 2, 5.0, 0.1, True)
+    assert all(t == 0 for t in new) and grad.abs().max() == 0
+
+
+def test_rdrop_kernel_switch(monkeypatch):
+    logits, target = make_case()
+    seen = []
+    original = TritonRDropLossFunction.apply
+    monkeypatch.setattr(TritonRDropLossFunction, "apply", lambda *a: seen.append(1) or original(*a))
+    for choice, fused in (("triton", True), ("torch", False), ("auto", DEVICE == "cuda")):
+        monkeypatch.setenv("RDROP_KERNEL", choice)
+        seen.clear()
+        rdrop_loss_from_logits(logits, target, 2, 5.0, 0.1, PAD)
+        assert bool(seen) == fused, choice
+    monkeypatch.setenv("RDROP_KERNEL", "cuda")
+    with pytest.raises(ValueError, match="RDROP_KERNEL"):
+        rdrop_loss_from_logits(logits, target, 2, 5.0, 0.1, PAD)
+    monkeypatch.setenv("RDROP_KERNEL", "triton")
+    with pytest.raises(ValueError, match="fp64"):
+        rdrop_loss_module.kernel_for(logits.double())
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="compiled kernels at full size need CUDA")
+@pytest.mark.parametrize("vocab,tokens", [(32_000, 512), (267_744, 64)])
+def test_full_size_vocabularies_on_cuda(vocab, tokens):
+    logits, target = make_case(batch=tokens // 8, length=8, vocab=vocab, dtype=torch.bfloat16)
+    leaf = logits.detach().clone().requires_grad_()
+    new = TritonRDropLossFunction.apply(leaf, target, 2, 5.0, 0.1, PAD, True, 0)
+    new[0].backward()
+    ref, ref_grad = run(RDropLossFunction, logits.float(), target, 2, 5.0, 0.1, True)
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n, r, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(leaf.grad.float(), ref_grad, rtol=2**-7, atol=1e-6)
