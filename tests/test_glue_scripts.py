@@ -135,9 +135,28 @@ def test_published_hyperparameters_per_task():
     assert flag(dry_run("train-glue.sh", "--task", "QQP", "--double-batch"), "--batch-size") == "64"
 
 
-def test_bad_task_is_named():
-    proc = run_script("train-glue.sh", "--task", "WNLI", "--print-args")
-    assert proc.returncode == 2 and "--task must be one of" in proc.stderr
+def test_bad_input_is_named(tmp_path):
+    for script, extra in (("train-glue.sh", ["--print-args"]), ("evaluate-glue.sh", [])):
+        proc = run_script(script, "--task", "WNLI", *extra)
+        assert proc.returncode == 2 and "--task must be one of" in proc.stderr, script
+    proc = run_script("train-glue.sh", "--task", "RTE", "--data", tmp_path, env=script_env(FP16="0"))
+    assert proc.returncode == 2 and f"{tmp_path} has no input0/dict.txt" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["prepare-glue.sh", "train-glue.sh", "evaluate-glue.sh",
+                                    "prepare-cnndm.sh", "train-cnndm.sh", "evaluate-cnndm.sh"])
+def test_help(script):
+    proc = run_script(script, "--help")
+    assert proc.returncode == 0 and "scripts/" + script in proc.stdout
+
+
+def test_smoke_and_distributed_commands():
+    argv = dry_run("train-glue.sh", "--task", "SST-2", "--smoke")
+    assert "--cpu" in argv and int(flag(argv, "--max-update")) <= 10 and flag(argv, "--encoder-layers") == "1"
+    assert "smoke" in flag(argv, "--save-dir") and flag(argv, "--restore-file") is None
+    argv = dry_run("train-glue.sh", "--task", "SST-2", WORLD_SIZE=2, RANK=1, LOCAL_RANK=1, MASTER_ADDR="h",
+                   MASTER_PORT=9)
+    assert (flag(argv, "--distributed-world-size"), flag(argv, "--distributed-rank")) == ("2", "1")
 
 
 def test_finetune_and_evaluate_classification_then_regression(rte, stsb, tmp_path):
