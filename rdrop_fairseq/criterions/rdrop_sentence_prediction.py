@@ -28,7 +28,7 @@ class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCr
         self.sentence_avg = True  # the sample size is the number of sentences, as in the stock criterion
 
     def forward(self, model, sample, reduce=True, update_num=None):
-        if not hasattr(model, "classification_heads") or self.classification_head_name not in model.classification_heads:
+        if self.classification_head_name not in getattr(model, "classification_heads", {}):
             raise ValueError(
                 f"--criterion rdrop_sentence_prediction needs a model with the classification head "
                 f"'{self.classification_head_name}' (--classification-head-name), e.g. --task sentence_prediction"

@@ -19,7 +19,7 @@ the end, or against ``--hash NAME=sha256:...``.
 """
 import hashlib
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 from .. import prepare
 from ..download import Archive, fetch, parse_hash_overrides, with_hashes
@@ -29,7 +29,8 @@ from .common import Layout, build_parser, check_params, fetch_and_extract, pendi
 NAME = "cnn_dm"
 STORIES_URL = "https://huggingface.co/datasets/cnn_dailymail/resolve/11343c3752184397d56efc19a8a7cceb68089318/data"
 URL_LISTS_URL = "https://raw.githubusercontent.com/abisee/cnn-dailymail/master/url_lists"
-STORY_ARCHIVES = [Archive(f"{site}_stories.tgz", (f"{STORIES_URL}/{site}_stories.tgz",)) for site in ("cnn", "dailymail")]
+STORY_ARCHIVES = [Archive(f"{site}_stories.tgz", (f"{STORIES_URL}/{site}_stories.tgz",))
+                  for site in ("cnn", "dailymail")]
 SPLITS = {"train": "train", "val": "valid", "test": "test"}  # recipe name -> fairseq name
 URL_LISTS = [Archive(f"all_{split}.txt", (f"{URL_LISTS_URL}/all_{split}.txt",)) for split in SPLITS]
 ARCHIVES = STORY_ARCHIVES + URL_LISTS + list(gpt2.ARCHIVES)
