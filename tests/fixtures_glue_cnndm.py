@@ -49,7 +49,7 @@ def _tsv(header, rows) -> str:
     return "".join("\t".join(map(str, r)) + "\n" for r in ([header] if header else []) + rows)
 
 
-def build_rte(root: Path, sizes=(("train", 48), ("dev", 12), ("test", 8))) -> Path:
+def build_rte(root: Path, sizes=(("train", 12), ("dev", 4), ("test", 4))) -> Path:
     files, start = {}, 0
     for split, count in sizes:
         text = english(start, 2 * count)
@@ -74,12 +74,13 @@ def build_stsb(root: Path, sizes=(("train", 40), ("dev", 10), ("test", 6))) -> P
     return _zip(Path(root) / "STS-B.zip", files)
 
 
-def build_cola(root: Path) -> Path:
-    lines = english(2000, 20)
-    train = _tsv(None, [["gj04", i % 2, "" if i % 2 else "*", lines[i]] for i in range(12)])
-    dev = _tsv(None, [["gj04", i % 2, "", lines[12 + i]] for i in range(4)])
-    test = _tsv(["index", "sentence"], [[i, lines[16 + i]] for i in range(4)])
-    return _zip(Path(root) / "CoLA.zip", {"CoLA/train.tsv": train, "CoLA/dev.tsv": dev, "CoLA/test.tsv": test})
+def build_cola(root: Path, train: int = 48, dev: int = 12, test: int = 4) -> Path:
+    """CoLA's train and dev have no header line; its test has one."""
+    lines = english(2000, train + dev + test)
+    rows = [["gj04", i % 2, "" if i % 2 else "*", line] for i, line in enumerate(lines)]
+    return _zip(Path(root) / "CoLA.zip", {
+        "CoLA/train.tsv": _tsv(None, rows[:train]), "CoLA/dev.tsv": _tsv(None, rows[train:train + dev]),
+        "CoLA/test.tsv": _tsv(["index", "sentence"], [[i, line] for i, line in enumerate(lines[train + dev:])])})
 
 
 def build_mrpc(root: Path, pairs: int = 12) -> Dict[str, Path]:

@@ -11,6 +11,8 @@ from rdrop_fairseq import prepare, rouge
 from rdrop_fairseq.datasets import cnn_dm
 from test_train_scripts import dry_run, flag, script_env
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):

@@ -1,6 +1,7 @@
 """scripts/{prepare,train,evaluate}-glue.sh end to end on fixture archives in the upstream
-formats: a tiny RoBERTa trained from scratch on RTE, then packed as the roberta.large
-tarball and fine-tuned on STS-B (regression) through the checked download."""
+formats: a tiny RoBERTa trained from scratch on CoLA (classification), then packed as the
+roberta.large tarball and fine-tuned on STS-B (sentence pairs, regression) through the
+checked download."""
 import json
 import shutil
 import tarfile
@@ -34,8 +35,8 @@ def prepared(base, task, build):
 
 
 @pytest.fixture(scope="module")
-def rte(tmp_path_factory):
-    return prepared(tmp_path_factory.getbasetemp(), "RTE", build_rte)
+def cola(tmp_path_factory):
+    return prepared(tmp_path_factory.getbasetemp(), "CoLA", build_cola)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +44,18 @@ def stsb(tmp_path_factory):
     return prepared(tmp_path_factory.getbasetemp(), "STS-B", build_stsb)
 
 
-def test_prepare_binarises_inputs_and_labels_as_fairseqs_recipe(rte, stsb):
-    dictionary = Dictionary.load(str(rte / "input0" / "dict.txt"))
+def test_prepare_binarises_inputs_and_labels_as_fairseqs_recipe(cola, stsb):
+    dictionary = Dictionary.load(str(cola / "input0" / "dict.txt"))
+    # CoLA: headerless train/dev, so every line is an example; the test file's header is dropped.
+    assert len(data_utils.load_indexed_dataset(str(cola / "input0" / "train"), dictionary)) == 48
+    assert len(data_utils.load_indexed_dataset(str(cola / "input0" / "test"), dictionary)) == 4
+    assert not (cola / "input1").exists()
+    labels = Dictionary.load(str(cola / "label" / "dict.txt"))
+    assert {"0", "1"} <= set(labels.symbols)
+    assert len(data_utils.load_indexed_dataset(str(cola / "label" / "valid"), labels)) == 12
     for name in ("input0", "input1"):
-        assert len(data_utils.load_indexed_dataset(str(rte / name / "train"), dictionary)) == 48
-        assert len(data_utils.load_indexed_dataset(str(rte / name / "test"), dictionary)) == 8
-    labels = Dictionary.load(str(rte / "label" / "dict.txt"))
-    assert {"entailment", "not_entailment"} <= set(labels.symbols)
-    assert len(data_utils.load_indexed_dataset(str(rte / "label" / "valid"), labels)) == 12
+        assert len(data_utils.load_indexed_dataset(str(stsb / name / "train"),
+                                                   Dictionary.load(str(stsb / name / "dict.txt")))) == 40
     # STS-B: raw scores / 5, no label dictionary.
     assert not (stsb / "label" / "dict.txt").exists()
     raw = prepare.read_lines(stsb.parents[2] / "glue" / "STS-B" / "raw" / "label" / "train")
@@ -58,26 +63,25 @@ def test_prepare_binarises_inputs_and_labels_as_fairseqs_recipe(rte, stsb):
     assert scaled == pytest.approx([float(x) / 5 for x in raw], abs=1e-5) and max(scaled) <= 1
 
 
-def test_gpt2_bpe_is_fairseqs_encoder(rte):
+def test_gpt2_bpe_is_fairseqs_encoder(stsb):
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 
-    gpt2_dir = rte.parents[3] / "gpt2"
+    gpt2_dir = stsb.parents[3] / "gpt2"
     encoder = get_encoder(str(gpt2_dir / "encoder.json"), str(gpt2_dir / "vocab.bpe"))
-    text_dir = rte.parents[2] / "glue" / "RTE"
+    text_dir = stsb.parents[2] / "glue" / "STS-B"
     raw, bpe = (prepare.read_lines(text_dir / kind / "input1" / "valid") for kind in ("raw", "bpe"))
     assert bpe == [" ".join(map(str, encoder.encode(line.strip()))) for line in raw]
     assert encoder.decode([int(t) for t in bpe[0].split()]) == raw[0]
 
 
-def test_column_layouts_of_cola_and_mrpc(tmp_path):
-    cola = tmp_path / "cola"
-    with zipfile.ZipFile(build_cola(tmp_path)) as zf:
+def test_column_layouts_of_rte_and_mrpc(tmp_path):
+    with zipfile.ZipFile(build_rte(tmp_path)) as zf:
         zf.extractall(tmp_path)
-    names = glue.split_columns(glue.TASKS["CoLA"], tmp_path / "CoLA", cola)
+    names = glue.split_columns(glue.TASKS["RTE"], tmp_path / "RTE", tmp_path / "rte")
     assert names == {"valid": ["valid"], "test": ["test"]}
-    assert len(prepare.read_lines(cola / "input0" / "train")) == 12  # no header to drop
-    assert prepare.read_lines(cola / "label" / "train")[:2] == ["0", "1"]
-    assert len(prepare.read_lines(cola / "input0" / "test")) == 4  # header dropped
+    raw_rte = [line.split("\t") for line in prepare.read_lines(tmp_path / "RTE" / "dev.tsv")[1:]]
+    assert prepare.read_lines(tmp_path / "rte" / "input1" / "valid") == [row[2] for row in raw_rte]
+    assert prepare.read_lines(tmp_path / "rte" / "label" / "valid") == [row[3] for row in raw_rte]
     files = build_mrpc(tmp_path / "mrpc-src")
     glue.split_mrpc(files["msr_paraphrase_train.txt"], files["msr_paraphrase_test.txt"],
                     files["mrpc_dev_ids.tsv"], tmp_path / "MRPC")
@@ -88,20 +92,22 @@ def test_column_layouts_of_cola_and_mrpc(tmp_path):
     assert prepare.read_lines(tmp_path / "MRPC" / "test.tsv")[0].startswith("index\t")
 
 
-def test_corrupt_downloads_are_refused(tmp_path):
+def test_corrupt_downloads_are_refused(tmp_path, capsys):
     paths = write_gpt2_files(tmp_path / "gpt2")
     rte_zip = build_rte(tmp_path)
     # The fixture's encoder.json is not GPT-2's: without --hash it fails the published sha256.
-    proc = run_script("prepare-glue.sh", "--task", "RTE", "--out", tmp_path / "a", "--archive", rte_zip,
-                      *[arg for p in paths.values() for arg in ("--archive", p)])
-    assert proc.returncode == 1
-    assert "encoder.json: sha256 is" in proc.stderr and "196139668be63f3b5d6574427317ae82f612a97c" in proc.stderr
+    with pytest.raises(SystemExit):
+        glue.main(["--task", "RTE", "--out", str(tmp_path / "a"), "--archive", str(rte_zip),
+                   *[str(arg) for p in paths.values() for arg in ("--archive", p)]])
+    err = capsys.readouterr().err
+    assert "encoder.json: sha256 is" in err and "196139668be63f3b5d6574427317ae82f612a97c" in err
     truncated = tmp_path / "cut" / "RTE.zip"
     truncated.parent.mkdir()
     truncated.write_bytes(rte_zip.read_bytes()[:-200])
-    proc = run_script("prepare-glue.sh", "--task", "RTE", "--out", tmp_path / "b", "--archive", truncated,
-                      *gpt2_args(paths))
-    assert proc.returncode == 1 and "truncated or corrupt" in proc.stderr, proc.stderr[-2000:]
+    with pytest.raises(SystemExit):
+        glue.main(["--task", "RTE", "--out", str(tmp_path / "b"), "--archive", str(truncated),
+                   *map(str, gpt2_args(paths))])
+    assert "truncated or corrupt" in capsys.readouterr().err
     assert not (tmp_path / "b" / "data-bin").exists()
 
 
@@ -159,18 +165,19 @@ def test_smoke_and_distributed_commands():
     assert (flag(argv, "--distributed-world-size"), flag(argv, "--distributed-rank")) == ("2", "1")
 
 
-def test_finetune_and_evaluate_classification_then_regression(rte, stsb, tmp_path):
-    rte_run = tmp_path / "rte"
-    proc = run_script("train-glue.sh", "--task", "RTE", "--smoke", "--data", rte, "--save-dir", rte_run,
+def test_finetune_and_evaluate_classification_then_regression(cola, stsb, tmp_path):
+    cola_run = tmp_path / "cola"
+    proc = run_script("train-glue.sh", "--task", "CoLA", "--smoke", "--data", cola, "--save-dir", cola_run,
                       env=script_env(FP16="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert '"kl_loss"' in proc.stderr + proc.stdout and '"valid_accuracy"' in proc.stderr + proc.stdout
+    log = proc.stderr + proc.stdout
+    assert '"kl_loss"' in log and '"valid_accuracy"' in log and '"valid_mcc"' in log
 
-    # The RTE model, packed as fairseq's roberta.large tarball, is the pre-trained model for STS-B.
+    # The CoLA model, packed as fairseq's roberta.large tarball, is the pre-trained model for STS-B.
     package = tmp_path / "pkg" / "roberta.large"
     package.mkdir(parents=True)
-    shutil.copy(rte_run / "checkpoint_best.pt", package / "model.pt")
-    shutil.copy(rte / "input0" / "dict.txt", package / "dict.txt")
+    shutil.copy(cola_run / "checkpoint_best.pt", package / "model.pt")
+    shutil.copy(cola / "input0" / "dict.txt", package / "dict.txt")
     tarball = tmp_path / "roberta.large.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(package, arcname="roberta.large")
