@@ -68,7 +68,9 @@ SAVE_DIR=${SAVE_DIR:-$(default_save_dir "glue-$GLUE_TASK")}
 if [[ $SMOKE == 1 ]]; then
     : "${TOTAL_NUM_UPDATE:=4}" "${WARMUP:=1}" "${BATCH_SIZE:=8}" "${LR:=1e-3}" "${LOG_INTERVAL:=1}" "${MAX_EPOCH:=1}"
 fi
-BATCH_SIZE=$(variant_max_tokens "${BATCH_SIZE:-${task_hparams[2]}}")
+BATCH_SIZE=${BATCH_SIZE:-${task_hparams[2]}}
+[[ $BATCH_SIZE =~ ^[1-9][0-9]*$ ]] || die "BATCH_SIZE must be a positive integer, not '$BATCH_SIZE'"
+BATCH_SIZE=$(variant_max_tokens "$BATCH_SIZE")  # --double-batch doubles the sentences per batch
 TOTAL_NUM_UPDATE=${TOTAL_NUM_UPDATE:-${task_hparams[3]}}
 if [[ $PRINT_ARGS != 1 ]]; then
     [[ -f $DATA/input0/dict.txt ]] || die "--data: $DATA has no input0/dict.txt: run scripts/prepare-glue.sh --task $GLUE_TASK, or pass --data"

@@ -145,6 +145,8 @@ def test_bad_input_is_named(tmp_path):
     for script, extra in (("train-glue.sh", ["--print-args"]), ("evaluate-glue.sh", [])):
         proc = run_script(script, "--task", "WNLI", *extra)
         assert proc.returncode == 2 and "--task must be one of" in proc.stderr, script
+    proc = run_script("train-glue.sh", "--task", "RTE", "--print-args", env=script_env(BATCH_SIZE="many"))
+    assert proc.returncode == 2 and "BATCH_SIZE must be a positive integer" in proc.stderr
     proc = run_script("train-glue.sh", "--task", "RTE", "--data", tmp_path, env=script_env(FP16="0"))
     assert proc.returncode == 2 and f"{tmp_path} has no input0/dict.txt" in proc.stderr
 
