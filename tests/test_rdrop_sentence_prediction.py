@@ -160,3 +160,14 @@ def test_defaults_and_refusals(tmp_path):
     model.train()
     with pytest.raises(ValueError, match="classification head 'missing_head'"):
         criterion(model, glue_sample(criterion.task.source_dictionary))
+
+
+def test_task_schedule_options_reach_the_criterion(tmp_path):
+    task, model, criterion, _ = build(tmp_path, "--rdrop-every-k-steps", "2", "--rdrop-dropout-rates", "[0.1,0.4]",
+                                      task="rdrop_sentence_prediction")
+    sample = glue_sample(task.source_dictionary)
+    model.train()
+    assert "kl_loss" not in criterion(model, sample, update_num=1)[2]  # a skipped step: the stock criterion
+    _, _, log = criterion(model, sample, update_num=2)
+    assert log["kl_loss"] > 0
+    assert [m.p for m in model.modules() if type(m).__name__ == "FairseqDropout"].count(0.3) > 0  # restored
