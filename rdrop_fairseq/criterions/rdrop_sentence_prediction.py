@@ -1,0 +1,52 @@
+from dataclasses import dataclass, field
+
+import torch
+from fairseq.criterions import register_criterion
+from fairseq.criterions.sentence_prediction import SentencePredictionConfig, SentencePredictionCriterion
+
+from ..rdrop_loss import rdrop_loss_from_logits, rdrop_regression_loss
+from .rdrop_criterion import ALPHA_HELP, RDropCriterionMixin
+
+
+@dataclass
+class RDropSentencePredictionConfig(SentencePredictionConfig):
+    rdrop_alpha: float = field(default=1.0, metadata={"help": ALPHA_HELP})
+
+
+@register_criterion("rdrop_sentence_prediction", dataclass=RDropSentencePredictionConfig)
+class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCriterion):
+    """fairseq's ``sentence_prediction`` with R-Drop training steps (paper §3.3, GLUE).
+
+    Classification: the cross-entropy of every sub-model plus alpha times their
+    symmetric KL.  Regression (``--regression-target``): the squared error of every
+    sub-model plus alpha times the mean squared difference between their predictions.
+    Evaluation steps are the stock criterion's, so the GLUE metrics are unchanged."""
+
+    def __init__(self, cfg: RDropSentencePredictionConfig, task):
+        super().__init__(cfg, task)
+        self.init_rdrop(task, cfg.rdrop_alpha, 0)
+        self.sentence_avg = True  # the sample size is the number of sentences, as in the stock criterion
+
+    def forward(self, model, sample, reduce=True, update_num=None):
+        if self.classification_head_name not in getattr(model, "classification_heads", {}):
+            raise ValueError(
+                f"--criterion rdrop_sentence_prediction needs a model with the classification head "
+                f"'{self.classification_head_name}' (--classification-head-name), e.g. --task sentence_prediction"
+            )
+        training = model.training and self.rdrop_alpha > 0
+        if self.sub_model_passes.copies_for(training, update_num) == 1 or not reduce:
+            return SentencePredictionCriterion.forward(self, model, sample, reduce=reduce)
+        head_input = {**sample["net_input"], "features_only": True,
+                      "classification_head_name": self.classification_head_name}
+        return super().forward(model, {**sample, "net_input": head_input}, reduce, update_num)
+
+    def compute_rdrop_loss(self, model, net_output, sample, copies):
+        logits = net_output[0]
+        target = model.get_targets(sample, [logits]).view(-1)
+        if self.regression_target:
+            loss, mse, consistency = rdrop_regression_loss(logits, target, copies, self.rdrop_alpha)
+            return (loss, mse, mse, consistency), {}
+        terms = rdrop_loss_from_logits(logits.unsqueeze(1), target.unsqueeze(1), copies, self.rdrop_alpha)
+        # Accuracy on the baseline's scale: the copies' mean number of correct predictions.
+        correct = logits.detach().argmax(-1).view(-1, copies).eq(target.unsqueeze(1))
+        return terms, {"ncorrect": correct.sum().to(torch.float) / copies}

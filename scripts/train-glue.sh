@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Fine-tune roberta.large with R-Drop on a GLUE task (paper §3.3), or its baselines, with the
+# per-task hyperparameters of fairseq's examples/roberta/README.glue.md.
+#
+#   scripts/train-glue.sh --task NAME [--data DIR] [--save-dir DIR] [--restore-file FILE] [--alpha A]
+#                         [--baseline | --double-batch] [--smoke] [--cpu] [--print-args] [-- FAIRSEQ_TRAIN_ARGS...]
+#
+# Arguments after `--` go to fairseq-train last, so they override anything set here.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+usage: scripts/train-glue.sh --task NAME [options] [-- extra fairseq-train args]
+
+  --task NAME         MNLI, QNLI, QQP, RTE, SST-2, MRPC, CoLA or STS-B (env GLUE_TASK)
+  --data DIR          binarised task                (env DATA; default $DATA_ROOT/data-bin/glue/<NAME>,
+                                                     DATA_ROOT defaults to data)
+  --save-dir DIR      checkpoint folder             (env SAVE_DIR; default $CHECKPOINT_ROOT/glue-<NAME>/<variant>,
+                                                     CHECKPOINT_ROOT defaults to checkpoints)
+  --restore-file FILE the pre-trained model.pt      (env ROBERTA_PATH; default: roberta.large fetched
+                                                     into $MODELS_DIR, default models, with
+                                                     python -m rdrop_fairseq.datasets.pretrained)
+  --alpha A           R-Drop weight                 (env ALPHA; default 1.0; the paper searched 0.1, 0.5, 1.0)
+  --baseline          stock task and criterion (sentence_prediction)
+  --double-batch      baseline with the batch size doubled (paper App. C.1)
+  --smoke             a few CPU updates of a tiny RoBERTa trained from scratch (unless --restore-file)
+  --cpu               train on CPU (also env CPU=1)
+  --print-args        print the fairseq-train command instead of running it (also env DRY_RUN=1)
+
+Hyperparameters (env; defaults from README.glue.md's table for the task): LR, BATCH_SIZE,
+  TOTAL_NUM_UPDATE, WARMUP, NUM_CLASSES; MAX_EPOCH=10 DROPOUT=0.1 ATTENTION_DROPOUT=0.1
+  WEIGHT_DECAY=0.1 MAX_TOKENS=4400 UPDATE_FREQ=1 SEED=1 LOG_INTERVAL=100 FP16=auto (auto|1|0)
+Metrics logged on the dev set: accuracy; CoLA also MCC, MRPC and QQP F1, STS-B Pearson/Spearman.
+Distributed: torchrun --no-python ... scripts/train-glue.sh (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*),
+  or under SLURM srun with DISTRIBUTED_PORT=<port>.  Without them fairseq uses every visible GPU.
+USAGE
+}
+
+GLUE_TASK=${GLUE_TASK:-}
+RESTORE=${ROBERTA_PATH:-}
+parse_script_flag() {
+    case $1 in
+        --task) need_value "$@"; GLUE_TASK=$2; SCRIPT_FLAG_SHIFT=2 ;;
+        --restore-file) need_value "$@"; RESTORE=$2; SCRIPT_FLAG_SHIFT=2 ;;
+        *) return 1 ;;
+    esac
+}
+
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+parse_train_args "$@"
+
+# README.glue.md: --num-classes, --lr, --max-sentences, --total-num-update, --warmup-updates.
+case $GLUE_TASK in
+    MNLI) task_hparams=(3 1e-5 32 123873 7432) ;;
+    QNLI) task_hparams=(2 1e-5 32 33112 1986) ;;
+    QQP) task_hparams=(2 1e-5 32 113272 28318) ;;
+    RTE) task_hparams=(2 2e-5 16 2036 122) ;;
+    SST-2) task_hparams=(2 1e-5 32 20935 1256) ;;
+    MRPC) task_hparams=(2 1e-5 16 2296 137) ;;
+    CoLA) task_hparams=(2 1e-5 16 5336 320) ;;
+    STS-B) task_hparams=(1 2e-5 16 3598 214) ;;
+    '') usage >&2; die "--task is required (MNLI, QNLI, QQP, RTE, SST-2, MRPC, CoLA or STS-B)" ;;
+    *) die "--task must be one of MNLI, QNLI, QQP, RTE, SST-2, MRPC, CoLA, STS-B, not '$GLUE_TASK'" ;;
+esac
+ALPHA=${ALPHA:-1.0}
+DATA=${DATA:-${DATA_ROOT:-data}/data-bin/glue/$GLUE_TASK}
+SAVE_DIR=${SAVE_DIR:-$(default_save_dir "glue-$GLUE_TASK")}
+if [[ $SMOKE == 1 ]]; then
+    : "${TOTAL_NUM_UPDATE:=4}" "${WARMUP:=1}" "${BATCH_SIZE:=8}" "${LR:=1e-3}" "${LOG_INTERVAL:=1}" "${MAX_EPOCH:=1}"
+fi
+BATCH_SIZE=${BATCH_SIZE:-${task_hparams[2]}}
+[[ $BATCH_SIZE =~ ^[1-9][0-9]*$ ]] || die "BATCH_SIZE must be a positive integer, not '$BATCH_SIZE'"
+BATCH_SIZE=$(variant_max_tokens "$BATCH_SIZE")  # --double-batch doubles the sentences per batch
+TOTAL_NUM_UPDATE=${TOTAL_NUM_UPDATE:-${task_hparams[3]}}
+if [[ $PRINT_ARGS != 1 ]]; then
+    [[ -f $DATA/input0/dict.txt ]] || die "--data: $DATA has no input0/dict.txt: run scripts/prepare-glue.sh --task $GLUE_TASK, or pass --data"
+    if [[ -z $RESTORE && $SMOKE != 1 ]]; then
+        RESTORE=$(python -m rdrop_fairseq.datasets.pretrained roberta.large --out "${MODELS_DIR:-models}" | tail -n 1)
+    fi
+    [[ -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
+fi
+
+TRAIN_ARGS=(
+    "$DATA" --user-dir "$USER_DIR" --arch roberta_large
+    --num-classes "${NUM_CLASSES:-${task_hparams[0]}}" --max-positions 512 --init-token 0 --separator-token 2
+    --batch-size "$BATCH_SIZE" --max-tokens "${MAX_TOKENS:-4400}" --update-freq "${UPDATE_FREQ:-1}"
+    --required-batch-size-multiple 1
+    --dropout "${DROPOUT:-0.1}" --attention-dropout "${ATTENTION_DROPOUT:-0.1}" --weight-decay "${WEIGHT_DECAY:-0.1}"
+    --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-06 --clip-norm 0.0
+    --lr-scheduler polynomial_decay --lr "${LR:-${task_hparams[1]}}"
+    --total-num-update "$TOTAL_NUM_UPDATE" --warmup-updates "${WARMUP:-${task_hparams[4]}}"
+    --max-update "$TOTAL_NUM_UPDATE" --max-epoch "${MAX_EPOCH:-10}" --seed "${SEED:-1}" --find-unused-parameters
+    --save-dir "$SAVE_DIR" --no-epoch-checkpoints --log-format json --log-interval "${LOG_INTERVAL:-100}"
+)
+[[ -n $RESTORE ]] && TRAIN_ARGS+=(--restore-file "$RESTORE" --reset-optimizer --reset-dataloader --reset-meters)
+case $GLUE_TASK in
+    STS-B) TRAIN_ARGS+=(--regression-target --report-pearson-and-spearman --best-checkpoint-metric loss) ;;
+    *) TRAIN_ARGS+=(--best-checkpoint-metric accuracy --maximize-best-checkpoint-metric) ;;
+esac
+case $GLUE_TASK in
+    CoLA) TRAIN_ARGS+=(--report-mcc) ;;
+    MRPC | QQP) TRAIN_ARGS+=(--report-acc-and-f1) ;;
+esac
+variant_args rdrop_sentence_prediction rdrop_sentence_prediction sentence_prediction sentence_prediction
+[[ $SMOKE == 1 ]] && TRAIN_ARGS+=(
+    --encoder-layers 1 --encoder-embed-dim 32 --encoder-ffn-embed-dim 64 --encoder-attention-heads 2
+)
+[[ $CPU == 1 ]] && TRAIN_ARGS+=(--cpu)
+want_fp16 auto && TRAIN_ARGS+=(--fp16 --fp16-init-scale 4 --threshold-loss-scale 1 --fp16-scale-window 128)
+distributed_args
+run_train

@@ -1,0 +1,173 @@
+"""rdrop_sentence_prediction on a tiny RoBERTa (no download), against plainly written references."""
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq import options, tasks
+from fairseq.criterions.sentence_prediction import SentencePredictionCriterion
+from fairseq.data import Dictionary
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.logging import metrics
+
+from rdrop_fairseq.criterions.rdrop_sentence_prediction import RDropSentencePredictionCriterion
+from tiny_lm import USER_DIR, param_grads, run_seeded
+
+SEED = 7
+HEAD = "sentence_classification_head"
+TINY_ROBERTA = [
+    "--arch", "roberta_base", "--encoder-layers", "1", "--encoder-embed-dim", "16",
+    "--encoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2", "--max-positions", "32",
+    "--dropout", "0.3", "--attention-dropout", "0.1", "--pooler-dropout", "0.2",
+]
+
+
+def build(data_dir, *extra, regression=False, num_classes=3, task="sentence_prediction"):
+    for sub, symbols in (("input0", [str(i) for i in range(30)]), ("label", [str(i) for i in range(num_classes)])):
+        dictionary = Dictionary()
+        for i, symbol in enumerate(symbols):
+            dictionary.add_symbol(symbol, n=100 - i)
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        dictionary.save(str(data_dir / sub / "dict.txt"))
+    argv = [str(data_dir), "--user-dir", USER_DIR, "--task", task, "--criterion", "rdrop_sentence_prediction",
+            "--num-classes", "1" if regression else str(num_classes), *TINY_ROBERTA, *extra]
+    if regression:
+        argv.append("--regression-target")
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    fairseq_task = tasks.setup_task(cfg.task)
+    model = fairseq_task.build_model(cfg.model)
+    return fairseq_task, model, fairseq_task.build_criterion(cfg.criterion), cfg
+
+
+def glue_sample(dictionary, batch=4, length=7, regression=False, num_classes=3, seed=0):
+    """A right-padded batch as fairseq's sentence_prediction task collates it."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(dictionary.nspecial + 1, len(dictionary), (batch, length), generator=gen)
+    tokens[:, 0] = dictionary.bos()
+    lengths = torch.tensor([length - (row % 3) for row in range(batch)])
+    for row, n in enumerate(lengths):
+        tokens[row, n - 1] = dictionary.eos()
+        tokens[row, n:] = dictionary.pad()
+    target = (torch.rand(batch, generator=gen) if regression
+              else torch.randint(0, num_classes, (batch,), generator=gen))
+    return {"id": torch.arange(batch), "net_input": {"src_tokens": tokens, "src_lengths": lengths},
+            "target": target, "ntokens": int(lengths.sum()), "nsentences": batch}
+
+
+def copies_of(net_input, copies):
+    """The batch with each sample repeated ``copies`` times in a row (the interleaved layout)."""
+    return {key: value.repeat_interleave(copies, 0) for key, value in net_input.items()}
+
+
+def reference_classification(model, sample, copies, alpha):
+    """Cross-entropy of every copy + alpha / (m (m-1)) * sum over ordered pairs of KL(P_i || P_j)."""
+    logits, _ = model(**copies_of(sample["net_input"], copies), features_only=True, classification_head_name=HEAD)
+    lprobs = F.log_softmax(logits.float(), -1).view(-1, copies, logits.size(-1))
+    nll = sum(F.nll_loss(lprobs[:, k], sample["target"], reduction="sum") for k in range(copies))
+    kl = sum(F.kl_div(lprobs[:, j], lprobs[:, i], log_target=True, reduction="sum")
+             for i in range(copies) for j in range(copies) if i != j) / (copies * (copies - 1))
+    return nll + alpha * kl, nll, kl
+
+
+def reference_regression(model, sample, copies, alpha):
+    """Squared error of every copy + alpha * mean over ordered pairs of (y_i - y_j)^2."""
+    out, _ = model(**copies_of(sample["net_input"], copies), features_only=True, classification_head_name=HEAD)
+    y = out.float().view(-1, copies)
+    mse = sum(F.mse_loss(y[:, k], sample["target"], reduction="sum") for k in range(copies))
+    consistency = sum(((y[:, i] - y[:, j]) ** 2).sum()
+                      for i in range(copies) for j in range(copies) if i != j) / (copies * (copies - 1))
+    return mse + alpha * consistency, mse, consistency
+
+
+@pytest.mark.parametrize("regression", [False, True])
+@pytest.mark.parametrize("copies,alpha", [(2, 1.0), (3, 0.5)])
+def test_loss_and_gradient_match_reference(tmp_path, regression, copies, alpha):
+    task, model, criterion, _ = build(tmp_path, "--rdrop-alpha", str(alpha), "--rdrop-copies", str(copies),
+                                      regression=regression, task="rdrop_sentence_prediction")
+    reference = reference_regression if regression else reference_classification
+    sample = glue_sample(task.source_dictionary, regression=regression)
+    model.train()
+
+    model.zero_grad()
+    ref_loss, ref_task_loss, ref_consistency = run_seeded(SEED, reference, model, sample, copies, alpha)
+    ref_loss.backward()
+    ref_grads = param_grads(model)
+
+    model.zero_grad()
+    loss, sample_size, log = run_seeded(SEED, criterion, model, sample)
+    loss.backward()
+    grads = param_grads(model)
+
+    assert ref_consistency > 0
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["loss"], ref_task_loss.detach() / copies, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["kl_loss"], ref_consistency.detach(), rtol=1e-5, atol=1e-5)
+    assert sample_size == log["nsentences"] == 4
+    assert grads.keys() == ref_grads.keys() and HEAD in " ".join(grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_training_accuracy_is_the_copies_mean(tmp_path):
+    task, model, criterion, _ = build(tmp_path)
+    sample = glue_sample(task.source_dictionary, batch=6)
+    model.train()
+    _, _, log = run_seeded(SEED, criterion, model, sample)
+    torch.manual_seed(SEED)
+    logits, _ = model(**copies_of(sample["net_input"], 2), features_only=True, classification_head_name=HEAD)
+    correct = logits.argmax(-1).view(-1, 2).eq(sample["target"].unsqueeze(1)).sum().item()
+    assert log["ncorrect"] == pytest.approx(correct / 2)
+    with metrics.aggregate() as agg:
+        criterion.reduce_metrics([log])
+    assert agg.get_smoothed_values()["accuracy"] == pytest.approx(round(100 * correct / 2 / 6, 1))
+
+
+@pytest.mark.parametrize("regression,report", [(False, "--report-mcc"), (False, "--report-acc-and-f1"),
+                                               (True, "--report-pearson-and-spearman")])
+def test_validation_equals_the_stock_criterion(tmp_path, regression, report):
+    task, model, criterion, cfg = build(tmp_path, report, regression=regression, num_classes=2)
+    stock = SentencePredictionCriterion(cfg.criterion, task)
+    sample = glue_sample(task.source_dictionary, batch=8, regression=regression, num_classes=2)
+    model.eval()
+    loss, size, log = criterion(model, sample)
+    ref_loss, ref_size, ref_log = stock(model, sample)
+    assert "kl_loss" not in log and log.keys() == ref_log.keys()
+    torch.testing.assert_close(loss, ref_loss)
+    assert size == ref_size and log["pred"] == ref_log["pred"] and log["targ"] == ref_log["targ"]
+    values = []
+    for crit, logs in ((criterion, log), (stock, ref_log)):
+        with metrics.aggregate() as agg:
+            crit.reduce_metrics([logs])
+        values.append(agg.get_smoothed_values())
+    assert values[0] == values[1]
+    assert {"mcc", "f1", "pearson"} & set(values[0])
+
+
+def test_alpha_zero_is_the_stock_training_step(tmp_path):
+    task, model, criterion, cfg = build(tmp_path, "--rdrop-alpha", "0")
+    sample = glue_sample(task.source_dictionary)
+    model.train()
+    loss, _, log = run_seeded(SEED, criterion, model, sample)
+    ref_loss, _, ref_log = run_seeded(SEED, SentencePredictionCriterion(cfg.criterion, task), model, sample)
+    torch.testing.assert_close(loss, ref_loss)
+    assert "kl_loss" not in log and log.keys() == ref_log.keys()
+
+
+def test_defaults_and_refusals(tmp_path):
+    _, model, criterion, _ = build(tmp_path / "ok")
+    assert isinstance(criterion, RDropSentencePredictionCriterion) and criterion.rdrop_alpha == 1.0
+    with pytest.raises(ValueError, match="--rdrop-alpha must be >= 0"):
+        build(tmp_path / "negative", "--rdrop-alpha", "-0.5")
+    criterion.classification_head_name = "missing_head"
+    model.train()
+    with pytest.raises(ValueError, match="classification head 'missing_head'"):
+        criterion(model, glue_sample(criterion.task.source_dictionary))
+
+
+def test_task_schedule_options_reach_the_criterion(tmp_path):
+    task, model, criterion, _ = build(tmp_path, "--rdrop-every-k-steps", "2", "--rdrop-dropout-rates", "[0.1,0.4]",
+                                      task="rdrop_sentence_prediction")
+    sample = glue_sample(task.source_dictionary)
+    model.train()
+    assert "kl_loss" not in criterion(model, sample, update_num=1)[2]  # a skipped step: the stock criterion
+    _, _, log = criterion(model, sample, update_num=2)
+    assert log["kl_loss"] > 0
+    assert [m.p for m in model.modules() if type(m).__name__ == "FairseqDropout"].count(0.3) > 0  # restored
