@@ -6,17 +6,13 @@ import io
 import os
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
-from fairseq.tasks import register_task
-
 from fairseq_runs import USER_DIR, toy_data, train_args, train_in_process
 from rdrop_fairseq import average_checkpoints, safe_load
-from rdrop_fairseq.tasks.rdrop_translation import RDropTranslationConfig, RDropTranslationTask
 
 EVAL_BLEU = ["--eval-bleu", "--eval-bleu-detok", "space",
              "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 3}',
@@ -29,7 +25,7 @@ PRECISIONS = {
     "memory-efficient-fp16": ["--memory-efficient-fp16"],
     "amp": ["--amp"],
 }
-TRUSTING_TASK = "rdrop_translation_trusting_checkpoints_test"
+TRUSTING_TASK = "rdrop_translation"  # every R-Drop task offers --trust-checkpoints
 
 
 class WritesFile:
@@ -244,15 +240,6 @@ def test_a_binary_file_is_reread_from_where_it_started(run_dir, tmp_path, monkey
         warnings.simplefilter("ignore", safe_load.TrustedCheckpointWarning)
         handle.seek(len(b"prefix"))
         assert safe_load.load(handle)["extra_state"]["injected"].value == 7
-
-
-@dataclass
-class TrustingTranslationConfig(RDropTranslationConfig, safe_load.TrustCheckpointsFields):
-    pass
-
-
-# The R-Drop translation task with the option, as any task that offers it.
-register_task(TRUSTING_TASK, dataclass=TrustingTranslationConfig)(type("TrustingTask", (RDropTranslationTask,), {}))
 
 
 def test_the_task_option_opts_in_for_fairseq_generate(run_dir, data, tmp_path):

@@ -4,11 +4,12 @@ from dataclasses import dataclass, field
 from typing import List
 
 from ..criterions.rdrop_criterion import RDropCriterionMixin
+from ..safe_load import TrustCheckpointsFields
 from ..sub_models import SubModelPasses
 
 
 @dataclass
-class RDropTaskFields:
+class RDropTaskFields(TrustCheckpointsFields):
     rdrop_copies: int = field(
         default=2, metadata={"help": "sub-models m per R-Drop step (paper §4.3)"}
     )
