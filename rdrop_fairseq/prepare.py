@@ -8,6 +8,7 @@ complete, so an interrupted run never leaves a file that looks finished.
 """
 import argparse
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -43,6 +44,15 @@ def atomic_output(path: Path, mode: str = "w"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def print_json(data, path: Optional[Path] = None, sort_keys: bool = False) -> None:
+    """Print ``data`` as indented JSON and, if ``path`` is given, write the same text there atomically."""
+    text = json.dumps(data, indent=1, sort_keys=sort_keys)
+    if path:
+        with atomic_output(path) as handle:
+            handle.write(text + "\n")
+    print(text)
 
 
 def read_lines(path: Path) -> List[str]:

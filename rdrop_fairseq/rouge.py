@@ -11,14 +11,13 @@ files2rouge reports as ROUGE-L, needs one sentence per line: the texts are split
 after ``.``, ``!`` and ``?``.
 """
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from .bleu import read_generate_output
-from .prepare import atomic_output
+from .prepare import print_json
 
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -63,12 +62,7 @@ def main(argv=None):
     except (OSError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)
-    result = {"sentences": len(hypotheses), **rouge(hypotheses, references)}
-    text = json.dumps(result, indent=1)
-    if args.json:
-        with atomic_output(args.json) as handle:
-            handle.write(text + "\n")
-    print(text)
+    print_json({"sentences": len(hypotheses), **rouge(hypotheses, references)}, args.json)
 
 
 if __name__ == "__main__":

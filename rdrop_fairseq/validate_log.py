@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-from .prepare import atomic_output
+from .prepare import print_json
 
 _RECORD = re.compile(r"\| (valid\d*|test\d*|train) \| (\{.*\})\s*$")
 _THROUGHPUT = ("wps", "wpb", "bsz")
@@ -43,11 +43,7 @@ def main(argv=None):
     except (OSError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)
-    text = json.dumps(metrics, indent=1, sort_keys=True)
-    if args.json:
-        with atomic_output(args.json) as handle:
-            handle.write(text + "\n")
-    print(text)
+    print_json(metrics, args.json, sort_keys=True)
 
 
 if __name__ == "__main__":
