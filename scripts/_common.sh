@@ -44,6 +44,19 @@ need_data_dir() {
     compgen -G "$1/dict*.txt" >/dev/null || die "--data: $1 has no dict*.txt: not a fairseq-preprocess output folder"
 }
 
+# An evaluation's --save-dir: given and a folder; RESULTS_DIR defaults to it.
+need_save_dir() {
+    [[ -n ${SAVE_DIR:-} ]] || die "--save-dir is required"
+    [[ -d $SAVE_DIR ]] || die "--save-dir: no such folder: $SAVE_DIR"
+    RESULTS_DIR=${RESULTS_DIR:-$SAVE_DIR}
+}
+
+# The checkpoint to score: --checkpoint, else the save dir's checkpoint_best.pt; it must exist.
+need_checkpoint() {
+    CHECKPOINT=${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}
+    [[ -f $CHECKPOINT ]] || die "--checkpoint: no such file: $CHECKPOINT"
+}
+
 # One shell-quoted line, ready to paste.
 print_command() {
     printf '%q ' "$@"

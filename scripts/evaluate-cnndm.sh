@@ -51,11 +51,8 @@ DATA=${DATA:-${DATA_ROOT:-data}/data-bin/cnn_dm}
 GPT2_DIR=${GPT2_DIR:-${DATA_ROOT:-data}/cnn_dm/gpt2}
 need_data_dir "$DATA"
 [[ -f $GPT2_DIR/encoder.json && -f $GPT2_DIR/vocab.bpe ]] || die "--gpt2-dir: $GPT2_DIR has no encoder.json and vocab.bpe (scripts/prepare-cnndm.sh writes them to DATA_ROOT/cnn_dm/gpt2)"
-[[ -n ${SAVE_DIR:-} ]] || die "--save-dir is required"
-[[ -d $SAVE_DIR ]] || die "--save-dir: no such folder: $SAVE_DIR"
-CHECKPOINT=${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}
-[[ -f $CHECKPOINT ]] || die "--checkpoint: no such file: $CHECKPOINT"
-RESULTS_DIR=${RESULTS_DIR:-$SAVE_DIR}
+need_save_dir
+need_checkpoint
 need_command fairseq-generate
 
 GENERATE_ARGS=(

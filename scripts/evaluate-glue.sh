@@ -52,11 +52,8 @@ case $GLUE_TASK in
 esac
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/glue/$GLUE_TASK}
 [[ -f $DATA/input0/dict.txt ]] || die "--data: $DATA has no input0/dict.txt: run scripts/prepare-glue.sh --task $GLUE_TASK, or pass --data"
-[[ -n ${SAVE_DIR:-} ]] || die "--save-dir is required"
-[[ -d $SAVE_DIR ]] || die "--save-dir: no such folder: $SAVE_DIR"
-CHECKPOINT=${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}
-[[ -f $CHECKPOINT ]] || die "--checkpoint: no such file: $CHECKPOINT"
-RESULTS_DIR=${RESULTS_DIR:-$SAVE_DIR}
+need_save_dir
+need_checkpoint
 need_command fairseq-validate
 
 VALIDATE_ARGS=(

@@ -49,11 +49,8 @@ done
 
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/wikitext-103}
 need_data_dir "$DATA"
-[[ -n ${SAVE_DIR:-} ]] || die "--save-dir is required"
-[[ -d $SAVE_DIR ]] || die "--save-dir: no such folder: $SAVE_DIR"
-CHECKPOINT=${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}
-[[ -f $CHECKPOINT ]] || die "--checkpoint: no such file: $CHECKPOINT"
-RESULTS_DIR=${RESULTS_DIR:-$SAVE_DIR}
+need_save_dir
+need_checkpoint
 need_command fairseq-eval-lm
 
 EVAL_ARGS=("$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --gen-subset "$SUBSET")

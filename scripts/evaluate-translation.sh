@@ -64,10 +64,8 @@ case $SETUP in
 esac
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/$DATA_NAME}
 need_data_dir "$DATA"
-[[ -n ${SAVE_DIR:-} ]] || die "--save-dir is required"
-[[ -d $SAVE_DIR ]] || die "--save-dir: no such folder: $SAVE_DIR"
+need_save_dir
 [[ $AVERAGE =~ ^[1-9][0-9]*$ ]] || die "--average must be a positive integer, not '$AVERAGE'"
-RESULTS_DIR=${RESULTS_DIR:-$SAVE_DIR}
 need_command fairseq-generate
 
 if [[ -n $CHECKPOINT ]]; then
