@@ -26,6 +26,7 @@ On CUDA the same Function's work is done by two fused Triton kernels
 one for the gradient.  :func:`kernel_for` picks the implementation (``RDROP_KERNEL``);
 the torch Function here is the CPU path and the reference the kernels are tested against.
 """
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -247,6 +248,7 @@ def kernel_for(scores: Tensor) -> str:
     return choice
 
 
+@functools.lru_cache(maxsize=None)
 def _has_triton() -> bool:
     try:
         import triton  # noqa: F401
