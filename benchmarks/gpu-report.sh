@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of the README, in one run on a CUDA machine: the fused kernels' tests compiled for it, the
+# The GPU figures of the README, in one run on a CUDA machine: the fused kernels' tests compiled for it, a
+# flattened --fp16 checkpoint written on the GPU and read by the safe loader (tests/test_safe_load.py), the
 # loss alone (benchmarks/loss_kernel.py), one training step per shape (benchmarks/step_cost.py) and
 # fairseq-train throughput (benchmarks/train_throughput.py), each printed and kept in OUT_DIR.
 #
@@ -28,6 +29,9 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/dev
 "$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/device.txt"
 stamp kernel tests
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_rdrop_loss_triton.py 2>&1 | tail -n 3 | tee "$out/kernel-tests.txt"
+stamp "checkpoint written on CUDA"
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_safe_load.py -k written_on_cuda 2>&1 | tail -n 3 \
+    | tee "$out/checkpoint-tests.txt"
 for shape in ${BF16_SHAPES-iwslt iwslt_full wmt wmt_full lm}; do
     stamp "step_cost $shape bf16"
     "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype bf16 --repeats "$repeats" 2>&1 | keep step-cost-bf16.md

@@ -9,6 +9,9 @@ Anything else is refused with :class:`UntrustedCheckpointError`, which names it.
 A checkpoint the user trusts may be loaded in full: ``RDROP_TRUST_CHECKPOINTS=1``
 in the environment, or ``--trust-checkpoints`` where a task offers
 :class:`TrustCheckpointsFields`.  The first load that needs it warns.
+
+``rdrop-fairseq check-checkpoint FILE...`` says whether files load with the allow-list
+(:func:`check`), running nothing in them.
 """
 import argparse
 import contextlib
@@ -16,10 +19,11 @@ import functools
 import io
 import os
 import pickle
+import pickletools
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -126,7 +130,14 @@ def _allowed(entries):
 def _refused_global(error: Exception) -> str:
     message = str(error)
     match = re.search(r"GLOBAL (\S+)", message) or re.search(r"got <class '([^']+)'>", message)
-    return match.group(1) if match else message
+    if match:
+        return match.group(1)
+    match = re.search(r"Unsupported operand (\d+)", message)  # e.g. protocol 0's INST, or not a pickle
+    if match:
+        code = chr(int(match.group(1)))
+        opcode = pickletools.code2op.get(code)
+        return f"the pickle instruction {opcode.name if opcode else repr(code)}"
+    return message
 
 
 def _describe(source) -> str:
@@ -135,16 +146,24 @@ def _describe(source) -> str:
     return str(getattr(source, "name", "checkpoint"))
 
 
+def _load_allowed(f, map_location=None):
+    with _allowed(checkpoint_globals()):
+        return torch.load(f, map_location=map_location, weights_only=True)
+
+
+def _is_refusal(error: Exception) -> bool:
+    return isinstance(error, pickle.UnpicklingError) and str(error).startswith("Weights only load failed")
+
+
 def load(f, map_location=None):
     """``torch.load`` of a fairseq checkpoint (a path or a binary file), refusing anything
     outside :func:`checkpoint_globals` unless the user opted in."""
     global _warned
     start = f.tell() if isinstance(f, io.IOBase) and f.seekable() else None
     try:
-        with _allowed(checkpoint_globals()):
-            return torch.load(f, map_location=map_location, weights_only=True)
+        return _load_allowed(f, map_location)
     except pickle.UnpicklingError as error:
-        if not str(error).startswith("Weights only load failed"):
+        if not _is_refusal(error):
             raise
         refused, name = _refused_global(error), _describe(f)
     if not trusted():
@@ -165,3 +184,30 @@ def load(f, map_location=None):
     if start is not None:
         f.seek(start)
     return torch.load(f, map_location=map_location, weights_only=False)
+
+
+def outside_allow_list(path) -> Optional[List[str]]:
+    """Every global that the checkpoint at ``path`` names beyond the allow-list, read
+    statically (nothing is unpickled); None for a file in torch's legacy format (torch <= 1.5,
+    as the 2019 pretrained models), which only a load can check."""
+    try:
+        with _allowed(checkpoint_globals()):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except ValueError:  # not a zip file
+        return None
+
+
+def check(path) -> Tuple[bool, str]:
+    """Whether :func:`load` takes ``path`` without an opt-in, and a line that says why."""
+    try:
+        names = outside_allow_list(path)
+        if names:
+            return False, f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
+        _load_allowed(path, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        if _is_refusal(error):
+            return False, f"{path}: refused: it holds {_refused_global(error)}, outside the allow-list"
+        return False, f"{path}: not a checkpoint torch can read ({error})"
+    except (RuntimeError, EOFError, OSError) as error:
+        return False, f"{path}: not a checkpoint torch can read ({error})"
+    return True, f"{path}: loads with the allow-list"

@@ -5,6 +5,7 @@ import argparse
 import io
 import os
 import warnings
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -17,11 +18,11 @@ from rdrop_fairseq import average_checkpoints, safe_load
 EVAL_BLEU = ["--eval-bleu", "--eval-bleu-detok", "space",
              "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 3}',
              "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]
-# fairseq's --fp16 flattens its fp32 master weights on a CUDA device; unflattened it runs
-# on CPU with the same optimizer state.  --bf16 implies --tpu, so it cannot run here.
+# --bf16 implies --tpu in fairseq 0.12, so it cannot run here (nor on a GPU).
 PRECISIONS = {
     "fp32": [],
-    "fp16": ["--fp16", "--fp16-no-flatten-grads"],
+    "fp16": ["--fp16"],
+    "fp16-no-flatten": ["--fp16", "--fp16-no-flatten-grads"],
     "memory-efficient-fp16": ["--memory-efficient-fp16"],
     "amp": ["--amp"],
 }
@@ -100,11 +101,12 @@ def full_load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def crafted(checkpoint, out, extra):
-    """``checkpoint`` with one more object in its extra_state."""
+def crafted(checkpoint, out, extra, legacy_format=False):
+    """``checkpoint`` with one more object in its extra_state; ``legacy_format``: saved as
+    torch <= 1.5 did (not a zip file), as the 2019 pretrained models were."""
     state = full_load(checkpoint)
     state["extra_state"]["injected"] = extra
-    torch.save(state, out)
+    torch.save(state, out, _use_new_zipfile_serialization=not legacy_format)
     return out
 
 
@@ -115,9 +117,13 @@ def test_translation_checkpoint_needs_the_namespace_and_the_bleu_meters_arrays(r
 
 
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-def test_checkpoints_of_each_precision_load_as_in_full(data, run_dir, tmp_path, precision):
+def test_checkpoints_of_each_precision_load_as_in_full(data, run_dir, tmp_path, monkeypatch, precision):
     from fairseq import checkpoint_utils
 
+    # Flattened --fp16 asks torch.cuda for the device of its one fp32 master buffer: answer the
+    # CPU's (index None, as p.device.index of a CPU parameter).  The file is the same as on CUDA,
+    # because Trainer.save_checkpoint moves every tensor to the CPU, in fp32, before saving.
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
     save_dir = run_dir if precision == "fp32" else train(data, tmp_path / precision, *PRECISIONS[precision])
     for path in sorted(save_dir.glob("*.pt")):
         assert set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) <= allowed_names(), path
@@ -126,6 +132,21 @@ def test_checkpoints_of_each_precision_load_as_in_full(data, run_dir, tmp_path, 
         assert checkpoint_utils.load_checkpoint_to_cpu(str(path))["extra_state"]["train_iterator"]
     optimizer_state = full_load(save_dir / "checkpoint_last.pt")["last_optimizer_state"]
     assert ("loss_scale" in optimizer_state) == ("fp16" in precision)
+    if precision == "fp16":  # one flat fp32 master buffer: one parameter in the optimizer's state
+        assert len(optimizer_state["state"]) == 1
+    elif precision == "fp16-no-flatten":
+        assert len(optimizer_state["state"]) > 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="writes the checkpoint on a CUDA device")
+def test_flattened_fp16_checkpoint_written_on_cuda_loads_as_in_full(data, tmp_path):
+    save_dir = tmp_path / "cuda-fp16"
+    train_in_process([arg for arg in train_args(data, save_dir, "--max-update", "2", "--save-interval-updates", "1",
+                                                "--fp16") if arg not in ("--cpu", "--disable-validation")])
+    for path in sorted(save_dir.glob("*.pt")):
+        assert set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) <= allowed_names(), path
+        assert_same(safe_load.load(path), full_load(path))
+    assert len(full_load(save_dir / "checkpoint_last.pt")["last_optimizer_state"]["state"]) == 1
 
 
 def test_averaged_checkpoint_loads_as_in_full(run_dir, tmp_path):
@@ -153,15 +174,28 @@ def test_fairseq_0_9_training_meters_load(run_dir, tmp_path, monkeypatch):
     assert type(loaded["train_loss"]) is meters.AverageMeter and loaded["train_loss"].avg == 2.5
 
 
+def test_legacy_format_checkpoint_loads_as_in_full(run_dir, tmp_path):
+    """torch <= 1.5 wrote a sequence of pickles, not a zip file (the 2019 pretrained models)."""
+    from fairseq import checkpoint_utils
+
+    path = crafted(run_dir / "checkpoint_last.pt", tmp_path / "legacy.pt", [torch.ones(2, dtype=torch.half)],
+                   legacy_format=True)
+    assert not zipfile.is_zipfile(path)
+    assert_same(safe_load.load(path), full_load(path))
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(path))["extra_state"]["injected"][0].dtype == torch.half
+
+
 PAYLOADS = {"open a file": (WritesFile, "io.open"), "os.system": (RunsCommand, "posix.system")}
 
 
-@pytest.fixture(params=sorted(PAYLOADS))
+@pytest.fixture(params=[(name, fmt) for name in sorted(PAYLOADS) for fmt in ("zip", "legacy")],
+                ids=lambda param: "-".join(param))
 def attack(request, run_dir, tmp_path):
     """A crafted checkpoint, the file its unpickling would create, and the global it names."""
-    payload, refused = PAYLOADS[request.param]
+    (payload, refused), legacy_format = PAYLOADS[request.param[0]], request.param[1] == "legacy"
     marker = tmp_path / "pwned"
-    return crafted(run_dir / "checkpoint_last.pt", tmp_path / "crafted.pt", payload(marker)), marker, refused
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "crafted.pt", payload(marker), legacy_format)
+    return checkpoint, marker, refused
 
 
 def assert_refused(raised, checkpoint, refused, marker):
@@ -278,3 +312,39 @@ def test_loads_between_workers_still_unpickle_fairseq_configs(run_dir):
     buffer.seek(0)
     received = distributed_utils.torch.load(buffer, map_location="cpu")
     assert received["cfg"] == state["cfg"]
+
+
+def check_checkpoint(capsys, *paths):
+    from rdrop_fairseq import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["check-checkpoint", *map(str, paths)])
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+def test_check_checkpoint_passes_real_checkpoints(run_dir, tmp_path, capsys):
+    legacy = crafted(run_dir / "checkpoint_last.pt", tmp_path / "legacy.pt", 1.5, legacy_format=True)
+    status, out, _ = check_checkpoint(capsys, run_dir / "checkpoint_best.pt", legacy)
+    assert status == 0
+    assert out.splitlines() == [f"{run_dir / 'checkpoint_best.pt'}: loads with the allow-list",
+                                f"{legacy}: loads with the allow-list"]
+
+
+def test_check_checkpoint_names_what_a_crafted_one_holds_and_runs_nothing(attack, run_dir, tmp_path, capsys):
+    checkpoint, marker, refused = attack
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    status, out, err = check_checkpoint(capsys, run_dir / "checkpoint_last.pt", checkpoint, garbage)
+    assert status == 1
+    good, bad, unreadable = out.splitlines()
+    assert good.endswith("loads with the allow-list")
+    assert bad.startswith(f"{checkpoint}: refused") and refused in bad
+    assert unreadable.startswith(f"{garbage}: ")
+    assert f"{safe_load.TRUST_ENV}=1" in err
+    assert not marker.exists()
+
+
+def test_check_checkpoint_names_a_missing_file(tmp_path, capsys):
+    status, _, err = check_checkpoint(capsys, tmp_path / "missing.pt")
+    assert status == 2 and "no such file" in err and "missing.pt" in err
