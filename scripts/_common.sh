@@ -1,5 +1,5 @@
-# Shared by scripts/train-*.sh and scripts/evaluate-*.sh: sourced, never run.
-# Callers define usage() before sourcing.
+# Shared by scripts/prepare-*.sh, train-*.sh and evaluate-*.sh: sourced, never run.
+# The train and evaluate scripts define usage() before sourcing.
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 USER_DIR=${USER_DIR:-$REPO_DIR/rdrop_fairseq}
@@ -55,6 +55,16 @@ need_save_dir() {
 need_checkpoint() {
     CHECKPOINT=${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}
     [[ -f $CHECKPOINT ]] || die "--checkpoint: no such file: $CHECKPOINT"
+}
+
+# scripts/prepare-*.sh: the script's header comment is its --help; the work is python -m MODULE.
+run_prepare() {
+    local module=$1
+    shift
+    case ${1:-} in
+        -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    esac
+    exec "${PYTHON:-python}" -m "$module" "$@"
 }
 
 # One shell-quoted line, ready to paste.

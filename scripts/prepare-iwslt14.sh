@@ -8,16 +8,5 @@
 # Writes text to DIR/iwslt14.de-en/ and binaries to DIR/data-bin/iwslt14.de-en/ (DIR defaults to ./data)
 # and prints the data-bin folder.  A re-run skips the finished steps.
 set -euo pipefail
-
-usage() {
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
-}
-
-case "${1:-}" in
-    -h|--help) usage; exit 0 ;;
-esac
-
-# Run from a checkout without installing the package.
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python}" -m rdrop_fairseq.datasets.iwslt14 "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+run_prepare rdrop_fairseq.datasets.iwslt14 "$@"
