@@ -6,7 +6,7 @@ import io
 import os
 import warnings
 import zipfile
-from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,33 +156,30 @@ def test_averaged_checkpoint_loads_as_in_full(run_dir, tmp_path):
     assert_same(safe_load.load(tmp_path / "avg.pt"), full_load(tmp_path / "avg.pt"))
 
 
-def test_fairseq_0_9_training_meters_load(run_dir, tmp_path, monkeypatch):
-    """A stand-in for a 2019 checkpoint (fairseq <= 0.9, as the pretrained RoBERTa and BART
-    were written): its extra_state pickled meter objects under the module fairseq.meters."""
-    from fairseq.logging import meters
-
-    train_meters = OrderedDict()
-    for name, meter in (("train_loss", meters.AverageMeter()), ("wps", meters.TimeMeter()),
-                        ("train_wall", meters.StopwatchMeter())):
-        monkeypatch.setattr(type(meter), "__module__", "fairseq.meters")
-        train_meters[name] = meter
-    train_meters["train_loss"].update(2.5, 3)
-    path = crafted(run_dir / "checkpoint_last.pt", tmp_path / "old.pt", train_meters)
-    assert {"fairseq.meters.AverageMeter", "fairseq.meters.TimeMeter", "fairseq.meters.StopwatchMeter"} <= set(
-        torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    loaded = safe_load.load(path)["extra_state"]["injected"]
-    assert type(loaded["train_loss"]) is meters.AverageMeter and loaded["train_loss"].avg == 2.5
+FAIRSEQ_0_9 = Path(__file__).parent / "fixtures" / "fairseq-0.9"
 
 
-def test_legacy_format_checkpoint_loads_as_in_full(run_dir, tmp_path):
-    """torch <= 1.5 wrote a sequence of pickles, not a zip file (the 2019 pretrained models)."""
+@pytest.mark.parametrize("file_format", ["zip", "legacy"])
+@pytest.mark.parametrize("name, model_class", [("roberta-fp16", "RobertaModel"), ("bart-fp16", "BARTModel")])
+def test_checkpoints_written_by_fairseq_0_9_load_and_build_their_model(tmp_path, name, model_class, file_format):
+    """fairseq 0.9.0 wrote the 2019 pretrained RoBERTa and BART (fixtures/fairseq-0.9/README.md);
+    torch 1.x saved them in its legacy format, not as zip files."""
     from fairseq import checkpoint_utils
 
-    path = crafted(run_dir / "checkpoint_last.pt", tmp_path / "legacy.pt", [torch.ones(2, dtype=torch.half)],
-                   legacy_format=True)
-    assert not zipfile.is_zipfile(path)
-    assert_same(safe_load.load(path), full_load(path))
-    assert checkpoint_utils.load_checkpoint_to_cpu(str(path))["extra_state"]["injected"][0].dtype == torch.half
+    path = FAIRSEQ_0_9 / f"{name}.pt"
+    assert set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) == {
+        "argparse.Namespace", "fairseq.meters.AverageMeter", "fairseq.meters.TimeMeter", "fairseq.meters.StopwatchMeter"}
+    if file_format == "legacy":
+        torch.save(full_load(path), tmp_path / path.name, _use_new_zipfile_serialization=False)
+        path = tmp_path / path.name
+        assert not zipfile.is_zipfile(path)
+    full = full_load(path)
+    assert_same(safe_load.load(path), full)
+    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides={"data": str(FAIRSEQ_0_9)})
+    assert type(models[0]).__name__ == model_class and cfg.model.arch == full["args"].arch
+    loaded = list(models[0].state_dict().values())  # under fairseq 0.12's names (decoder. -> encoder.)
+    for key, value in full["model"].items():
+        assert any(w.shape == value.shape and torch.equal(w, value.to(w.dtype)) for w in loaded), key
 
 
 PAYLOADS = {"open a file": (WritesFile, "io.open"), "os.system": (RunsCommand, "posix.system")}
