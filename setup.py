@@ -16,7 +16,8 @@ setup(
         # fairseq main for it.  Both install the `fairseq` package.
         "fairseq-fixed==0.12.3.1; python_version >= '3.11'",
         "fairseq>=0.12.2; python_version < '3.11'",
-        "torch>=1.13",
+        # rdrop_fairseq.safe_load needs torch.serialization's allow-list API of 2.6.
+        "torch>=2.6",
         "numpy",
         "sacrebleu>=2.0",
         "sentencepiece",

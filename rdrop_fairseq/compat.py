@@ -5,7 +5,7 @@
   numpy arrays).  fairseq's checkpoint loads go through :mod:`rdrop_fairseq.safe_load`,
   which allows exactly those and refuses anything else unless the user opts in
   (``RDROP_TRUST_CHECKPOINTS=1``, or a task's ``--trust-checkpoints``, honoured when
-  ``fairseq.tasks.setup_task`` sets up the command line's task).
+  ``fairseq.tasks.setup_task`` sets up a task that has it and the command line says it).
   fairseq's inter-worker broadcasts (``distributed.utils``) keep full unpickling: their
   bytes come from a peer process of the same job, pickled from objects it already holds
   (a checkpoint it loaded through the safe loader, or the workers' own state), and they

@@ -21,9 +21,10 @@ import os
 import pickle
 import pickletools
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -101,10 +102,26 @@ def trust_checkpoints() -> None:
     _trusted_by_flag = True
 
 
-def honour_task_option(task_cfg: Any, from_checkpoint: bool = False) -> None:
-    """Opt in when the command line's task has ``--trust-checkpoints``.  A task
-    configuration read back from a checkpoint is not the user's word, so it is ignored."""
-    if not from_checkpoint and getattr(task_cfg, "trust_checkpoints", False):
+def _said_on_command_line(argv: Sequence[str]) -> bool:
+    # fairseq's parser takes no abbreviations; fairseq-hydra-train takes overrides.
+    overrides = {f"{prefix}task.trust_checkpoints" for prefix in ("", "+", "++")}
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        if arg == TRUST_FLAG or (name in overrides and value.strip().lower() in ("true", "1", "yes")):
+            return True
+    return False
+
+
+def honour_task_option(task_cfg: Any, from_checkpoint: bool = False, argv: Optional[Sequence[str]] = None) -> None:
+    """Opt in when the task has ``trust_checkpoints`` set and the command line says so
+    (``--trust-checkpoints``, or the override ``task.trust_checkpoints=true``).
+
+    A task configuration can come from elsewhere: a checkpoint's saved config (fairseq
+    sets some of them up as tasks, e.g. a wav2vec or HuBERT encoder's), or a YAML file
+    shipped beside one.  Neither is the user's word, so only the command line counts."""
+    if from_checkpoint or not getattr(task_cfg, "trust_checkpoints", False):
+        return
+    if _said_on_command_line(sys.argv[1:] if argv is None else argv):
         trust_checkpoints()
 
 
@@ -199,17 +216,18 @@ def outside_allow_list(path) -> Optional[List[str]]:
         return None
 
 
-def check(path) -> Tuple[bool, str]:
-    """Whether :func:`load` takes ``path`` without an opt-in, and a line that says why."""
+def check(path) -> Tuple[str, str]:
+    """Whether :func:`load` takes ``path`` without an opt-in ("loads"), refuses it
+    ("refused") or cannot read it ("unreadable"), and a line that says why."""
     try:
         names = outside_allow_list(path)
         if names:
-            return False, f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
+            return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
         _load_allowed(path, map_location="cpu")
     except pickle.UnpicklingError as error:
         if _is_refusal(error):
-            return False, f"{path}: refused: it holds {_refused_global(error)}, outside the allow-list"
-        return False, f"{path}: not a checkpoint torch can read ({error})"
+            return "refused", f"{path}: refused: it holds {_refused_global(error)}, outside the allow-list"
+        return "unreadable", f"{path}: not a checkpoint torch can read ({error})"
     except (RuntimeError, EOFError, OSError) as error:
-        return False, f"{path}: not a checkpoint torch can read ({error})"
-    return True, f"{path}: loads with the allow-list"
+        return "unreadable", f"{path}: not a checkpoint torch can read ({error})"
+    return "loads", f"{path}: loads with the allow-list"

@@ -273,22 +273,52 @@ def test_a_binary_file_is_reread_from_where_it_started(run_dir, tmp_path, monkey
         assert safe_load.load(handle)["extra_state"]["injected"].value == 7
 
 
-def test_the_task_option_opts_in_for_fairseq_generate(run_dir, data, tmp_path):
+def test_the_task_option_opts_in_for_fairseq_generate(run_dir, data, tmp_path, monkeypatch):
     from fairseq_cli import generate
 
     checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "extra.pt", ExtraState(42))
+    monkeypatch.setattr("sys.argv", ["fairseq-generate", "--task", TRUSTING_TASK])
     with pytest.raises(safe_load.UntrustedCheckpointError):
         generate.main(generate_config(data, checkpoint, "--task", TRUSTING_TASK))
+    monkeypatch.setattr("sys.argv", ["fairseq-generate", "--task", TRUSTING_TASK, safe_load.TRUST_FLAG])
     with pytest.warns(safe_load.TrustedCheckpointWarning, match="test_safe_load.ExtraState"):
         generate.main(generate_config(data, checkpoint, "--task", TRUSTING_TASK, safe_load.TRUST_FLAG))
     assert (tmp_path / "generated" / "generate-test.txt").stat().st_size > 0
 
 
-def test_a_task_option_read_back_from_a_checkpoint_does_not_opt_in():
-    safe_load.honour_task_option(argparse.Namespace(trust_checkpoints=True), from_checkpoint=True)
+@pytest.mark.parametrize("argv, opts_in", [
+    ([safe_load.TRUST_FLAG], True),
+    (["task.trust_checkpoints=true"], True),
+    (["+task.trust_checkpoints=True"], True),
+    (["task.trust_checkpoints=false"], False),
+    (["--trust-checkpoints-not"], False),
+    ([], False),
+])
+def test_only_the_command_line_opts_in(argv, opts_in):
+    task_cfg = argparse.Namespace(trust_checkpoints=True)
+    safe_load.honour_task_option(task_cfg, from_checkpoint=True, argv=argv)
     assert not safe_load.trusted()
-    safe_load.honour_task_option(argparse.Namespace(trust_checkpoints=True))
-    assert safe_load.trusted()
+    safe_load.honour_task_option(argparse.Namespace(trust_checkpoints=False), argv=argv)
+    assert not safe_load.trusted()
+    safe_load.honour_task_option(task_cfg, argv=argv)
+    assert safe_load.trusted() == opts_in
+
+
+def test_a_task_config_saved_in_a_checkpoint_does_not_opt_in(run_dir, data, tmp_path, monkeypatch):
+    """fairseq sets up tasks from checkpoints' saved configs without from_checkpoint=True
+    (e.g. hubert_asr's pretrained encoder): a file can say trust_checkpoints=true there."""
+    from fairseq import checkpoint_utils, tasks
+    from omegaconf import open_dict
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(run_dir / "checkpoint_last.pt"))
+    with open_dict(state["cfg"]):
+        state["cfg"].task.trust_checkpoints = True
+        state["cfg"].task.data = str(data)
+    monkeypatch.setattr("sys.argv", ["fairseq-train", str(data), "--task", TRUSTING_TASK])
+    tasks.setup_task(state["cfg"].task)
+    assert not safe_load.trusted()
+    with pytest.raises(safe_load.UntrustedCheckpointError):
+        safe_load.load(crafted(run_dir / "checkpoint_last.pt", tmp_path / "extra.pt", ExtraState(1)))
 
 
 def test_refusal_without_opt_in_leaves_torch_allow_list_as_it_was(attack):
@@ -340,6 +370,14 @@ def test_check_checkpoint_names_what_a_crafted_one_holds_and_runs_nothing(attack
     assert unreadable.startswith(f"{garbage}: ")
     assert f"{safe_load.TRUST_ENV}=1" in err
     assert not marker.exists()
+
+
+def test_check_checkpoint_offers_no_opt_in_for_a_file_it_cannot_read(tmp_path, capsys):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(b"PK\x03\x04")
+    status, out, err = check_checkpoint(capsys, truncated)
+    assert status == 1 and out.startswith(f"{truncated}: not a checkpoint torch can read")
+    assert safe_load.TRUST_ENV not in err
 
 
 def test_check_checkpoint_names_a_missing_file(tmp_path, capsys):
