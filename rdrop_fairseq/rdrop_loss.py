@@ -102,20 +102,25 @@ class RDropLossFunction(torch.autograd.Function):
             if from_logits:
                 log_norm[gs, :, ts] = torch.logsumexp(x, -1, keepdim=True)
                 x = x - log_norm[gs, :, ts]
-            k = keep[gs, ts].to(x.dtype)
+            # Padded tokens are dropped by selecting, not by multiplying with the keep mask:
+            # their scores may be -inf (a masked vocabulary, a row of -inf from logits gives
+            # NaN log-probabilities), and inf * 0 is NaN.  The selects act on one value per
+            # token and copy, never on the (tokens, V) scores.
+            k = keep[gs, ts]
             if target is not None:
                 idx = target[gs, ts].clamp(min=0).unsqueeze(1).unsqueeze(-1).expand(-1, copies, -1, 1)
                 tok_nll = -x.gather(-1, idx).squeeze(-1)
-                nll += (tok_nll * k.unsqueeze(1)).sum()
+                nll += torch.where(k.unsqueeze(1), tok_nll, 0.0).sum()
                 if eps_i:
-                    smoothed += eps_i * (-x.sum(-1) * k.unsqueeze(1)).sum()
+                    smoothed += eps_i * torch.where(k.unsqueeze(1), -x.sum(-1), 0.0).sum()
             if alpha != 0 and copies > 1:
                 p = x.exp()
-                pair_sum = torch.zeros_like(k)
+                pair_sum = x.new_zeros(k.shape)
                 for i in range(copies):
                     for j in range(i + 1, copies):
+                        # where both copies have p = 0 (x = -inf) the gap is NaN and made 0
                         pair_sum += torch.linalg.vecdot(p[:, i] - p[:, j], _pair_gap(x[:, i], x[:, j]))
-                kl += (pair_sum * k).sum()
+                kl += torch.where(k, pair_sum, 0.0).sum()
         kl = kl / (copies * (copies - 1)) if copies > 1 else kl
         smoothed = smoothed + (1.0 - epsilon - eps_i) * nll
         loss = smoothed + alpha * kl
@@ -160,6 +165,7 @@ class RDropLossFunction(torch.autograd.Function):
                 g.scatter_add_(-1, idx, target_grad.expand(idx.shape).to(g.dtype))
             if from_logits:  # through log-softmax: g - p * sum(g)
                 g.addcmul_(p, g.sum(-1, keepdim=True), value=-1.0)
+            # a select, not a product: a padded token's row may hold NaN here (all -inf logits)
             g.masked_fill_(~keep[gs, ts].unsqueeze(1).unsqueeze(-1), 0.0)
             if not write_direct:
                 grad_all[gs, :, ts] = g

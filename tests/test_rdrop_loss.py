@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,6 +157,110 @@ def test_masked_vocabulary_entries_give_no_nan(entry):
     unmasked = F.log_softmax(logits[:, 1:], -1)
     kl_unmasked = rdrop_loss(unmasked, target - 1, 2, 5.0, 0.0, PAD - 1)[3]
     torch.testing.assert_close(kl, kl_unmasked)
+
+
+def masked_reference(scores, target, copies, alpha, epsilon, pad, from_logits):
+    """Eq. 4 for ``(copies * N, V)`` scores that may hold -inf, written plainly: padded
+    tokens are dropped before anything is computed on them, and KL(P_i || P_j) sums
+    p_i (log p_i - log p_j) over the entries where p_i > 0 only (0 log(0/0) = 0)."""
+    vocab = scores.size(-1)
+    keep = target.ne(pad)
+    kept = scores.view(copies, -1, vocab)[:, keep]
+    lprobs = F.log_softmax(kept, dim=-1) if from_logits else kept
+    eps_i = epsilon / (vocab - 1)
+    nll = -lprobs.gather(-1, target[keep].expand(copies, -1).unsqueeze(-1)).sum()
+    smoothed = (1 - epsilon - eps_i) * nll
+    if epsilon:  # +inf where a kept score is -inf
+        smoothed = smoothed - eps_i * lprobs.sum()
+    kl = 0.0
+    for i, j in itertools.permutations(range(copies), 2):
+        support = lprobs[i] > float("-inf")
+        lp_i, lp_j = lprobs[i][support], lprobs[j][support]
+        kl = kl + (lp_i.exp() * (lp_i - lp_j)).sum()
+    kl = kl / (copies * (copies - 1))
+    return smoothed + alpha * kl, smoothed, nll, kl
+
+
+def test_masked_reference_is_the_plain_reference_on_finite_scores():
+    logits, target = make_case(copies=3)
+    plain = reference_loss(logits, target, 3, 5.0, 0.1, PAD)
+    for r, m in zip(plain, masked_reference(logits, target, 3, 5.0, 0.1, PAD, from_logits=True)):
+        torch.testing.assert_close(m, r, rtol=1e-12, atol=1e-12)
+
+
+def scores_of(entry, logits):
+    """What the entry point is handed: the logits, or log-probabilities made of them."""
+    return F.log_softmax(logits, dim=-1) if entry == "lprobs" else logits.clone()
+
+
+def run_leaf(entry, scores, target, copies, alpha, epsilon, chunk_tokens=0):
+    leaf = scores.detach().clone().requires_grad_()
+    apply = rdrop_loss if entry == "lprobs" else rdrop_loss_from_logits
+    out = apply(leaf, target, copies, alpha, epsilon, PAD, chunk_tokens)
+    out[0].backward()
+    return out, leaf.grad
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("masked", ["whole_row", "some_entries"])
+@pytest.mark.parametrize("layout,chunk_tokens", [("copy_major", 0), ("copy_major", 2), ("interleaved", 3)])
+def test_minus_infinity_at_padded_tokens_changes_nothing(entry, epsilon, masked, layout, chunk_tokens):
+    """A padded token's scores may be -inf (all of them, or some, the target id PAD among
+    them): the loss and its gradient are those of any finite scores there."""
+    copies, batch, length = 2, 3, 5
+    logits, target = make_case(copies, tokens=batch * length, pad_every=3)
+    finite = scores_of(entry, logits)
+    pad_rows = target.eq(PAD).repeat(copies)
+    with_inf = finite.clone()
+    if masked == "whole_row":
+        with_inf[pad_rows] = float("-inf")
+    else:
+        with_inf[pad_rows.nonzero(), torch.tensor([0, PAD, 6])] = float("-inf")
+    if layout == "interleaved":
+        finite, with_inf = (interleaved(s, copies, batch) for s in (finite, with_inf))
+        target = target.view(batch, length)
+    (ref, ref_grad), (new, new_grad) = (
+        run_leaf(entry, s, target, copies, 5.0, epsilon, chunk_tokens) for s in (finite, with_inf)
+    )
+    assert all(torch.isfinite(t) for t in new) and torch.isfinite(new_grad).all()
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n, r, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(new_grad, ref_grad, rtol=1e-12, atol=1e-12)
+    if layout == "interleaved":
+        pad_rows = interleaved(pad_rows.view(-1, 1), copies, batch).view(-1)
+    assert new_grad.view(len(pad_rows), -1)[pad_rows].abs().max() == 0
+    assert new_grad.view(len(pad_rows), -1)[~pad_rows].abs().max() > 0
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("copies", [2, 3])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("chunk_tokens", [0, 4])
+def test_minus_infinity_at_non_target_entries_of_every_copy(entry, copies, epsilon, chunk_tokens):
+    """A model that masks vocabulary entries with -inf (the pad symbol everywhere, and some
+    others per token) in every copy: where both copies give p = 0 the KL has nothing, so
+    the KL and NLL stay finite; the smoothing term sums log p over the whole vocabulary and
+    is +inf where an entry is masked, as fairseq's label_smoothed_nll_loss has it."""
+    logits, target = make_case(copies, tokens=17, vocab=13)
+    gen = torch.Generator().manual_seed(5)
+    mask = torch.rand(target.numel(), logits.size(-1), generator=gen) < 0.3
+    mask[:, PAD] = True  # at padded tokens, whose target is PAD, the target's score is -inf too
+    keep = target.ne(PAD)
+    mask[keep.nonzero().squeeze(-1), target[keep]] = False
+    logits = logits.masked_fill(mask.repeat(copies, 1), float("-inf"))
+    scores = scores_of(entry, logits)
+    (new, grad) = run_leaf(entry, scores, target, copies, 5.0, epsilon, chunk_tokens)
+    leaf = scores.detach().clone().requires_grad_()
+    ref = masked_reference(leaf, target, copies, 5.0, epsilon, PAD, from_logits=entry == "logits")
+    ref[0].backward()
+    assert torch.isfinite(new[2]) and torch.isfinite(new[3]) and new[3] > 0
+    assert torch.isfinite(new[0]) == (epsilon == 0) and not torch.isnan(new[0])
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n, r, rtol=1e-10, atol=1e-10)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, leaf.grad, rtol=1e-10, atol=1e-12)
+    assert grad[target.eq(PAD).repeat(copies)].abs().max() == 0
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
