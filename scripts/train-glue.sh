@@ -22,7 +22,9 @@ usage: scripts/train-glue.sh --task NAME [options] [-- extra fairseq-train args]
                                                      python -m rdrop_fairseq.datasets.pretrained)
   --alpha A           R-Drop weight                 (env ALPHA; default 1.0; the paper searched 0.1, 0.5, 1.0)
   --baseline          stock task and criterion (sentence_prediction)
-  --double-batch      baseline with the batch size doubled (paper App. C.1)
+  --double-batch      baseline with the batch doubled (paper App. C.1): BATCH_SIZE and MAX_TOKENS
+                      x2, TOTAL_NUM_UPDATE (= --max-update) and WARMUP halved, rounded up
+                      (so never 0 updates): the same epochs in half the updates
   --smoke             a few CPU updates of a tiny RoBERTa trained from scratch (unless --restore-file)
   --cpu               train on CPU (also env CPU=1)
   --print-args        print the fairseq-train command instead of running it (also env DRY_RUN=1)
@@ -30,7 +32,13 @@ usage: scripts/train-glue.sh --task NAME [options] [-- extra fairseq-train args]
 Hyperparameters (env; defaults from README.glue.md's table for the task): LR, BATCH_SIZE,
   TOTAL_NUM_UPDATE, WARMUP, NUM_CLASSES; MAX_EPOCH=10 DROPOUT=0.1 ATTENTION_DROPOUT=0.1
   WEIGHT_DECAY=0.1 MAX_TOKENS=4400 UPDATE_FREQ=1 SEED=1 LOG_INTERVAL=100 FP16=auto (auto|1|0)
+  With --double-batch, BATCH_SIZE, MAX_TOKENS, TOTAL_NUM_UPDATE and WARMUP from the env are
+  still the single-batch values (doubled or halved as above), so one set of env values gives
+  matching --baseline and --double-batch runs; flags after `--` are passed on as they are.
 Metrics logged on the dev set: accuracy; CoLA also MCC, MRPC and QQP F1, STS-B Pearson/Spearman.
+  Not for --baseline/--double-batch on several GPUs: fairseq's sentence_prediction criterion
+  then fails at validation with those --report-* flags, so they are left out (said on stderr);
+  scripts/evaluate-glue.sh ... -- --report-mcc (or the task's flag) computes them afterwards.
 Distributed: torchrun --no-python ... scripts/train-glue.sh (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*),
   or under SLURM srun with DISTRIBUTED_PORT=<port>.  Without them fairseq uses every visible GPU.
 USAGE
@@ -70,8 +78,18 @@ if [[ $SMOKE == 1 ]]; then
 fi
 BATCH_SIZE=${BATCH_SIZE:-${task_hparams[2]}}
 [[ $BATCH_SIZE =~ ^[1-9][0-9]*$ ]] || die "BATCH_SIZE must be a positive integer, not '$BATCH_SIZE'"
-BATCH_SIZE=$(variant_max_tokens "$BATCH_SIZE")  # --double-batch doubles the sentences per batch
 TOTAL_NUM_UPDATE=${TOTAL_NUM_UPDATE:-${task_hparams[3]}}
+WARMUP=${WARMUP:-${task_hparams[4]}}
+[[ $TOTAL_NUM_UPDATE =~ ^[1-9][0-9]*$ ]] || die "TOTAL_NUM_UPDATE must be a positive integer, not '$TOTAL_NUM_UPDATE'"
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer, not '$WARMUP'"
+# --double-batch: twice the sentences (and tokens) per batch, so the same epochs take half
+# the updates; the polynomial schedule still decays to its end at the last update.
+BATCH_SIZE=$(variant_max_tokens "$BATCH_SIZE")
+MAX_TOKENS=$(variant_max_tokens "${MAX_TOKENS:-4400}")
+if [[ $VARIANT == baseline-2x ]]; then
+    TOTAL_NUM_UPDATE=$(((10#$TOTAL_NUM_UPDATE + 1) / 2))  # rounded up: at least 1
+    WARMUP=$(((10#$WARMUP + 1) / 2))
+fi
 if [[ $PRINT_ARGS != 1 ]]; then
     [[ -f $DATA/input0/dict.txt ]] || die "--data: $DATA has no input0/dict.txt: run scripts/prepare-glue.sh --task $GLUE_TASK, or pass --data"
     if [[ -z $RESTORE && $SMOKE != 1 ]]; then
@@ -83,24 +101,74 @@ fi
 TRAIN_ARGS=(
     "$DATA" --user-dir "$USER_DIR" --arch roberta_large
     --num-classes "${NUM_CLASSES:-${task_hparams[0]}}" --max-positions 512 --init-token 0 --separator-token 2
-    --batch-size "$BATCH_SIZE" --max-tokens "${MAX_TOKENS:-4400}" --update-freq "${UPDATE_FREQ:-1}"
+    --batch-size "$BATCH_SIZE" --max-tokens "$MAX_TOKENS" --update-freq "${UPDATE_FREQ:-1}"
     --required-batch-size-multiple 1
     --dropout "${DROPOUT:-0.1}" --attention-dropout "${ATTENTION_DROPOUT:-0.1}" --weight-decay "${WEIGHT_DECAY:-0.1}"
     --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-06 --clip-norm 0.0
     --lr-scheduler polynomial_decay --lr "${LR:-${task_hparams[1]}}"
-    --total-num-update "$TOTAL_NUM_UPDATE" --warmup-updates "${WARMUP:-${task_hparams[4]}}"
+    --total-num-update "$TOTAL_NUM_UPDATE" --warmup-updates "$WARMUP"
     --max-update "$TOTAL_NUM_UPDATE" --max-epoch "${MAX_EPOCH:-10}" --seed "${SEED:-1}" --find-unused-parameters
     --save-dir "$SAVE_DIR" --no-epoch-checkpoints --log-format json --log-interval "${LOG_INTERVAL:-100}"
 )
 [[ -n $RESTORE ]] && TRAIN_ARGS+=(--restore-file "$RESTORE" --reset-optimizer --reset-dataloader --reset-meters)
 case $GLUE_TASK in
-    STS-B) TRAIN_ARGS+=(--regression-target --report-pearson-and-spearman --best-checkpoint-metric loss) ;;
+    STS-B) TRAIN_ARGS+=(--regression-target --best-checkpoint-metric loss) ;;
     *) TRAIN_ARGS+=(--best-checkpoint-metric accuracy --maximize-best-checkpoint-metric) ;;
 esac
 case $GLUE_TASK in
-    CoLA) TRAIN_ARGS+=(--report-mcc) ;;
-    MRPC | QQP) TRAIN_ARGS+=(--report-acc-and-f1) ;;
+    CoLA) REPORT_FLAG=--report-mcc ;;
+    MRPC | QQP) REPORT_FLAG=--report-acc-and-f1 ;;
+    STS-B) REPORT_FLAG=--report-pearson-and-spearman ;;
+    *) REPORT_FLAG= ;;
 esac
+
+# The number of GPUs fairseq-train will use (its --distributed-world-size): the value
+# passed after `--`, else torchrun's WORLD_SIZE, else SLURM's tasks (or nodes), else
+# every visible GPU, fairseq's default (none with --cpu).
+visible_gpus() {
+    local ids n=0 id
+    if [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
+        IFS=, read -ra ids <<<"$CUDA_VISIBLE_DEVICES"
+        for id in "${ids[@]}"; do
+            [[ -z $id || $id == -* ]] && break  # CUDA ignores the list from an invalid entry on
+            n=$((n + 1))
+        done
+        echo "$n"
+    elif command -v nvidia-smi >/dev/null; then
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+    else
+        echo 0
+    fi
+}
+world_size() {
+    local i n=
+    for ((i = 0; i < ${#EXTRA_ARGS[@]}; i++)); do
+        case ${EXTRA_ARGS[i]} in
+            --distributed-world-size) n=${EXTRA_ARGS[i + 1]:-} ;;
+            --distributed-world-size=*) n=${EXTRA_ARGS[i]#*=} ;;
+        esac
+    done
+    if [[ $n =~ ^[0-9]+$ ]]; then
+        echo "$((10#$n))"
+    elif [[ ${WORLD_SIZE:-1} -gt 1 ]]; then
+        echo "$WORLD_SIZE"
+    elif [[ -n ${DISTRIBUTED_PORT:-} && (${SLURM_NTASKS:-1} -gt 1 || ${SLURM_NNODES:-1} -gt 1) ]]; then
+        echo $((${SLURM_NTASKS:-1} > ${SLURM_NNODES:-1} ? ${SLURM_NTASKS:-1} : ${SLURM_NNODES:-1}))
+    elif [[ $CPU == 1 ]]; then
+        echo 1
+    else
+        visible_gpus
+    fi
+}
+# fairseq 0.12.3.1's sentence_prediction keeps per-example predictions in its validation logs
+# with these flags but says the logs can be summed, so on several GPUs its validation fails
+# (the trainer sums the lists).  rdrop_sentence_prediction gathers them instead.
+if [[ -n $REPORT_FLAG && $VARIANT != rdrop ]] && (($(world_size) > 1)); then
+    printf '%s: note: %s left out: fairseq'"'"'s sentence_prediction criterion (--baseline/--double-batch) fails with it on several GPUs; for the metric run scripts/evaluate-glue.sh --task %s --save-dir %q -- %s afterwards\n' \
+        "$(basename "$0")" "$REPORT_FLAG" "$GLUE_TASK" "$SAVE_DIR" "$REPORT_FLAG" >&2
+    REPORT_FLAG=
+fi
+[[ -n $REPORT_FLAG ]] && TRAIN_ARGS+=("$REPORT_FLAG")
 variant_args rdrop_sentence_prediction rdrop_sentence_prediction sentence_prediction sentence_prediction
 [[ $SMOKE == 1 ]] && TRAIN_ARGS+=(
     --encoder-layers 1 --encoder-embed-dim 32 --encoder-ffn-embed-dim 64 --encoder-attention-heads 2

@@ -3,6 +3,7 @@ formats: a tiny RoBERTa trained from scratch on CoLA (classification), then pack
 roberta.large tarball and fine-tuned on STS-B (sentence pairs, regression) through the
 checked download."""
 import json
+import shlex
 import shutil
 import tarfile
 import zipfile
@@ -139,6 +140,81 @@ def test_published_hyperparameters_per_task():
     assert "--regression-target" in stsb and flag(stsb, "--best-checkpoint-metric") == "loss"
     assert "--report-mcc" in dry_run("train-glue.sh", "--task", "CoLA")
     assert flag(dry_run("train-glue.sh", "--task", "QQP", "--double-batch"), "--batch-size") == "64"
+
+
+def glue_command(*flags, gpus="0", **env):
+    """(fairseq-train argv, stderr) of ``train-glue.sh --print-args``, with ``gpus`` as CUDA_VISIBLE_DEVICES."""
+    proc = run_script("train-glue.sh", "--print-args", *flags,
+                      env=script_env(FP16="0", CUDA_VISIBLE_DEVICES=gpus, **env))
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout)
+    assert argv[0] == "fairseq-train"
+    return argv[1:], proc.stderr
+
+
+def schedule(argv):
+    return tuple(flag(argv, name) for name in ("--batch-size", "--max-tokens", "--total-num-update",
+                                               "--warmup-updates", "--max-update"))
+
+
+def test_double_batch_doubles_the_batch_and_halves_the_updates():
+    # MRPC: batch 16, 2296 updates, 137 warmup (odd: halves round up).
+    for variant in ([], ["--baseline"]):
+        assert schedule(glue_command("--task", "MRPC", *variant)[0]) == ("16", "4400", "2296", "137", "2296")
+    assert schedule(glue_command("--task", "MRPC", "--double-batch")[0]) == ("32", "8800", "1148", "69", "1148")
+    assert schedule(glue_command("--task", "QQP", "--double-batch")[0]) == ("64", "8800", "56636", "14159", "56636")
+    # Env values are the single-batch ones, for either variant; the halves are at least 1 update.
+    env = dict(BATCH_SIZE="10", MAX_TOKENS="1000", TOTAL_NUM_UPDATE="3", WARMUP="1")
+    assert schedule(glue_command("--task", "RTE", "--baseline", **env)[0]) == ("10", "1000", "3", "1", "3")
+    assert schedule(glue_command("--task", "RTE", "--double-batch", **env)[0]) == ("20", "2000", "2", "1", "2")
+    assert schedule(glue_command("--task", "RTE", "--double-batch", **{**env, "TOTAL_NUM_UPDATE": "1",
+                                                                     "WARMUP": "0"})[0])[2:] == ("1", "0", "1")
+    assert schedule(glue_command("--task", "SST-2", "--smoke", "--double-batch")[0]) == ("16", "8800", "2", "1", "2")
+    # After `--`, fairseq-train flags are taken as they are.
+    argv, _ = glue_command("--task", "RTE", "--double-batch", "--", "--max-update", "500", "--max-tokens", "99")
+    assert (flag(argv, "--max-update"), flag(argv, "--max-tokens"), flag(argv, "--total-num-update")) == \
+        ("500", "99", "1018")
+    for name, value in (("TOTAL_NUM_UPDATE", "0"), ("WARMUP", "-1"), ("MAX_TOKENS", "lots")):
+        proc = run_script("train-glue.sh", "--task", "RTE", "--double-batch", "--print-args",
+                          env=script_env(FP16="0", **{name: value}))
+        assert proc.returncode == 2 and f"{name} must be a" in proc.stderr, name
+
+
+REPORT_FLAGS = {"CoLA": "--report-mcc", "MRPC": "--report-acc-and-f1", "QQP": "--report-acc-and-f1",
+                "STS-B": "--report-pearson-and-spearman"}
+
+
+@pytest.mark.parametrize("task", sorted(REPORT_FLAGS))
+def test_stock_criterion_reports_glue_metrics_on_one_gpu_only(task):
+    report = REPORT_FLAGS[task]
+    for variant in ("--baseline", "--double-batch"):
+        argv, err = glue_command("--task", task, variant)
+        assert report in argv and err == ""
+        # fairseq 0.12.3.1's sentence_prediction would sum its per-example lists across workers and fail.
+        argv, err = glue_command("--task", task, variant, gpus="0,1")
+        assert not any(arg.startswith("--report-") for arg in argv)
+        assert err.count("\n") == 1 and f"{report} left out" in err and "several GPUs" in err
+        assert f"scripts/evaluate-glue.sh --task {task} " in err and err.rstrip().endswith(f"-- {report} afterwards")
+    # rdrop_sentence_prediction gathers them, on any number of GPUs.
+    argv, err = glue_command("--task", task, gpus="0,1,2,3")
+    assert report in argv and err == ""
+
+
+def test_world_size_seen_for_the_report_flags():
+    def dropped(*flags, gpus="0", **env):
+        argv, err = glue_command("--task", "CoLA", "--baseline", *flags, gpus=gpus, **env)
+        assert ("--report-mcc" in argv) != ("left out" in err)
+        return "--report-mcc" not in argv
+
+    assert not dropped() and not dropped(gpus="") and not dropped(gpus="0,-1,2")
+    assert dropped(gpus="0,1") and dropped(gpus="GPU-a,GPU-b")
+    assert dropped("--", "--distributed-world-size", "2") and dropped("--", "--distributed-world-size=2")
+    assert not dropped("--", "--distributed-world-size", "1", gpus="0,1")
+    assert dropped(WORLD_SIZE="2", RANK="0", MASTER_ADDR="h", MASTER_PORT="9")
+    assert dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="2", SLURM_NNODES="1")
+    assert dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="2", SLURM_NNODES="2")
+    assert not dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="1", SLURM_NNODES="1")
+    assert not dropped("--cpu", gpus="0,1")
 
 
 def test_bad_input_is_named(tmp_path):

@@ -1,4 +1,7 @@
 """rdrop_sentence_prediction on a tiny RoBERTa (no download), against plainly written references."""
+from functools import partial
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -171,3 +174,67 @@ def test_task_schedule_options_reach_the_criterion(tmp_path):
     _, _, log = criterion(model, sample, update_num=2)
     assert log["kl_loss"] > 0
     assert [m.p for m in model.modules() if type(m).__name__ == "FairseqDropout"].count(0.3) > 0  # restored
+
+
+@pytest.mark.parametrize("report", [None, "--report-mcc", "--report-acc-and-f1", "--report-pearson-and-spearman"])
+def test_logging_outputs_are_summed_only_without_per_example_lists(tmp_path, report):
+    regression = report == "--report-pearson-and-spearman"
+    task, model, criterion, _ = build(tmp_path, *([report] if report else []), regression=regression,
+                                      num_classes=2, task="rdrop_sentence_prediction")
+    model.eval()
+    _, _, log = criterion(model, glue_sample(task.source_dictionary, regression=regression, num_classes=2))
+    assert ("pred" in log) == (report is not None)
+    # What fairseq's trainer asks before syncing logs across workers.
+    assert task.__class__.logging_outputs_can_be_summed(criterion) is (report is None)
+
+
+class _Workers:
+    """The parts of fairseq's Trainer that sync logging outputs, for two simulated workers."""
+
+    def __init__(self, task, criterion, monkeypatch, logs):
+        from fairseq import trainer
+
+        self.task, self.tpu = task, False
+        self.cfg = SimpleNamespace(common=SimpleNamespace(all_gather_list_size=16384))
+        self.data_parallel_process_group = None
+        self.get_criterion = lambda: criterion
+        self._aggregate_logging_outputs = partial(trainer.Trainer._aggregate_logging_outputs, self)
+        self._all_gather_list_sync = partial(trainer.Trainer._all_gather_list_sync, self)
+        self._fast_stat_sync_sum = partial(trainer.Trainer._fast_stat_sync_sum, self)
+        sizes = [log["sample_size"] for log in logs]
+        monkeypatch.setattr(trainer.distributed_utils, "all_gather_list",
+                            lambda data, **kw: [[[log], size] for log, size in zip(logs, sizes)])
+        monkeypatch.setattr(trainer.distributed_utils, "all_reduce_dict", lambda data, **kw: data)
+
+
+@pytest.mark.parametrize("regression,report,metric", [(False, "--report-mcc", "mcc"),
+                                                      (False, "--report-acc-and-f1", "f1"),
+                                                      (True, "--report-pearson-and-spearman", "pearson")])
+def test_two_worker_validation_gathers_every_prediction(tmp_path, monkeypatch, regression, report, metric):
+    task, model, criterion, cfg = build(tmp_path, report, regression=regression, num_classes=2,
+                                        task="rdrop_sentence_prediction")
+    model.eval()
+    halves = [glue_sample(task.source_dictionary, batch=6, regression=regression, num_classes=2, seed=seed)
+              for seed in (1, 2)]
+    logs = [criterion(model, half)[2] for half in halves]
+    assert [len(log["pred"]) for log in logs] == [len(log["targ"]) for log in logs] == [6, 6]
+    workers = _Workers(task, criterion, monkeypatch, logs)
+    gathered, (size,) = workers._aggregate_logging_outputs([logs[0]], logs[0]["sample_size"])
+    assert size == 12 and len(gathered) == 2
+    with metrics.aggregate() as agg:
+        criterion.reduce_metrics(gathered)
+    # The same metric as on one worker that saw both halves.
+    with metrics.aggregate() as one:
+        criterion.reduce_metrics([{**logs[0], "pred": logs[0]["pred"] + logs[1]["pred"],
+                                   "targ": logs[0]["targ"] + logs[1]["targ"]}])
+    assert agg.get_smoothed_values()[metric] == one.get_smoothed_values()[metric]
+    assert agg["pred"].tensor.numel() == agg["targ"].tensor.numel() == 12
+
+    # fairseq 0.12.3.1's stock criterion says its logs can be summed, and summing these lists fails:
+    # why scripts/train-glue.sh drops the report flags for the baseline on several GPUs.
+    stock = SentencePredictionCriterion(cfg.criterion, task)
+    assert stock.logging_outputs_can_be_summed()
+    stock_logs = [stock(model, half)[2] for half in halves]
+    stock_workers = _Workers(task, stock, monkeypatch, stock_logs)
+    with pytest.raises(TypeError, match="list"):
+        stock_workers._aggregate_logging_outputs([stock_logs[0]], stock_logs[0]["sample_size"])

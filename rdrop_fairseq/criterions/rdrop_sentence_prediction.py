@@ -20,7 +20,8 @@ class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCr
     Classification: the cross-entropy of every sub-model plus alpha times their
     symmetric KL.  Regression (``--regression-target``): the squared error of every
     sub-model plus alpha times the mean squared difference between their predictions.
-    Evaluation steps are the stock criterion's, so the GLUE metrics are unchanged."""
+    Evaluation steps are the stock criterion's, so the GLUE metrics are unchanged: one
+    ordinary pass, one prediction per example."""
 
     def __init__(self, cfg: RDropSentencePredictionConfig, task):
         super().__init__(cfg, task)
@@ -39,6 +40,15 @@ class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCr
         head_input = {**sample["net_input"], "features_only": True,
                       "classification_head_name": self.classification_head_name}
         return super().forward(model, {**sample, "net_input": head_input}, reduce, update_num)
+
+    def logging_outputs_can_be_summed(self) -> bool:
+        """False with ``--report-mcc``, ``--report-acc-and-f1`` or
+        ``--report-pearson-and-spearman``: evaluation steps then log per-example
+        ``pred``/``targ`` lists, which fairseq's trainer must gather from every worker
+        (``_all_gather_list_sync``), not sum (``_fast_stat_sync_sum`` would compute
+        ``0 + list`` and fail).  The stock criterion (fairseq 0.12.3.1) says True even
+        then, so its multi-GPU validation fails with those flags."""
+        return not self.keep_pred_and_targ
 
     def compute_rdrop_loss(self, model, net_output, sample, copies):
         logits = net_output[0]
