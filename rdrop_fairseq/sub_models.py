@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from fairseq.modules import FairseqDropout, LayerDropModuleList
+from fairseq.modules import AdaptiveSoftmax, FairseqDropout, LayerDropModuleList, MultiheadAttention
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -111,9 +111,12 @@ def repeat_batch(value: Any, copies: int) -> Any:
     return value
 
 
+_DROPOUT_TYPES = (FairseqDropout, nn.modules.dropout._DropoutNd)
+
+
 def dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
     for module in model.modules():
-        if isinstance(module, (FairseqDropout, nn.modules.dropout._DropoutNd)):
+        if isinstance(module, _DROPOUT_TYPES):
             yield module
 
 
@@ -130,28 +133,95 @@ def has_active_layerdrop(model: nn.Module) -> bool:
 
 
 def main_dropout(model: nn.Module) -> Optional[float]:
-    """The model's ``--dropout``, where its config says it."""
-    for holder in (getattr(model, "cfg", None), getattr(model, "args", None)):
+    """The model's ``--dropout``, where its config (or its encoder's or decoder's) says it.
+
+    fairseq's ``transformer_lm`` keeps no config of its own; its decoder does.
+    """
+    holders = []
+    for owner in (model, getattr(model, "encoder", None), getattr(model, "decoder", None)):
+        holders += [getattr(owner, "cfg", None), getattr(owner, "args", None)]
+    for holder in holders:
         rate = getattr(holder, "dropout", None)
-        if isinstance(rate, (int, float)):
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool):
             return float(rate)
     return None
 
 
-@contextlib.contextmanager
-def dropout_rate(model: nn.Module, rate: float):
-    """Temporarily set the main dropout (the modules at ``--dropout``) to ``rate``.
+# Attribute names of fairseq's main dropout: the ``dropout_module`` of the transformer,
+# lightconv and fconv encoders, decoders and layers; the LSTM's input and output dropout
+# (``--encoder-dropout-in`` ... ``--decoder-dropout-out``, which default to ``--dropout``;
+# no LSTM module uses ``--dropout`` itself).
+_MAIN_DROPOUT_NAMES = frozenset({"dropout_module", "dropout_in_module", "dropout_out_module"})
+# Attribute names of dropout with an option of its own: ``--activation-dropout`` /
+# ``--relu-dropout`` (transformer, lightconv), lightconv's ``--input-dropout`` and the
+# ``--weight-dropout`` of lightweight and dynamic convolutions.
+_OTHER_DROPOUT_NAMES = frozenset({
+    "activation_dropout_module", "relu_dropout_module", "input_dropout_module", "weight_dropout_module",
+})
 
-    Attention and activation dropout keep their own rates.  Without a known
-    ``--dropout``, every dropout module with a non-zero rate is set.  The original
-    rates come back on exit, also when the body raises.
+
+def _has_own_dropout(module: nn.Module) -> bool:
+    """Whether the dropout inside ``module`` has an option of its own, not ``--dropout``:
+    attention dropout (``--attention-dropout``) in fairseq's attention modules, the
+    ``--adaptive-softmax-dropout`` of an adaptive softmax, and the ``--pooler-dropout`` of
+    a BART or RoBERTa classification head."""
+    name = type(module).__name__
+    return (
+        isinstance(module, (MultiheadAttention, AdaptiveSoftmax))
+        or "Attention" in name
+        or "ClassificationHead" in name
+    )
+
+
+def main_dropout_modules(model: nn.Module) -> List[nn.Module]:
+    """The dropout modules that apply ``model``'s main dropout (``--dropout``).
+
+    Modules are told apart by what they are, not by their rate, as attention and
+    activation dropout often equal ``--dropout`` (0.1 in RoBERTa and BART):
+
+    * main dropout: a dropout module named ``dropout_module`` (transformer, lightconv,
+      fconv), ``dropout_in_module`` or ``dropout_out_module`` (LSTM), whatever its rate,
+      so one set to a rate of its own (per layer, or the LSTM's ``--encoder-dropout-in``
+      and the like) is main dropout too;
+    * not main dropout: everything inside an attention module, an adaptive softmax or a
+      classification head (see :func:`_has_own_dropout`), and modules named as in
+      ``_OTHER_DROPOUT_NAMES`` (activation, input and weight dropout);
+    * any other dropout module (a model that is not fairseq's) by its rate: main where it
+      equals the model's ``--dropout`` (:func:`main_dropout`), or, with no known
+      ``--dropout``, where it is non-zero.
+
+    The dropout between the layers of a multi-layer ``nn.LSTM`` is a number, not a module,
+    and is not among them.
     """
     base = main_dropout(model)
-    changed: Sequence[Tuple[nn.Module, float]] = [
-        (module, module.p)
-        for module in dropout_modules(model)
-        if (module.p == base if base is not None else module.p > 0)
-    ]
+    found: List[nn.Module] = []
+    seen = set()
+
+    def visit(module: nn.Module, own_rate: bool) -> None:
+        for name, child in module.named_children():
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            if isinstance(child, _DROPOUT_TYPES):
+                if own_rate or name in _OTHER_DROPOUT_NAMES:
+                    continue
+                if name in _MAIN_DROPOUT_NAMES or (child.p == base if base is not None else child.p > 0):
+                    found.append(child)
+            else:
+                visit(child, own_rate or _has_own_dropout(child))
+
+    visit(model, False)
+    return found
+
+
+@contextlib.contextmanager
+def dropout_rate(model: nn.Module, rate: float):
+    """Temporarily set the main dropout (:func:`main_dropout_modules`) to ``rate``.
+
+    Attention, activation and the other dropout with options of their own keep their
+    rates.  The original rates come back on exit, also when the body raises.
+    """
+    changed: Sequence[Tuple[nn.Module, float]] = [(module, module.p) for module in main_dropout_modules(model)]
     try:
         for module, _ in changed:
             module.p = rate

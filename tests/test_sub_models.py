@@ -2,7 +2,14 @@ import pytest
 import torch
 from torch import nn
 
-from rdrop_fairseq.sub_models import SubModelPasses, dropout_rate, has_active_dropout, has_active_layerdrop, repeat_batch
+from rdrop_fairseq.sub_models import (
+    SubModelPasses,
+    dropout_modules,
+    dropout_rate,
+    has_active_dropout,
+    has_active_layerdrop,
+    repeat_batch,
+)
 
 
 def test_copies_follow_training_mode_and_the_k_step_schedule():
@@ -89,3 +96,117 @@ def test_active_layerdrop_detection():
     assert has_active_layerdrop(net)
     assert not has_active_layerdrop(net.eval())
     assert not has_active_layerdrop(nn.Sequential(LayerDropModuleList(0.0, [nn.Linear(2, 2)])))
+
+
+# --rdrop-dropout-rates on fairseq models whose attention, activation (and pooler) dropout
+# equal --dropout: only the main dropout takes the sub-model's rate.
+SAME_RATES = ["--dropout", "0.1", "--attention-dropout", "0.1", "--activation-dropout", "0.1"]
+SMALL_ENCODER = [
+    "--encoder-layers", "1", "--encoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
+    "--encoder-attention-heads", "2", "--tokens-per-sample", "16",
+]
+
+
+def _rates(model):
+    found = {id(m) for m in dropout_modules(model)}
+    return {name: m.p for name, m in model.named_modules() if id(m) in found}
+
+
+def _transformer(tmp_path):
+    from tiny_fairseq import TINY_TRANSFORMER, build, write_dictionaries
+
+    return build(write_dictionaries(tmp_path), model_args=TINY_TRANSFORMER + SAME_RATES)[2]
+
+
+def _transformer_lm(tmp_path):
+    from tiny_lm import SMALL_DECODER, build
+
+    return build(tmp_path, model_args=SMALL_DECODER + SAME_RATES)[1]
+
+
+def _roberta_with_head(tmp_path):
+    from tiny_lm import build
+
+    args = SMALL_ENCODER + SAME_RATES + ["--pooler-dropout", "0.1"]
+    model = build(tmp_path, task="masked_lm", criterion="masked_lm", arch="roberta_base", model_args=args)[1]
+    model.register_classification_head("head", num_classes=2)
+    return model
+
+
+def _lightconv(tmp_path):
+    from tiny_fairseq import build, write_dictionaries
+
+    args = [
+        "--arch", "lightconv", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-embed-dim", "8", "--decoder-embed-dim", "8", "--encoder-conv-dim", "8", "--decoder-conv-dim", "8",
+        "--encoder-ffn-embed-dim", "8", "--decoder-ffn-embed-dim", "8",
+        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+        "--encoder-kernel-size-list", "[3]", "--decoder-kernel-size-list", "[3]",
+        "--dropout", "0.1", "--attention-dropout", "0.1", "--relu-dropout", "0.1",
+        "--input-dropout", "0.1", "--weight-dropout", "0.1", "--optimizer", "adam",
+    ]
+    return build(write_dictionaries(tmp_path), model_args=args)[2]
+
+
+@pytest.mark.parametrize(
+    "make,main",
+    [
+        (_transformer, {
+            "encoder.dropout_module", "encoder.layers.0.dropout_module",
+            "decoder.dropout_module", "decoder.layers.0.dropout_module",
+        }),
+        (_transformer_lm, {"decoder.dropout_module", "decoder.layers.0.dropout_module"}),
+        # the classification head's --pooler-dropout is not --dropout either
+        (_roberta_with_head, {
+            "encoder.sentence_encoder.dropout_module", "encoder.sentence_encoder.layers.0.dropout_module",
+        }),
+        # lightconv's --relu-dropout, --input-dropout and --weight-dropout keep theirs
+        (_lightconv, {
+            "encoder.dropout_module", "encoder.layers.0.dropout_module",
+            "decoder.dropout_module", "decoder.layers.0.dropout_module",
+        }),
+    ],
+    ids=["transformer", "transformer_lm", "roberta_head", "lightconv"],
+)
+def test_dropout_rate_changes_only_the_main_dropout_when_the_other_rates_equal_it(tmp_path, make, main):
+    model = make(tmp_path)
+    rates = _rates(model)
+    assert set(rates.values()) == {0.1} and main < rates.keys()
+    assert len(rates) > len(main)  # attention, activation, ... dropout are there, at --dropout's rate
+    with dropout_rate(model, 0.3):
+        inside = _rates(model)
+    assert inside == {name: 0.3 if name in main else 0.1 for name in rates}
+    assert _rates(model) == rates
+
+
+def test_dropout_rate_sets_main_dropout_at_a_rate_of_its_own(tmp_path):
+    """Main dropout is chosen by what it is: the LSTM's --encoder-dropout-in (0.2, not
+    --dropout) is main dropout as well; so is a layer whose rate was changed by hand."""
+    from tiny_fairseq import TINY_TRANSFORMER, build, write_dictionaries
+
+    lstm_args = [
+        "--arch", "lstm", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-embed-dim", "8", "--decoder-embed-dim", "8", "--encoder-hidden-size", "8",
+        "--decoder-hidden-size", "8", "--decoder-out-embed-dim", "8",
+        "--dropout", "0.3", "--encoder-dropout-in", "0.2", "--optimizer", "adam",
+    ]
+    lstm = build(write_dictionaries(tmp_path), model_args=lstm_args)[2]
+    modules = [lstm.encoder.dropout_in_module, lstm.encoder.dropout_out_module,
+               lstm.decoder.dropout_in_module, lstm.decoder.dropout_out_module]
+    with dropout_rate(lstm, 0.5):
+        assert [m.p for m in modules] == [0.5] * 4
+    assert [m.p for m in modules] == [0.2, 0.3, 0.3, 0.3]
+
+    transformer = build(tmp_path, model_args=TINY_TRANSFORMER + SAME_RATES)[2]
+    layer = transformer.encoder.layers[0]
+    layer.dropout_module.p = 0.2
+    with dropout_rate(transformer, 0.5):
+        assert (layer.dropout_module.p, layer.self_attn.dropout_module.p) == (0.5, 0.1)
+    assert (layer.dropout_module.p, layer.self_attn.dropout_module.p) == (0.2, 0.1)
+
+
+def test_dropout_rate_without_a_known_main_rate_sets_every_active_unknown_module():
+    net = nn.Sequential(nn.Dropout(0.2), nn.Linear(2, 2), nn.Dropout(0.0))
+    with dropout_rate(net, 0.5):
+        assert (net[0].p, net[2].p) == (0.5, 0.0)
+    assert (net[0].p, net[2].p) == (0.2, 0.0)
