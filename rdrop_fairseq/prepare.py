@@ -1,13 +1,17 @@
 """Text preparation steps shared by the scripts: Moses tokenisation (sacremoses),
 length/ratio cleaning, joint BPE (subword-nmt) and fairseq binarisation.
 
-Every step writes its outputs under a temporary name and renames them when
-complete, so an interrupted run never leaves a file that looks finished.
+Every file is written under a temporary name and renamed when complete.  Each
+step of ``prepare_parallel`` then records the settings it was made with in
+``OUT_DIR/.steps/<step>.json`` (see ``run_steps``); a re-run skips a step only
+when that record matches the current settings, and otherwise redoes it and
+every later step.
 
     python -m rdrop_fairseq.prepare parallel RAW_DIR OUT_DIR --src de --tgt en
 """
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -15,8 +19,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 logger = logging.getLogger("rdrop_fairseq.prepare")
 
@@ -147,38 +153,168 @@ def binarize(text_dir: Path, dest: Path, src: str, tgt: Optional[str] = None,
         raise
 
 
+STEPS_DIR = ".steps"
+# Bump when a step's code changes its output, so that older outputs are redone.
+RECIPE_VERSION = 1
+
+
+@dataclass
+class Step:
+    """One step of a preparation: ``run()`` writes ``outputs`` (paths relative to
+    the output folder, each replaced whole) from the previous step's outputs;
+    ``settings`` is everything besides those inputs that changes the outputs."""
+    name: str  # the record: OUT_DIR/.steps/<name>.json
+    title: str  # for messages: "tokenisation"
+    outputs: Sequence[str]  # "tok/", "bpe.codes": the first names the step in messages
+    settings: Mapping[str, Any]
+    run: Callable[[], None]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _read_record(path: Path) -> Optional[dict]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _digest(record: Mapping) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def _differences(old: Mapping, new: Mapping) -> List[str]:
+    """What changed between two records, as phrases that follow "was made with"."""
+    if old.get("version") != new.get("version"):
+        return [f"recipe version {old.get('version')}, now {new.get('version')}"]
+    found = []
+    before, after = old.get("settings") or {}, new["settings"]
+    for key in sorted(set(before) | set(after), key=lambda k: (isinstance(after.get(k), dict), k)):
+        was, now = before.get(key), after.get(key)
+        if was == now:
+            continue
+        if isinstance(was, dict) and isinstance(now, dict):
+            names = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+            found.append(f"a different {key} ({', '.join(names)})")
+        else:
+            found.append(f"{key}={was}, now {now}")
+    if not found and old.get("after") != new.get("after"):
+        found.append("other outputs of the step before it")
+    return found
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def run_steps(out_dir: Path, steps: Sequence[Step]) -> None:
+    """Run ``steps`` in order, skipping those already made with the same settings.
+
+    After a step has written all its outputs, ``out_dir/.steps/<name>.json`` records
+    its settings and a hash of the previous step's record (so the chain covers
+    every earlier setting).  A step whose record is missing (an older version,
+    an interrupted run) or differs is redone: the records of it and of every
+    later step are deleted first, then its outputs, so neither stale nor partial
+    outputs are ever taken as finished and every later step is redone too."""
+    out_dir = Path(out_dir)
+    records = out_dir / STEPS_DIR
+    previous, redoing = None, False
+    for index, step in enumerate(steps):
+        record = json.loads(json.dumps({"version": RECIPE_VERSION, "settings": dict(step.settings),
+                                        "after": previous}))
+        path = records / f"{step.name}.json"
+        old = _read_record(path)
+        label = step.outputs[0]
+        if old == record:
+            logger.info("prepare: skip %s: %s was made with the same settings", step.title, label)
+        else:
+            if redoing:  # the step before it was redone: said already
+                why = None
+            elif old is not None:
+                why = f"{label} was made with {'; '.join(_differences(old, record))}"
+            elif any((out_dir / output).exists() for output in step.outputs):
+                why = f"{label} has no record of its settings (an older version or an interrupted run)"
+            else:
+                why = None  # a first run
+            if why:
+                logger.warning("prepare: %s: redoing %s", why, _and([s.title for s in steps[index:]]))
+            else:
+                logger.info("prepare: %s", step.title)
+            redoing = True
+            for later in steps[index:]:
+                _remove(records / f"{later.name}.json")
+            for output in step.outputs:
+                _remove(out_dir / output)
+            step.run()
+            with atomic_output(path) as handle:
+                json.dump(record, handle, indent=1, sort_keys=True)
+                handle.write("\n")
+        previous = _digest(record)
+
+
+def file_identity(path: Path) -> Dict[str, Any]:
+    """A raw file as a step record sees it: its size and SHA-256, so an edited
+    corpus is noticed while a copy or a touch (new mtime, same bytes) is not."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _version(distribution: str) -> Optional[str]:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def prepare_parallel(raw_dir: Path, out_dir: Path, src: str, tgt: str, bpe_merges: int = 8000,
                      max_train_pairs: int = 0, lowercase: bool = False, workers: int = 1) -> Path:
     """Tokenise, learn and apply joint BPE and binarise ``{train,valid,test}.{src,tgt}``.
 
-    Returns the binarised folder (``out_dir/bin``).  Finished steps are skipped."""
+    Returns the binarised folder (``out_dir/bin``).  A step is skipped when its
+    record in ``out_dir/.steps`` says it was made with the same settings and raw
+    files (by content); otherwise it and the steps after it are redone."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    for split in SPLITS:
-        for lang in (src, tgt):
-            path = raw_dir / f"{split}.{lang}"
-            if not path.is_file() or path.stat().st_size == 0:
-                raise FileNotFoundError(f"missing or empty corpus file: {path}")
-    tok_dir, bpe_dir, bin_dir = out_dir / "tok", out_dir / "bpe", out_dir / "bin"
-    for split in SPLITS:
-        pair = [read_lines(raw_dir / f"{split}.{lang}") for lang in (src, tgt)]
-        if len(pair[0]) != len(pair[1]):
-            raise ValueError(f"{raw_dir}/{split}.{src} and .{tgt} differ in line count")
-        if split == "train" and max_train_pairs:
-            pair = [lines[:max_train_pairs] for lines in pair]
-        for lang, lines in zip((src, tgt), pair):
-            dest = tok_dir / f"{split}.{lang}"
-            if not dest.exists():
-                write_lines(dest, moses_tokenize(lines, lang, lowercase=lowercase))
-    codes = out_dir / "bpe.codes"
-    if not codes.exists():
+    names = [f"{split}.{lang}" for split in SPLITS for lang in (src, tgt)]
+    for name in names:
+        path = raw_dir / name
+        if not path.is_file() or path.stat().st_size == 0:
+            raise FileNotFoundError(f"missing or empty corpus file: {path}")
+    tok_dir, bpe_dir, bin_dir, codes = out_dir / "tok", out_dir / "bpe", out_dir / "bin", out_dir / "bpe.codes"
+
+    def tokenize():
+        for split in SPLITS:
+            pair = [read_lines(raw_dir / f"{split}.{lang}") for lang in (src, tgt)]
+            if len(pair[0]) != len(pair[1]):
+                raise ValueError(f"{raw_dir}/{split}.{src} and .{tgt} differ in line count")
+            if split == "train" and max_train_pairs:
+                pair = [lines[:max_train_pairs] for lines in pair]
+            for lang, lines in zip((src, tgt), pair):
+                write_lines(tok_dir / f"{split}.{lang}", moses_tokenize(lines, lang, lowercase=lowercase))
+
+    def bpe():
         learn_joint_bpe([tok_dir / f"train.{src}", tok_dir / f"train.{tgt}"], codes, bpe_merges)
-    for split in SPLITS:
-        for lang in (src, tgt):
-            dest = bpe_dir / f"{split}.{lang}"
-            if not dest.exists():
-                apply_bpe(codes, tok_dir / f"{split}.{lang}", dest)
-    if not (bin_dir / "dict.{}.txt".format(src)).exists():
-        binarize(bpe_dir, bin_dir, src, tgt, workers=workers)
+        for name in names:
+            apply_bpe(codes, tok_dir / name, bpe_dir / name)
+
+    run_steps(out_dir, [
+        Step("tok", "tokenisation", ["tok/"],
+             {"src": src, "tgt": tgt, "lowercase": lowercase, "max_train_pairs": max_train_pairs,
+              "sacremoses": _version("sacremoses"), "corpus": {n: file_identity(raw_dir / n) for n in names}},
+             tokenize),
+        Step("bpe", "BPE", ["bpe.codes", "bpe/"],
+             {"bpe_merges": bpe_merges, "subword_nmt": _version("subword-nmt")}, bpe),
+        Step("bin", "binarisation", ["bin/"], {"joined_dictionary": True},
+             lambda: binarize(bpe_dir, bin_dir, src, tgt, workers=workers)),
+    ])
     return bin_dir
 
 
