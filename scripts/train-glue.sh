@@ -22,9 +22,9 @@ usage: scripts/train-glue.sh --task NAME [options] [-- extra fairseq-train args]
                                                      python -m rdrop_fairseq.datasets.pretrained)
   --alpha A           R-Drop weight                 (env ALPHA; default 1.0; the paper searched 0.1, 0.5, 1.0)
   --baseline          stock task and criterion (sentence_prediction)
-  --double-batch      baseline with the batch doubled (paper App. C.1): BATCH_SIZE and MAX_TOKENS
-                      x2, TOTAL_NUM_UPDATE (= --max-update) and WARMUP halved, rounded up
-                      (so never 0 updates): the same epochs in half the updates
+  --double-batch      baseline with the batch doubled (paper App. C.1): BATCH_SIZE, MAX_TOKENS and
+                      MAX_EPOCH x2, the same updates, so it reads as many sentences per update as
+                      R-Drop's two passes (the other train-*.sh scripts' --double-batch too)
   --smoke             a few CPU updates of a tiny RoBERTa trained from scratch (unless --restore-file)
   --cpu               train on CPU (also env CPU=1)
   --print-args        print the fairseq-train command instead of running it (also env DRY_RUN=1)
@@ -32,9 +32,9 @@ usage: scripts/train-glue.sh --task NAME [options] [-- extra fairseq-train args]
 Hyperparameters (env; defaults from README.glue.md's table for the task): LR, BATCH_SIZE,
   TOTAL_NUM_UPDATE, WARMUP, NUM_CLASSES; MAX_EPOCH=10 DROPOUT=0.1 ATTENTION_DROPOUT=0.1
   WEIGHT_DECAY=0.1 MAX_TOKENS=4400 UPDATE_FREQ=1 SEED=1 LOG_INTERVAL=100 FP16=auto (auto|1|0)
-  With --double-batch, BATCH_SIZE, MAX_TOKENS, TOTAL_NUM_UPDATE and WARMUP from the env are
-  still the single-batch values (doubled or halved as above), so one set of env values gives
-  matching --baseline and --double-batch runs; flags after `--` are passed on as they are.
+  With --double-batch, BATCH_SIZE, MAX_TOKENS and MAX_EPOCH from the env are still the
+  single-batch values (doubled as above), so one set of env values gives matching --baseline
+  and --double-batch runs; flags after `--` are passed on as they are.
 Metrics logged on the dev set: accuracy; CoLA also MCC, MRPC and QQP F1, STS-B Pearson/Spearman.
   Not for --baseline/--double-batch on several GPUs: fairseq's sentence_prediction criterion
   then fails at validation with those --report-* flags, so they are left out (said on stderr);
@@ -82,14 +82,13 @@ TOTAL_NUM_UPDATE=${TOTAL_NUM_UPDATE:-${task_hparams[3]}}
 WARMUP=${WARMUP:-${task_hparams[4]}}
 [[ $TOTAL_NUM_UPDATE =~ ^[1-9][0-9]*$ ]] || die "TOTAL_NUM_UPDATE must be a positive integer, not '$TOTAL_NUM_UPDATE'"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer, not '$WARMUP'"
-# --double-batch: twice the sentences (and tokens) per batch, so the same epochs take half
-# the updates; the polynomial schedule still decays to its end at the last update.
+# --double-batch: twice the sentences (and tokens) per update for the same updates, R-Drop's
+# cost; twice the epochs then, or --max-epoch would stop it half-way down the LR schedule.
 BATCH_SIZE=$(variant_max_tokens "$BATCH_SIZE")
 MAX_TOKENS=$(variant_max_tokens "${MAX_TOKENS:-4400}")
-if [[ $VARIANT == baseline-2x ]]; then
-    TOTAL_NUM_UPDATE=$(((10#$TOTAL_NUM_UPDATE + 1) / 2))  # rounded up: at least 1
-    WARMUP=$(((10#$WARMUP + 1) / 2))
-fi
+MAX_EPOCH=${MAX_EPOCH:-10}
+[[ $MAX_EPOCH =~ ^[1-9][0-9]*$ ]] || die "MAX_EPOCH must be a positive integer, not '$MAX_EPOCH'"
+MAX_EPOCH=$(variant_max_tokens "$MAX_EPOCH")
 if [[ $PRINT_ARGS != 1 ]]; then
     [[ -f $DATA/input0/dict.txt ]] || die "--data: $DATA has no input0/dict.txt: run scripts/prepare-glue.sh --task $GLUE_TASK, or pass --data"
     if [[ -z $RESTORE && $SMOKE != 1 ]]; then
@@ -107,7 +106,7 @@ TRAIN_ARGS=(
     --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-06 --clip-norm 0.0
     --lr-scheduler polynomial_decay --lr "${LR:-${task_hparams[1]}}"
     --total-num-update "$TOTAL_NUM_UPDATE" --warmup-updates "$WARMUP"
-    --max-update "$TOTAL_NUM_UPDATE" --max-epoch "${MAX_EPOCH:-10}" --seed "${SEED:-1}" --find-unused-parameters
+    --max-update "$TOTAL_NUM_UPDATE" --max-epoch "$MAX_EPOCH" --seed "${SEED:-1}" --find-unused-parameters
     --save-dir "$SAVE_DIR" --no-epoch-checkpoints --log-format json --log-interval "${LOG_INTERVAL:-100}"
 )
 [[ -n $RESTORE ]] && TRAIN_ARGS+=(--restore-file "$RESTORE" --reset-optimizer --reset-dataloader --reset-meters)
@@ -141,11 +140,12 @@ visible_gpus() {
     fi
 }
 world_size() {
-    local i n=
+    local i n= cpu=$CPU
     for ((i = 0; i < ${#EXTRA_ARGS[@]}; i++)); do
         case ${EXTRA_ARGS[i]} in
             --distributed-world-size) n=${EXTRA_ARGS[i + 1]:-} ;;
             --distributed-world-size=*) n=${EXTRA_ARGS[i]#*=} ;;
+            --cpu) cpu=1 ;;
         esac
     done
     if [[ $n =~ ^[0-9]+$ ]]; then
@@ -154,7 +154,7 @@ world_size() {
         echo "$WORLD_SIZE"
     elif [[ -n ${DISTRIBUTED_PORT:-} && (${SLURM_NTASKS:-1} -gt 1 || ${SLURM_NNODES:-1} -gt 1) ]]; then
         echo $((${SLURM_NTASKS:-1} > ${SLURM_NNODES:-1} ? ${SLURM_NTASKS:-1} : ${SLURM_NNODES:-1}))
-    elif [[ $CPU == 1 ]]; then
+    elif [[ $cpu == 1 ]]; then
         echo 1
     else
         visible_gpus

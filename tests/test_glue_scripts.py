@@ -153,28 +153,28 @@ def glue_command(*flags, gpus="0", **env):
 
 
 def schedule(argv):
-    return tuple(flag(argv, name) for name in ("--batch-size", "--max-tokens", "--total-num-update",
+    return tuple(flag(argv, name) for name in ("--batch-size", "--max-tokens", "--max-epoch", "--total-num-update",
                                                "--warmup-updates", "--max-update"))
 
 
-def test_double_batch_doubles_the_batch_and_halves_the_updates():
-    # MRPC: batch 16, 2296 updates, 137 warmup (odd: halves round up).
+def test_double_batch_doubles_the_batch_and_the_epochs_at_the_same_updates():
+    # MRPC: batch 16, 2296 updates (10 epochs), 137 warmup.
     for variant in ([], ["--baseline"]):
-        assert schedule(glue_command("--task", "MRPC", *variant)[0]) == ("16", "4400", "2296", "137", "2296")
-    assert schedule(glue_command("--task", "MRPC", "--double-batch")[0]) == ("32", "8800", "1148", "69", "1148")
-    assert schedule(glue_command("--task", "QQP", "--double-batch")[0]) == ("64", "8800", "56636", "14159", "56636")
-    # Env values are the single-batch ones, for either variant; the halves are at least 1 update.
-    env = dict(BATCH_SIZE="10", MAX_TOKENS="1000", TOTAL_NUM_UPDATE="3", WARMUP="1")
-    assert schedule(glue_command("--task", "RTE", "--baseline", **env)[0]) == ("10", "1000", "3", "1", "3")
-    assert schedule(glue_command("--task", "RTE", "--double-batch", **env)[0]) == ("20", "2000", "2", "1", "2")
-    assert schedule(glue_command("--task", "RTE", "--double-batch", **{**env, "TOTAL_NUM_UPDATE": "1",
-                                                                     "WARMUP": "0"})[0])[2:] == ("1", "0", "1")
-    assert schedule(glue_command("--task", "SST-2", "--smoke", "--double-batch")[0]) == ("16", "8800", "2", "1", "2")
+        assert schedule(glue_command("--task", "MRPC", *variant)[0]) == ("16", "4400", "10", "2296", "137", "2296")
+    assert schedule(glue_command("--task", "MRPC", "--double-batch")[0]) == ("32", "8800", "20", "2296", "137", "2296")
+    assert schedule(glue_command("--task", "QQP", "--double-batch")[0]) == ("64", "8800", "20", "113272", "28318",
+                                                                            "113272")
+    # Env values are the single-batch ones, for either variant.
+    env = dict(BATCH_SIZE="10", MAX_TOKENS="1000", MAX_EPOCH="3", TOTAL_NUM_UPDATE="7", WARMUP="1")
+    assert schedule(glue_command("--task", "RTE", "--baseline", **env)[0]) == ("10", "1000", "3", "7", "1", "7")
+    assert schedule(glue_command("--task", "RTE", "--double-batch", **env)[0]) == ("20", "2000", "6", "7", "1", "7")
+    assert schedule(glue_command("--task", "SST-2", "--smoke", "--double-batch")[0]) == ("16", "8800", "2", "4", "1",
+                                                                                      "4")
     # After `--`, fairseq-train flags are taken as they are.
     argv, _ = glue_command("--task", "RTE", "--double-batch", "--", "--max-update", "500", "--max-tokens", "99")
     assert (flag(argv, "--max-update"), flag(argv, "--max-tokens"), flag(argv, "--total-num-update")) == \
-        ("500", "99", "1018")
-    for name, value in (("TOTAL_NUM_UPDATE", "0"), ("WARMUP", "-1"), ("MAX_TOKENS", "lots")):
+        ("500", "99", "2036")
+    for name, value in (("TOTAL_NUM_UPDATE", "0"), ("WARMUP", "-1"), ("MAX_TOKENS", "lots"), ("MAX_EPOCH", "0")):
         proc = run_script("train-glue.sh", "--task", "RTE", "--double-batch", "--print-args",
                           env=script_env(FP16="0", **{name: value}))
         assert proc.returncode == 2 and f"{name} must be a" in proc.stderr, name
@@ -214,7 +214,7 @@ def test_world_size_seen_for_the_report_flags():
     assert dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="2", SLURM_NNODES="1")
     assert dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="2", SLURM_NNODES="2")
     assert not dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="1", SLURM_NNODES="1")
-    assert not dropped("--cpu", gpus="0,1")
+    assert not dropped("--cpu", gpus="0,1") and not dropped("--", "--cpu", gpus="0,1")
 
 
 def test_bad_input_is_named(tmp_path):
