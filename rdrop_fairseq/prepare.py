@@ -168,6 +168,7 @@ class Step:
     outputs: Sequence[str]  # "tok/", "bpe.codes": the first names the step in messages
     settings: Mapping[str, Any]
     run: Callable[[], None]
+    files: Sequence[str] = ()  # what a finished step holds (besides ``outputs``), e.g. "tok/train.de"
 
 
 def _remove(path: Path) -> None:
@@ -219,7 +220,7 @@ def run_steps(out_dir: Path, steps: Sequence[Step]) -> None:
     After a step has written all its outputs, ``out_dir/.steps/<name>.json`` records
     its settings and a hash of the previous step's record (so the chain covers
     every earlier setting).  A step whose record is missing (an older version,
-    an interrupted run) or differs is redone: the records of it and of every
+    an interrupted run) or differs, or one of whose files is gone, is redone: the records of it and of every
     later step are deleted first, then its outputs, so neither stale nor partial
     outputs are ever taken as finished and every later step is redone too."""
     out_dir = Path(out_dir)
@@ -231,11 +232,15 @@ def run_steps(out_dir: Path, steps: Sequence[Step]) -> None:
         path = records / f"{step.name}.json"
         old = _read_record(path)
         label = step.outputs[0]
-        if old == record:
+        missing = ([name for name in step.outputs if not (out_dir / name).exists()]
+                   or [name for name in step.files if not (out_dir / name).exists()])
+        if old == record and not missing:
             logger.info("prepare: skip %s: %s was made with the same settings", step.title, label)
         else:
             if redoing:  # the step before it was redone: said already
                 why = None
+            elif old == record:
+                why = f"{_and(missing)} {'is' if len(missing) == 1 else 'are'} missing"
             elif old is not None:
                 why = f"{label} was made with {'; '.join(_differences(old, record))}"
             elif any((out_dir / output).exists() for output in step.outputs):
@@ -309,11 +314,13 @@ def prepare_parallel(raw_dir: Path, out_dir: Path, src: str, tgt: str, bpe_merge
         Step("tok", "tokenisation", ["tok/"],
              {"src": src, "tgt": tgt, "lowercase": lowercase, "max_train_pairs": max_train_pairs,
               "sacremoses": _version("sacremoses"), "corpus": {n: file_identity(raw_dir / n) for n in names}},
-             tokenize),
+             tokenize, [f"tok/{n}" for n in names]),
         Step("bpe", "BPE", ["bpe.codes", "bpe/"],
-             {"bpe_merges": bpe_merges, "subword_nmt": _version("subword-nmt")}, bpe),
+             {"bpe_merges": bpe_merges, "subword_nmt": _version("subword-nmt")}, bpe, [f"bpe/{n}" for n in names]),
         Step("bin", "binarisation", ["bin/"], {"joined_dictionary": True},
-             lambda: binarize(bpe_dir, bin_dir, src, tgt, workers=workers)),
+             lambda: binarize(bpe_dir, bin_dir, src, tgt, workers=workers),
+             [f"bin/dict.{lang}.txt" for lang in (src, tgt)]
+             + [f"bin/{split}.{src}-{tgt}.{lang}.bin" for split in SPLITS for lang in (src, tgt)]),
     ])
     return bin_dir
 

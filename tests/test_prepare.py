@@ -242,6 +242,27 @@ def test_a_missing_record_redoes_its_step_and_the_later_ones(raw, tmp_path, call
     assert calls["moses_tokenize"] == 0 and calls["learn_joint_bpe"] == 1 and calls["binarize"] == 1
 
 
+@pytest.mark.parametrize("deleted, redone, why", [
+    ("bin", 1, "bin/ is missing"),
+    ("bin/valid.de-en.en.bin", 1, "bin/valid.de-en.en.bin is missing"),
+    ("bpe/train.de", 2, "bpe/train.de is missing"),
+    ("tok", 3, "tok/ is missing"),
+])
+def test_a_deleted_output_is_made_again(raw, tmp_path, calls, caplog, deleted, redone, why):
+    out = tmp_path / "out"
+    run(raw, out)
+    fresh = files(out)
+    path = out / deleted
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    calls.clear()
+    caplog.clear()
+    run(raw, out)
+    ran = [calls["moses_tokenize"] > 0, calls["learn_joint_bpe"] == 1, calls["binarize"] == 1]
+    assert ran == [False] * (3 - redone) + [True] * redone
+    assert len(warnings(caplog)) == 1 and why in warnings(caplog)[0]
+    assert files(out) == fresh
+
+
 def test_a_record_from_another_chain_is_not_trusted(raw, tmp_path, calls):
     """Records of bpe/bin copied from a run on another corpus do not match this tok/."""
     other = tmp_path / "other"
