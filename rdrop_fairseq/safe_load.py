@@ -102,12 +102,15 @@ def trust_checkpoints() -> None:
     _trusted_by_flag = True
 
 
+_OMEGACONF_TRUE = ("true", "yes", "on", "y", "1")  # what OmegaConf reads as True for a bool field
+
+
 def _said_on_command_line(argv: Sequence[str]) -> bool:
     # fairseq's parser takes no abbreviations; fairseq-hydra-train takes overrides.
     overrides = {f"{prefix}task.trust_checkpoints" for prefix in ("", "+", "++")}
     for arg in argv:
         name, _, value = arg.partition("=")
-        if arg == TRUST_FLAG or (name in overrides and value.strip().lower() in ("true", "1", "yes")):
+        if arg == TRUST_FLAG or (name in overrides and value.strip().lower() in _OMEGACONF_TRUE):
             return True
     return False
 
@@ -174,6 +177,22 @@ def _is_refusal(error: Exception) -> bool:
     return isinstance(error, pickle.UnpicklingError) and str(error).startswith("Weights only load failed")
 
 
+def _is_torch_file(f, start: Optional[int]) -> bool:
+    """A zip file (torch >= 1.6) or a pickle of protocol 2 or later (torch's legacy format
+    starts with one): anything else, such as a text file, is no checkpoint, whatever the
+    weights-only unpickler says of its first byte."""
+    if isinstance(f, (str, os.PathLike)):
+        with open(f, "rb") as handle:
+            head = handle.read(4)
+    elif start is not None:
+        f.seek(start)
+        head = f.read(4)
+        f.seek(start)
+    else:
+        return True  # cannot look without consuming it
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def load(f, map_location=None):
     """``torch.load`` of a fairseq checkpoint (a path or a binary file), refusing anything
     outside :func:`checkpoint_globals` unless the user opted in."""
@@ -185,6 +204,8 @@ def load(f, map_location=None):
         if not _is_refusal(error):
             raise
         refused, name = _refused_global(error), _describe(f)
+        if not _is_torch_file(f, start):
+            raise pickle.UnpicklingError(f"{name}: not a checkpoint: neither a zip file nor a pickle") from None
     if not trusted():
         flag = f", or pass {TRUST_FLAG} with an R-Drop --task" if _flag_offered() else ""
         raise UntrustedCheckpointError(
@@ -219,7 +240,10 @@ def outside_allow_list(path) -> Optional[List[str]]:
 def check(path) -> Tuple[str, str]:
     """Whether :func:`load` takes ``path`` without an opt-in ("loads"), refuses it
     ("refused") or cannot read it ("unreadable"), and a line that says why."""
+    unreadable = f"{path}: not a checkpoint torch can read"
     try:
+        if not _is_torch_file(path, None):
+            return "unreadable", f"{unreadable} (neither a zip file nor a pickle)"
         names = outside_allow_list(path)
         if names:
             return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
@@ -227,7 +251,7 @@ def check(path) -> Tuple[str, str]:
     except pickle.UnpicklingError as error:
         if _is_refusal(error):
             return "refused", f"{path}: refused: it holds {_refused_global(error)}, outside the allow-list"
-        return "unreadable", f"{path}: not a checkpoint torch can read ({error})"
-    except (RuntimeError, EOFError, OSError) as error:
-        return "unreadable", f"{path}: not a checkpoint torch can read ({error})"
+        return "unreadable", f"{unreadable} ({error})"
+    except Exception as error:  # a damaged file makes torch's unpickler fail in many ways
+        return "unreadable", f"{unreadable} ({type(error).__name__}: {error})"
     return "loads", f"{path}: loads with the allow-list"
