@@ -86,8 +86,8 @@ def checkpoint_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
         # A dtype is rebuilt as an instance of its own class (numpy.dtypes.Int64DType
         # for the counts above): those of bool and numbers, never object dtypes.
         *sorted({type(np.dtype(code)) for code in "?bhilqBHILQefd"}, key=str),
-        # Measured (checkpoints written by fairseq 0.9.0 itself, tests/fixtures/fairseq-0.9): that
-        # release, which wrote the 2019 pretrained models, pickles its training meters in
+        # Measured (checkpoints written by fairseq 0.8.0 and 0.9.0 themselves, tests/fixtures): those
+        # releases, which wrote the 2019 pretrained models, pickle their training meters in
         # extra_state["train_meters"]; fairseq keeps the module alias fairseq.meters so that
         # those files load.  Saved again by today's fairseq (average_checkpoints of such files),
         # the same classes are named by their module.  None has a __setstate__.

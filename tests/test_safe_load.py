@@ -157,17 +157,20 @@ def test_averaged_checkpoint_loads_as_in_full(run_dir, tmp_path):
     assert_same(safe_load.load(tmp_path / "avg.pt"), full_load(tmp_path / "avg.pt"))
 
 
-FAIRSEQ_0_9 = Path(__file__).parent / "fixtures" / "fairseq-0.9"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.mark.parametrize("file_format", ["zip", "legacy"])
-@pytest.mark.parametrize("name, model_class", [("roberta-fp16", "RobertaModel"), ("bart-fp16", "BARTModel")])
-def test_checkpoints_written_by_fairseq_0_9_load_and_build_their_model(tmp_path, name, model_class, file_format):
-    """fairseq 0.9.0 wrote the 2019 pretrained RoBERTa and BART (fixtures/fairseq-0.9/README.md);
-    torch 1.x saved them in its legacy format, not as zip files."""
+@pytest.mark.parametrize("release, name, model_class", [
+    ("0.8", "roberta-fp16", "RobertaModel"), ("0.9", "roberta-fp16", "RobertaModel"), ("0.9", "bart-fp16", "BARTModel")])
+def test_checkpoints_written_by_fairseq_of_2019_load_and_build_their_model(tmp_path, release, name, model_class,
+                                                                          file_format):
+    """fairseq 0.8.0 and 0.9.0 are the releases of the 2019 pretrained RoBERTa and BART
+    (fixtures/fairseq-0.9/README.md); torch 1.x saved them in its legacy format, not as zip files."""
     from fairseq import checkpoint_utils
 
-    path = FAIRSEQ_0_9 / f"{name}.pt"
+    folder = FIXTURES / f"fairseq-{release}"
+    path = folder / f"{name}.pt"
     assert set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) == {
         "argparse.Namespace", "fairseq.meters.AverageMeter", "fairseq.meters.TimeMeter", "fairseq.meters.StopwatchMeter"}
     if file_format == "legacy":
@@ -176,9 +179,13 @@ def test_checkpoints_written_by_fairseq_0_9_load_and_build_their_model(tmp_path,
         assert not zipfile.is_zipfile(path)
     full = full_load(path)
     assert_same(safe_load.load(path), full)
-    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides={"data": str(FAIRSEQ_0_9)})
+    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides={"data": str(folder)})
     assert type(models[0]).__name__ == model_class and cfg.model.arch == full["args"].arch
-    loaded = list(models[0].state_dict().values())  # under fairseq 0.12's names (decoder. -> encoder.)
+    # Under fairseq 0.12's names (decoder. -> encoder.), and 0.8's in_proj_* split into q, k, v.
+    state = models[0].state_dict()
+    loaded = list(state.values()) + [
+        torch.cat([state[key.replace(".q_proj.", f".{part}_proj.")] for part in "qkv"])
+        for key in state if ".q_proj." in key]
     for key, value in full["model"].items():
         assert any(w.shape == value.shape and torch.equal(w, value.to(w.dtype)) for w in loaded), key
 
