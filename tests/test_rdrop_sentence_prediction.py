@@ -109,6 +109,43 @@ def test_loss_and_gradient_match_reference(tmp_path, regression, copies, alpha):
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("flag, name", [("--mha-reg-scale-factor", "mha_reg_loss"),
+                                        ("--ffn-reg-scale-factor", "ffn_reg_loss")])
+def test_roberta_regularisers_are_part_of_each_sub_models_loss(tmp_path, flag, name):
+    """RoBERTa's head / FFN regulariser, which the stock criterion adds to its loss, is added to
+    every sub-model's loss, so it keeps its weight against the task loss, and is logged as there."""
+    copies, alpha = 2, 1.0
+    task, model, criterion, cfg = build(tmp_path, flag, "0.5")
+    sample = glue_sample(task.source_dictionary)
+    model.train()
+
+    def reference(model, sample):
+        regulariser = getattr(model, {"mha_reg_loss": "_get_adaptive_head_loss",
+                                      "ffn_reg_loss": "_get_adaptive_ffn_loss"}[name])()
+        loss, task_loss, _ = reference_classification(model, sample, copies, alpha)
+        return loss + copies * regulariser, task_loss, regulariser
+
+    model.zero_grad()
+    ref_loss, ref_task_loss, ref_regulariser = run_seeded(SEED, reference, model, sample)
+    ref_loss.backward()
+    ref_grads = param_grads(model)
+    model.zero_grad()
+    loss, _, log = run_seeded(SEED, criterion, model, sample)
+    loss.backward()
+    grads = param_grads(model)
+
+    assert ref_regulariser > 0
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log[name], ref_regulariser.detach())
+    torch.testing.assert_close(log["loss"], ref_task_loss.detach() / copies + ref_regulariser.detach(),
+                               rtol=1e-5, atol=1e-5)
+    for key in grads:
+        torch.testing.assert_close(grads[key], ref_grads[key], rtol=1e-4, atol=1e-6, msg=key)
+    with metrics.aggregate() as agg:
+        criterion.reduce_metrics([log])
+    assert name in agg.get_smoothed_values()
+
+
 def test_training_accuracy_is_the_copies_mean(tmp_path):
     task, model, criterion, _ = build(tmp_path)
     sample = glue_sample(task.source_dictionary, batch=6)

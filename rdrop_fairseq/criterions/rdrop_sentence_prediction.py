@@ -39,7 +39,25 @@ class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCr
             return SentencePredictionCriterion.forward(self, model, sample, reduce=reduce)
         head_input = {**sample["net_input"], "features_only": True,
                       "classification_head_name": self.classification_head_name}
-        return super().forward(model, {**sample, "net_input": head_input}, reduce, update_num)
+        loss, sample_size, logging_output = super().forward(model, {**sample, "net_input": head_input}, reduce,
+                                                            update_num)
+        # RoBERTa's --mha-reg-scale-factor / --ffn-reg-scale-factor terms, added to each
+        # sub-model's loss as the stock criterion adds them to its one, and logged as it does.
+        for name, reg_loss in self.model_regularisers(model).items():
+            loss = loss + self.sub_model_passes.copies_for(True, update_num) * reg_loss
+            logging_output["loss"] = logging_output["loss"] + reg_loss.data
+            logging_output[name] = reg_loss.data
+        return loss, sample_size, logging_output
+
+    @staticmethod
+    def model_regularisers(model):
+        args = getattr(model, "args", None)
+        terms = {}
+        if getattr(args, "mha_reg_scale_factor", 0.0):
+            terms["mha_reg_loss"] = model._get_adaptive_head_loss()
+        if getattr(args, "ffn_reg_scale_factor", 0.0):
+            terms["ffn_reg_loss"] = model._get_adaptive_ffn_loss()
+        return terms
 
     def logging_outputs_can_be_summed(self) -> bool:
         """False with ``--report-mcc``, ``--report-acc-and-f1`` or
