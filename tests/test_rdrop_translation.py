@@ -133,11 +133,20 @@ def test_dropout_rates_come_back_when_a_step_raises(data_dir):
         (["--rdrop-dropout-rates", "[0.1]"], "--rdrop-dropout-rates"),
         (["--rdrop-dropout-rates", "[0.1,1.2]"], "--rdrop-dropout-rates"),
         (["--rdrop-copies", "3", "--rdrop-alpha", "0"], "--rdrop-alpha 0"),
+        (["--rdrop-dropout-rates", "[0.1,0.3]", "--checkpoint-activations"], "--checkpoint-activations"),
+        (["--rdrop-dropout-rates", "[0.1,0.3]", "--offload-activations"], "--offload-activations"),
     ],
 )
 def test_bad_variant_options_are_refused_at_start_up(data_dir, args, flag):
     with pytest.raises(ValueError, match=flag):
         build(data_dir, *CRITERION, *args)
+
+
+def test_activation_checkpointing_trains_without_per_copy_rates(data_dir):
+    task, model, criterion, optimizer, sample = setup(data_dir, "--checkpoint-activations")
+    assert any(hasattr(module, "precheckpoint_forward") for module in model.modules())
+    loss, log, grads = step(task, model, criterion, optimizer, sample, 0)
+    assert torch.isfinite(loss) and log["kl_loss"] > 0 and grads
 
 
 def test_variant_options_need_an_rdrop_criterion(data_dir):

@@ -59,6 +59,16 @@ class RDropTaskMixin:
                 )
         return criterion
 
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        # Activation checkpointing re-runs a layer's forward in the backward pass, after the
+        # sub-model's dropout rate is gone: its gradient would come from other masks.
+        if self.sub_model_passes.dropout_rates and any(
+                hasattr(module, "precheckpoint_forward") for module in model.modules()):
+            raise ValueError("--rdrop-dropout-rates cannot be combined with --checkpoint-activations or "
+                             "--offload-activations: the recomputed layers would not use the sub-model's rate")
+        return model
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if isinstance(criterion, RDropCriterionMixin):
             criterion = functools.partial(criterion, update_num=update_num)
