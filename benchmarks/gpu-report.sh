@@ -2,7 +2,8 @@
 # The GPU figures of the README, in one run on a CUDA machine: the fused kernels' tests compiled for it, a
 # flattened --fp16 checkpoint written on the GPU and read by the safe loader (tests/test_safe_load.py), the
 # loss alone (benchmarks/loss_kernel.py), one training step per shape (benchmarks/step_cost.py) and
-# fairseq-train throughput (benchmarks/train_throughput.py), each printed and kept in OUT_DIR.
+# fairseq-train throughput (benchmarks/train_throughput.py), each printed and kept in OUT_DIR (NAME.md the
+# tables, NAME.log the whole output); a benchmark that fails stops the report and shows the end of its log.
 #
 # Usage: benchmarks/gpu-report.sh [OUT_DIR]     (default: gpu-report)
 # Env:   PYTHON       interpreter with rdrop_fairseq's dependencies (default: python3)
@@ -23,7 +24,19 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; 
     exit 2
 fi
 stamp() { echo "[$(date +%T)] $*" >&2; }
-keep() { grep -E '^(\||## )' | tee -a "$out/$1"; }
+# keep NAME CMD...: run CMD, keep its whole output in $out/NAME.log and its tables in $out/NAME.md;
+# if it fails, show the end of the log, so that the report never stops without saying why.
+keep() {
+    local name=$1 status=0
+    shift
+    "$@" >>"$out/$name.log" 2>&1 || status=$?
+    if ((status)); then
+        echo "error: '$*' failed ($status); the end of $out/$name.log:" >&2
+        tail -n 30 "$out/$name.log" >&2
+        exit "$status"
+    fi
+}
+tables() { grep -E '^(\||## )' "$out/$1.log" | tee "$out/$1.md" || true; }
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
 "$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/device.txt"
@@ -32,23 +45,27 @@ stamp kernel tests
 stamp "checkpoint written on CUDA"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_safe_load.py -k written_on_cuda 2>&1 | tail -n 3 \
     | tee "$out/checkpoint-tests.txt"
+rm -f "$out"/{step-cost-bf16,step-cost-fp16,loss-kernel-bf16,loss-kernel-fp16,train-throughput}.log
 for shape in ${BF16_SHAPES-iwslt iwslt_full wmt wmt_full lm}; do
     stamp "step_cost $shape bf16"
-    "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype bf16 --repeats "$repeats" 2>&1 | keep step-cost-bf16.md
+    keep step-cost-bf16 "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype bf16 --repeats "$repeats"
 done
+tables step-cost-bf16
 for dtype in bf16 fp16; do
     stamp "loss_kernel $dtype"
-    "$PYTHON" benchmarks/loss_kernel.py --dtype "$dtype" 2>&1 | keep "loss-kernel-$dtype.md"
+    keep "loss-kernel-$dtype" "$PYTHON" benchmarks/loss_kernel.py --dtype "$dtype"
+    tables "loss-kernel-$dtype"
 done
 for shape in ${FP16_SHAPES-iwslt_full wmt_full}; do
     stamp "step_cost $shape fp16"
-    "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype fp16 --repeats "$repeats" 2>&1 | keep step-cost-fp16.md
+    keep step-cost-fp16 "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype fp16 --repeats "$repeats"
 done
+tables step-cost-fp16
 if [ "${THROUGHPUT_UPDATES:-150}" -gt 0 ]; then
     stamp train_throughput
-    "$PYTHON" benchmarks/train_throughput.py ${CORPUS:+--corpus "$CORPUS"} ${WORK_DIR:+--work-dir "$WORK_DIR"} \
-        --updates "${THROUGHPUT_UPDATES:-150}" --rounds 2 --max-tokens 4096 --extra "--fp16" \
-        --model "--arch transformer_iwslt_de_en --share-all-embeddings --dropout 0.3" 2>&1 \
-        | grep -E '^(\||round|[0-9]+ updates)' | tee "$out/train-throughput.md"
+    keep train-throughput "$PYTHON" benchmarks/train_throughput.py ${CORPUS:+--corpus "$CORPUS"} \
+        ${WORK_DIR:+--work-dir "$WORK_DIR"} --updates "${THROUGHPUT_UPDATES:-150}" --rounds 2 --max-tokens 4096 \
+        --extra "--fp16" --model "--arch transformer_iwslt_de_en --share-all-embeddings --dropout 0.3"
+    grep -E '^(\||round|[0-9]+ updates)' "$out/train-throughput.log" | tee "$out/train-throughput.md"
 fi
 stamp done

@@ -21,7 +21,8 @@ release (exact and repeatable, unlike RSS), on CUDA ``torch.cuda.max_memory_allo
     python benchmarks/step_cost.py --shape iwslt
     python benchmarks/step_cost.py --shape all --device cuda --dtype bf16
     python benchmarks/step_cost.py --shape wmt_full --modes doubled,plugin,fairseq
-    RDROP_CHUNK_TOKENS=64 python benchmarks/step_cost.py   # the plugin with another KL chunk
+    RDROP_CHUNK_TOKENS=64 python benchmarks/step_cost.py   # another KL chunk (torch path only: plugin on a
+                                                          # CPU, plugin_torch on CUDA)
 """
 import argparse
 import contextlib

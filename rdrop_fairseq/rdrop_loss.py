@@ -27,6 +27,7 @@ one for the gradient.  :func:`kernel_for` picks the implementation (``RDROP_KERN
 the torch Function here is the CPU path and the reference the kernels are tested against.
 """
 import functools
+import importlib.util
 import os
 from typing import Optional, Tuple
 
@@ -251,16 +252,18 @@ def kernel_for(scores: Tensor) -> str:
             raise RuntimeError(f"{KERNEL_ENV}=triton but Triton is not installed: pip install 'rdrop-fairseq[triton]'")
         if scores.dtype == torch.float64:
             raise ValueError(f"{KERNEL_ENV}=triton computes in fp32; fp64 scores need {KERNEL_ENV}=torch")
+        if not scores.is_cuda and torch.cuda.is_available():
+            raise ValueError(f"{KERNEL_ENV}=triton needs CUDA tensors where CUDA is present (Triton's interpreter, "
+                             f"for CPU tensors, is only chosen on machines without it); these are on "
+                             f"{scores.device}: use {KERNEL_ENV}=auto or torch")
     return choice
 
 
 @functools.lru_cache(maxsize=None)
 def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # Found, not imported: without CUDA the kernels' module must choose Triton's
+    # interpreter before Triton is first imported.
+    return importlib.util.find_spec("triton") is not None
 
 
 def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, from_logits):

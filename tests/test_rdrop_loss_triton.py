@@ -137,6 +137,42 @@ def test_rdrop_kernel_switch(monkeypatch):
         rdrop_loss_module.kernel_for(logits.double())
 
 
+def test_cpu_tensors_are_refused_where_cuda_is_present(monkeypatch):
+    logits, target = make_case()
+    monkeypatch.setenv("RDROP_KERNEL", "triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        rdrop_loss_module.kernel_for(logits.cpu())
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter is chosen only without CUDA")
+def test_forcing_triton_without_cuda_chooses_the_interpreter_itself(tmp_path):
+    """A fresh process with RDROP_KERNEL=triton and no TRITON_INTERPRET: looking for Triton
+    must not import it before the kernels' module has chosen the interpreter."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from rdrop_fairseq import rdrop_loss as m\n"
+        "logits = torch.randn(4, 3, 70, generator=torch.Generator().manual_seed(0))\n"
+        "target = torch.randint(2, 70, (2, 3), generator=torch.Generator().manual_seed(1))\n"
+        "fused = m.rdrop_loss_from_logits(logits, target, 2, 5.0, 0.1, 1)[0].item()\n"
+        "import os, sys\n"
+        "assert 'rdrop_fairseq.kernels.rdrop_loss_triton' in sys.modules\n"
+        "os.environ['RDROP_KERNEL'] = 'torch'\n"
+        "reference = m.rdrop_loss_from_logits(logits, target, 2, 5.0, 0.1, 1)[0].item()\n"
+        "print(fused, reference, os.environ['TRITON_INTERPRET'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["RDROP_KERNEL"] = "triton"
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fused, reference, interpret = proc.stdout.split()[-3:]
+    assert interpret == "1" and float(fused) == pytest.approx(float(reference), rel=1e-5)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="compiled kernels at full size need CUDA")
 @pytest.mark.parametrize("vocab,tokens", [(32_000, 512), (267_744, 64)])
 def test_full_size_vocabularies_on_cuda(vocab, tokens):

@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 ALPHA_HELP = "weight alpha of the symmetric KL between sub-models (paper Eq. 4); 0 turns R-Drop off"
 CHUNK_HELP = (
     "target tokens per chunk of the KL computation, which bounds its extra memory "
-    "to about 3 * chunk * vocabulary floats; 0 picks about 2^19 / vocabulary on a CPU, 2^22 / vocabulary on a GPU"
+    "to about 3 * chunk * vocabulary floats; 0 picks about 2^19 / vocabulary on a CPU, 2^22 / vocabulary on a GPU. "
+    "The torch path only (RDROP_KERNEL=torch, or a CPU): the fused Triton kernels need no chunks"
 )
 
 

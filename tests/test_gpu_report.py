@@ -1,0 +1,57 @@
+"""benchmarks/gpu-report.sh with stand-ins for the GPU's interpreter and nvidia-smi: the tables of
+every benchmark are collected, and a benchmark that fails stops the report with its error shown."""
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu-report.sh"
+
+FAKE_PYTHON = r'''#!/usr/bin/env bash
+# Answers as a CUDA machine's python would, for what gpu-report.sh asks of it.
+case "$1" in
+    -c) echo "torch 9.9 triton 9.9" ;;
+    -m) echo "3 passed in 1.0s" ;;
+    benchmarks/step_cost.py)
+        shape=$3
+        echo "noise before the table"
+        [[ $shape == "$FAIL_SHAPE" ]] && { echo "Traceback: RuntimeError: CUDA out of memory" >&2; exit 3; }
+        echo "## $shape: step cost"
+        echo "| doubled | 1.0 | 1.000 |" ;;
+    benchmarks/loss_kernel.py) echo "## loss $3"; echo "| fused | 0.2 |" ;;
+    *) echo "unexpected: $*" >&2; exit 9 ;;
+esac
+'''
+
+
+def run_report(tmp_path, **env):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("python", FAKE_PYTHON), ("nvidia-smi", "#!/bin/sh\necho 'Fake GPU, 1.0'\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(out)], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
+             "THROUGHPUT_UPDATES": "0", "BF16_SHAPES": "iwslt wmt", "FP16_SHAPES": "wmt_full", **env})
+    return proc, out
+
+
+def test_the_tables_of_every_benchmark_are_kept(tmp_path):
+    proc, out = run_report(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    bf16 = (out / "step-cost-bf16.md").read_text().splitlines()
+    assert bf16 == ["## iwslt: step cost", "| doubled | 1.0 | 1.000 |", "## wmt: step cost", "| doubled | 1.0 | 1.000 |"]
+    assert (out / "step-cost-fp16.md").read_text().startswith("## wmt_full")
+    assert (out / "loss-kernel-fp16.md").read_text() == "## loss fp16\n| fused | 0.2 |\n"
+    assert "noise before the table" in (out / "step-cost-bf16.log").read_text()
+    proc, out = run_report(tmp_path)  # a second run into the same folder keeps only its own tables
+    assert (out / "step-cost-bf16.md").read_text().count("## iwslt") == 1
+
+
+def test_a_failing_benchmark_stops_the_report_and_shows_why(tmp_path):
+    proc, out = run_report(tmp_path, FAIL_SHAPE="wmt")
+    assert proc.returncode == 3
+    assert "step_cost.py --shape wmt" in proc.stderr and "CUDA out of memory" in proc.stderr
+    assert not (out / "loss-kernel-bf16.log").exists()
