@@ -95,6 +95,8 @@ if [[ $PRINT_ARGS != 1 ]]; then
         RESTORE=$(python -m rdrop_fairseq.datasets.pretrained roberta.large --out "${MODELS_DIR:-models}" | tail -n 1)
     fi
     [[ -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
+elif [[ -z $RESTORE && $SMOKE != 1 ]]; then
+    RESTORE=$(pretrained_model_path roberta.large)  # where a real run fetches it to
 fi
 
 TRAIN_ARGS=(

@@ -243,6 +243,17 @@ def test_smoke_and_distributed_commands():
     assert (flag(argv, "--distributed-world-size"), flag(argv, "--distributed-rank")) == ("2", "1")
 
 
+@pytest.mark.parametrize("script, model", [("train-glue.sh", "roberta.large"), ("train-cnndm.sh", "bart.large")])
+def test_printed_command_names_the_pretrained_model_a_run_fetches(tmp_path, script, model, capsys):
+    models = tmp_path / "my models"
+    task = ["--task", "RTE"] if script == "train-glue.sh" else []
+    argv = dry_run(script, *task, MODELS_DIR=str(models))
+    assert flag(argv, "--restore-file") == str(pretrained.model_path(models, model))
+    assert "--reset-optimizer" in argv and not models.exists()
+    pretrained.main([model, "--out", str(models), "--path-only"])
+    assert capsys.readouterr().out.splitlines()[-1] == str(pretrained.model_path(models, model))
+
+
 def test_finetune_and_evaluate_classification_then_regression(cola, stsb, tmp_path):
     cola_run = tmp_path / "cola"
     proc = run_script("train-glue.sh", "--task", "CoLA", "--smoke", "--data", cola, "--save-dir", cola_run,
@@ -261,6 +272,7 @@ def test_finetune_and_evaluate_classification_then_regression(cola, stsb, tmp_pa
         tar.add(package, arcname="roberta.large")
     model_pt = pretrained.fetch_model(pretrained.parser().parse_args(
         ["roberta.large", "--out", str(tmp_path / "models"), "--archive", str(tarball)]))
+    assert model_pt == pretrained.model_path(tmp_path / "models", "roberta.large") and model_pt.is_file()
     run = tmp_path / "stsb-restored"
     proc = run_script("train-glue.sh", "--task", "STS-B", "--smoke", "--data", stsb, "--save-dir", run,
                       "--restore-file", model_pt, env=script_env(FP16="0"))

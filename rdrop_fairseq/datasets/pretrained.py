@@ -16,11 +16,19 @@ MODELS = {name: Archive(f"{name}.tar.gz", (f"https://dl.fbaipublicfiles.com/fair
           for name in ("roberta.large", "bart.large")}
 
 
+def model_path(out: Path, model: str) -> Path:
+    """Where :func:`fetch_model` puts ``model.pt``: known before anything is fetched."""
+    return Layout(Path(out), model).orig_dir / MODELS[model].name.split(".")[0] / "model.pt"
+
+
 def fetch_model(args) -> Path:
+    if args.path_only:
+        return model_path(args.out, args.model)
     archive = MODELS[args.model]
     layout = Layout(args.out, args.model)
     folder = fetch_and_extract(layout, args, [archive],
                                {archive.name: [f"{args.model}/model.pt", f"{args.model}/dict.txt"]})[archive.name]
+    assert folder / "model.pt" == model_path(args.out, args.model)
     return folder / "model.pt"
 
 
@@ -28,6 +36,16 @@ def parser():
     parser = build_parser("python -m rdrop_fairseq.datasets.pretrained", __doc__, list(MODELS.values()))
     parser.set_defaults(out=Path("models"))
     parser.add_argument("model", choices=sorted(MODELS), help="the pre-trained model to fetch")
+    parser.add_argument("--path-only", action="store_true",
+                        help="print where model.pt is put, fetching nothing (the train scripts' --print-args)")
+    for action in parser._actions:  # the corpus parser's texts that say otherwise here
+        if action.dest == "out":
+            action.help = "the models folder: model.pt goes to OUT/<model>/orig/... (default: ./models)"
+        elif action.dest == "workers":
+            action.help = "unused here"
+        elif action.dest == "hash":
+            action.help = ("expected hash of a tarball, e.g. roberta.large.tar.gz=sha256:..., or NAME=none "
+                           "(fairseq publishes none)")
     return parser
 
 
