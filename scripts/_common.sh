@@ -16,6 +16,10 @@ need_value() {
     [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value (see --help)"
 }
 
+need_0_or_1() {  # need_0_or_1 NAME VALUE: an on/off environment variable
+    [[ $2 == 0 || $2 == 1 ]] || die "$1 must be 0 or 1, not '$2'"
+}
+
 need_number() {  # need_number NAME VALUE
     [[ $2 =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || die "$1 must be a non-negative number, not '$2'"
 }
@@ -82,6 +86,9 @@ parse_train_args() {
     SMOKE=${SMOKE:-0}
     CPU=${CPU:-0}
     PRINT_ARGS=${DRY_RUN:-0}
+    need_0_or_1 SMOKE "$SMOKE"
+    need_0_or_1 CPU "$CPU"
+    need_0_or_1 DRY_RUN "$PRINT_ARGS"
     EXTRA_ARGS=()
     while (($#)); do
         case $1 in

@@ -31,6 +31,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 SUBSET=${SUBSET:-test}
 CPU=${CPU:-0}
+need_0_or_1 CPU "$CPU"
 CHECKPOINT=${CHECKPOINT:-}
 EXTRA_ARGS=()
 while (($#)); do

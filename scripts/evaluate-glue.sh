@@ -29,6 +29,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 GLUE_TASK=${GLUE_TASK:-}
 CPU=${CPU:-0}
+need_0_or_1 CPU "$CPU"
 CHECKPOINT=${CHECKPOINT:-}
 EXTRA_ARGS=()
 while (($#)); do
@@ -59,7 +60,7 @@ need_command fairseq-validate
 VALIDATE_ARGS=(
     "$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --valid-subset "$SUBSETS"
     --task sentence_prediction --criterion sentence_prediction --batch-size "${BATCH_SIZE:-32}"
-    --model-overrides "{'data': '$DATA'}" --log-format json
+    --model-overrides "$(python -c 'import sys; print(repr({"data": sys.argv[1]}))' "$DATA")" --log-format json
 )
 [[ $CPU == 1 ]] && VALIDATE_ARGS+=(--cpu)
 mkdir -p "$RESULTS_DIR"

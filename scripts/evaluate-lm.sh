@@ -30,6 +30,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 ADAPTIVE=0
 SUBSET=${SUBSET:-test}
 CPU=${CPU:-0}
+need_0_or_1 CPU "$CPU"
 CHECKPOINT=${CHECKPOINT:-}
 EXTRA_ARGS=()
 while (($#)); do

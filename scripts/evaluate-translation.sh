@@ -33,6 +33,7 @@ SETUP=${SETUP:-}
 AVERAGE=${AVERAGE:-5}
 SUBSET=${SUBSET:-test}
 CPU=${CPU:-0}
+need_0_or_1 CPU "$CPU"
 CHECKPOINT=${CHECKPOINT:-}
 EXTRA_ARGS=()
 while (($#)); do

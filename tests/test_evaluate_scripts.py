@@ -43,9 +43,12 @@ def test_evaluate_translation_averages_generates_and_scores(setup, run, tokenize
     ([], "--setup is required"),
     (["--setup", "iwslt15"], "--setup must be iwslt14 or wmt14"),
     (["--setup", "iwslt14", "--data", "/nonexistent"], "--data: no such folder"),
+    (["--setup", "iwslt14", "CPU=yes"], "CPU must be 0 or 1, not 'yes'"),
 ])
 def test_evaluate_translation_names_bad_input(args, message):
-    proc = subprocess.run(["bash", str(SCRIPTS / "evaluate-translation.sh"), *args], env=script_env(),
+    env = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    args = [arg for arg in args if "=" not in arg]
+    proc = subprocess.run(["bash", str(SCRIPTS / "evaluate-translation.sh"), *args], env=script_env(**env),
                           capture_output=True, text=True)
     assert proc.returncode != 0 and message in proc.stderr
 

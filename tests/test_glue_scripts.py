@@ -278,7 +278,9 @@ def test_finetune_and_evaluate_classification_then_regression(cola, stsb, tmp_pa
                       "--restore-file", model_pt, env=script_env(FP16="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Loaded checkpoint " + str(model_pt) in proc.stderr + proc.stdout
-    proc = run_script("evaluate-glue.sh", "--task", "STS-B", "--data", stsb, "--save-dir", run, "--cpu")
+    quoted = tmp_path / "it's STS-B"  # the data path reaches fairseq inside a Python dict literal
+    quoted.symlink_to(stsb)
+    proc = run_script("evaluate-glue.sh", "--task", "STS-B", "--data", quoted, "--save-dir", run, "--cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run / "glue-dev.json").read_text())["valid"]
     assert {"loss", "pearson", "spearman"} <= set(metrics)

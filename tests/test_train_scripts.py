@@ -267,6 +267,9 @@ def test_smoke_is_a_tiny_cpu_model(script):
     (["--print-args", "--baseline", "--alpha", "3"], {}, "--alpha/ALPHA"),
     (["--print-args", "--alpha", "x"], {}, "ALPHA must be a non-negative number"),
     (["--print-args"], {"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR must be set"),
+    ([], {"DRY_RUN": "yes"}, "DRY_RUN must be 0 or 1, not 'yes'"),
+    (["--print-args"], {"CPU": "true"}, "CPU must be 0 or 1, not 'true'"),
+    (["--print-args"], {"SMOKE": "on"}, "SMOKE must be 0 or 1, not 'on'"),
 ])
 def test_bad_input_is_named(args, env, message):
     proc = subprocess.run(["bash", str(SCRIPTS / "train-iwslt14.sh"), *args], env=script_env(FP16=0, **env),
