@@ -10,6 +10,7 @@ wall-clock time, the R-Drop KL term (``kl_loss``) and, when the runs used
 """
 import argparse
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -103,6 +104,8 @@ PANELS = (
 
 def plot_runs(runs: Dict[str, Records], out: Path, title: Optional[str] = None) -> Path:
     """Draw every panel that has data for at least one run into one PNG."""
+    # fairseq's import leaves the root logger at DEBUG, which would print matplotlib's font search
+    logging.getLogger("matplotlib").setLevel(max(logging.getLogger("matplotlib").getEffectiveLevel(), logging.INFO))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -476,7 +476,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                         f"{GPU.updates:,} with CUDA, {SMOKE.updates} with --smoke)")
     parser.add_argument("--minutes", type=float, help="instead of a fixed number of updates, a time budget for "
                         "training and translating (corpus preparation not counted): R-Drop trains for 60%% of "
-                        "90%% of it, the baseline for as many updates; ignored by --smoke")
+                        "90%% of it, the baseline for as many updates; with --max-updates too, R-Drop stops at whichever "
+                        "limit comes first; ignored by --smoke")
     parser.add_argument("--corpus", type=Path, help="folder with {train,valid,test}.{SRC,TGT} raw text "
                         "(default: build the LibreOffice help corpus)")
     parser.add_argument("--train-pairs", type=int, help=f"train on the first N pairs of the corpus, 0 for all "

@@ -25,6 +25,7 @@ usage: scripts/train-iwslt14.sh [options] [-- extra fairseq-train args]
 Hyperparameters (env): ARCH=transformer_iwslt_de_en LR=5e-4 WARMUP=4000 DROPOUT=0.3
   WEIGHT_DECAY=0.0001 LABEL_SMOOTHING=0.1 MAX_TOKENS=4096 UPDATE_FREQ=1 MAX_UPDATE=300000 SEED=1
   SAVE_INTERVAL_UPDATES=1000 KEEP_INTERVAL_UPDATES=10 LOG_INTERVAL=100 FP16=0 (auto|1|0)
+  BEAM=5 (the beam of --eval-bleu's validation BLEU)
 Distributed: torchrun --no-python ... scripts/train-iwslt14.sh (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*),
   or under SLURM srun with DISTRIBUTED_PORT=<port>.  Without them fairseq uses every visible GPU.
 USAGE

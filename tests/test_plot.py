@@ -62,6 +62,18 @@ def test_cli_labels_runs_by_folder(tmp_path, capsys):
     assert (tmp_path / "c.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_cli_prints_no_matplotlib_debug_lines(tmp_path):
+    """fairseq's import sets the root logger to DEBUG; matplotlib's font search must not flood stderr."""
+    import subprocess
+    import sys
+
+    fake_log(tmp_path / "run" / "train.log")
+    proc = subprocess.run([sys.executable, "-m", "rdrop_fairseq.plot", str(tmp_path / "run"), "--out",
+                           str(tmp_path / "c.png")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "matplotlib" not in proc.stderr, proc.stderr[:2000]
+
+
 def test_cli_rejects_a_folder_without_logs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         plot.main([str(tmp_path)])
