@@ -7,7 +7,7 @@ from fairseq.criterions.adaptive_loss import AdaptiveLoss
 from rdrop_fairseq.criterions.rdrop_adaptive_loss import RDropAdaptiveLoss
 from rdrop_fairseq.sub_models import dropout_modules, repeat_batch
 from reference import assert_close_to_scale
-from tiny_lm import build, lm_sample, param_grads, run_seeded
+from tiny_lm import build, lm_sample, run_seeded, seeded_with_grads
 
 SEED = 11
 ADAPTIVE = ["--adaptive-softmax-cutoff", "12,24", "--adaptive-input-cutoff", "12,24"]
@@ -56,14 +56,8 @@ def test_loss_and_gradient_match_reference(lm):
     sample = lm_sample(task.dictionary)
     pad = task.dictionary.pad()
 
-    model.zero_grad()
-    ref_loss, ref_nll, ref_kl = run_seeded(SEED, reference_loss, model, sample, 1.0, pad)
-    ref_loss.backward()
-    ref_grads = param_grads(model)
-    model.zero_grad()
-    loss, sample_size, log = run_seeded(SEED, criterion, model, sample)
-    loss.backward()
-    grads = param_grads(model)
+    (ref_loss, ref_nll, ref_kl), ref_grads = seeded_with_grads(SEED, reference_loss, model, sample, 1.0, pad)
+    (loss, sample_size, log), grads = seeded_with_grads(SEED, criterion, model, sample)
 
     assert ref_kl > 0
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)

@@ -8,7 +8,7 @@ from fairseq.logging import metrics
 from rdrop_fairseq.criterions.rdrop_cross_entropy import RDropCrossEntropyCriterion
 from reference import assert_close_to_scale
 from rdrop_fairseq.sub_models import repeat_batch
-from tiny_lm import build, lm_sample, param_grads, run_seeded
+from tiny_lm import build, lm_sample, run_seeded, seeded_with_grads
 
 SEED = 7
 
@@ -47,15 +47,8 @@ def test_loss_and_gradient_match_reference(lm, alpha):
     sample = lm_sample(task.dictionary)
     pad = task.dictionary.pad()
 
-    model.zero_grad()
-    ref_loss, ref_nll, ref_kl = run_seeded(SEED, reference_rdrop_lm_loss, model, sample, alpha, pad)
-    ref_loss.backward()
-    ref_grads = param_grads(model)
-
-    model.zero_grad()
-    loss, sample_size, log = run_seeded(SEED, criterion, model, sample)
-    loss.backward()
-    grads = param_grads(model)
+    (ref_loss, ref_nll, ref_kl), ref_grads = seeded_with_grads(SEED, reference_rdrop_lm_loss, model, sample, alpha, pad)
+    (loss, sample_size, log), grads = seeded_with_grads(SEED, criterion, model, sample)
     criterion.rdrop_alpha = 1.0
 
     assert ref_kl > 0

@@ -12,7 +12,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.logging import metrics
 
 from rdrop_fairseq.criterions.rdrop_sentence_prediction import RDropSentencePredictionCriterion
-from tiny_lm import USER_DIR, param_grads, run_seeded
+from tiny_lm import USER_DIR, run_seeded, seeded_with_grads
 
 SEED = 7
 HEAD = "sentence_classification_head"
@@ -89,15 +89,9 @@ def test_loss_and_gradient_match_reference(tmp_path, regression, copies, alpha):
     sample = glue_sample(task.source_dictionary, regression=regression)
     model.train()
 
-    model.zero_grad()
-    ref_loss, ref_task_loss, ref_consistency = run_seeded(SEED, reference, model, sample, copies, alpha)
-    ref_loss.backward()
-    ref_grads = param_grads(model)
-
-    model.zero_grad()
-    loss, sample_size, log = run_seeded(SEED, criterion, model, sample)
-    loss.backward()
-    grads = param_grads(model)
+    (ref_loss, ref_task_loss, ref_consistency), ref_grads = seeded_with_grads(SEED, reference, model, sample,
+                                                                               copies, alpha)
+    (loss, sample_size, log), grads = seeded_with_grads(SEED, criterion, model, sample)
 
     assert ref_consistency > 0
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
@@ -125,14 +119,8 @@ def test_roberta_regularisers_are_part_of_each_sub_models_loss(tmp_path, flag, n
         loss, task_loss, _ = reference_classification(model, sample, copies, alpha)
         return loss + copies * regulariser, task_loss, regulariser
 
-    model.zero_grad()
-    ref_loss, ref_task_loss, ref_regulariser = run_seeded(SEED, reference, model, sample)
-    ref_loss.backward()
-    ref_grads = param_grads(model)
-    model.zero_grad()
-    loss, _, log = run_seeded(SEED, criterion, model, sample)
-    loss.backward()
-    grads = param_grads(model)
+    (ref_loss, ref_task_loss, ref_regulariser), ref_grads = seeded_with_grads(SEED, reference, model, sample)
+    (loss, _, log), grads = seeded_with_grads(SEED, criterion, model, sample)
 
     assert ref_regulariser > 0
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)

@@ -67,3 +67,11 @@ def run_seeded(seed, fn, *args, **kwargs):
 
 def param_grads(model):
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def seeded_with_grads(seed, fn, model, *args):
+    """``fn(model, *args)`` under ``seed``, and the parameter gradients of its first output."""
+    model.zero_grad()
+    outputs = run_seeded(seed, fn, model, *args)
+    outputs[0].backward()
+    return outputs, param_grads(model)
