@@ -123,9 +123,17 @@ case $GLUE_TASK in
     *) REPORT_FLAG= ;;
 esac
 
-# The number of GPUs fairseq-train will use (its --distributed-world-size): the value
-# passed after `--`, else torchrun's WORLD_SIZE, else SLURM's tasks (or nodes), else
-# every visible GPU, fairseq's default (none with --cpu).
+variant_args rdrop_sentence_prediction rdrop_sentence_prediction sentence_prediction sentence_prediction
+[[ $SMOKE == 1 ]] && TRAIN_ARGS+=(
+    --encoder-layers 1 --encoder-embed-dim 32 --encoder-ffn-embed-dim 64 --encoder-attention-heads 2
+)
+[[ $CPU == 1 ]] && TRAIN_ARGS+=(--cpu)
+want_fp16 auto && TRAIN_ARGS+=(--fp16 --fp16-init-scale 4 --threshold-loss-scale 1 --fp16-scale-window 128)
+distributed_args
+
+# The number of GPUs fairseq-train will use: the last --distributed-world-size it gets
+# (distributed_args sets it from torchrun's or SLURM's tasks; or after `--`), else several
+# SLURM nodes with a task each, else every visible GPU, fairseq's default (none with --cpu).
 visible_gpus() {
     local ids n=0 id
     if [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
@@ -142,20 +150,18 @@ visible_gpus() {
     fi
 }
 world_size() {
-    local i n= cpu=$CPU
-    for ((i = 0; i < ${#EXTRA_ARGS[@]}; i++)); do
-        case ${EXTRA_ARGS[i]} in
-            --distributed-world-size) n=${EXTRA_ARGS[i + 1]:-} ;;
-            --distributed-world-size=*) n=${EXTRA_ARGS[i]#*=} ;;
+    local args=("${TRAIN_ARGS[@]}" "${EXTRA_ARGS[@]}") i n= cpu=0
+    for ((i = 0; i < ${#args[@]}; i++)); do
+        case ${args[i]} in
+            --distributed-world-size) n=${args[i + 1]:-} ;;
+            --distributed-world-size=*) n=${args[i]#*=} ;;
             --cpu) cpu=1 ;;
         esac
     done
     if [[ $n =~ ^[0-9]+$ ]]; then
         echo "$((10#$n))"
-    elif [[ ${WORLD_SIZE:-1} -gt 1 ]]; then
-        echo "$WORLD_SIZE"
-    elif [[ -n ${DISTRIBUTED_PORT:-} && (${SLURM_NTASKS:-1} -gt 1 || ${SLURM_NNODES:-1} -gt 1) ]]; then
-        echo $((${SLURM_NTASKS:-1} > ${SLURM_NNODES:-1} ? ${SLURM_NTASKS:-1} : ${SLURM_NNODES:-1}))
+    elif [[ -n ${DISTRIBUTED_PORT:-} && ${SLURM_NNODES:-1} -gt 1 ]]; then
+        echo "$SLURM_NNODES"
     elif [[ $cpu == 1 ]]; then
         echo 1
     else
@@ -171,11 +177,4 @@ if [[ -n $REPORT_FLAG && $VARIANT != rdrop ]] && (($(world_size) > 1)); then
     REPORT_FLAG=
 fi
 [[ -n $REPORT_FLAG ]] && TRAIN_ARGS+=("$REPORT_FLAG")
-variant_args rdrop_sentence_prediction rdrop_sentence_prediction sentence_prediction sentence_prediction
-[[ $SMOKE == 1 ]] && TRAIN_ARGS+=(
-    --encoder-layers 1 --encoder-embed-dim 32 --encoder-ffn-embed-dim 64 --encoder-attention-heads 2
-)
-[[ $CPU == 1 ]] && TRAIN_ARGS+=(--cpu)
-want_fp16 auto && TRAIN_ARGS+=(--fp16 --fp16-init-scale 4 --threshold-loss-scale 1 --fp16-scale-window 128)
-distributed_args
 run_train
