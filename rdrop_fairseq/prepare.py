@@ -219,10 +219,10 @@ def run_steps(out_dir: Path, steps: Sequence[Step]) -> None:
 
     After a step has written all its outputs, ``out_dir/.steps/<name>.json`` records
     its settings and a hash of the previous step's record (so the chain covers
-    every earlier setting).  A step whose record is missing (an older version,
-    an interrupted run) or differs, or one of whose files is gone, is redone: the records of it and of every
-    later step are deleted first, then its outputs, so neither stale nor partial
-    outputs are ever taken as finished and every later step is redone too."""
+    every earlier setting).  A step whose record is missing (an older version, an
+    interrupted run) or differs, or one of whose files is gone, is redone: the records
+    of it and of every later step are deleted first, then its outputs, so neither stale
+    nor partial outputs are ever taken as finished and every later step is redone too."""
     out_dir = Path(out_dir)
     records = out_dir / STEPS_DIR
     previous, redoing = None, False
@@ -266,11 +266,9 @@ def run_steps(out_dir: Path, steps: Sequence[Step]) -> None:
 def file_identity(path: Path) -> Dict[str, Any]:
     """A raw file as a step record sees it: its size and SHA-256, so an edited
     corpus is noticed while a copy or a touch (new mtime, same bytes) is not."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+    import pooch  # imported where used, as in download.py
+
+    return {"size": Path(path).stat().st_size, "sha256": pooch.file_hash(str(path), alg="sha256")}
 
 
 def _version(distribution: str) -> Optional[str]:

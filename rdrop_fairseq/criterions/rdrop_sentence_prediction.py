@@ -35,7 +35,8 @@ class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCr
                 f"'{self.classification_head_name}' (--classification-head-name), e.g. --task sentence_prediction"
             )
         training = model.training and self.rdrop_alpha > 0
-        if self.sub_model_passes.copies_for(training, update_num) == 1 or not reduce:
+        copies = self.sub_model_passes.copies_for(training, update_num)
+        if copies == 1 or not reduce:
             return SentencePredictionCriterion.forward(self, model, sample, reduce=reduce)
         head_input = {**sample["net_input"], "features_only": True,
                       "classification_head_name": self.classification_head_name}
@@ -44,7 +45,7 @@ class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCr
         # RoBERTa's --mha-reg-scale-factor / --ffn-reg-scale-factor terms, added to each
         # sub-model's loss as the stock criterion adds them to its one, and logged as it does.
         for name, reg_loss in self.model_regularisers(model).items():
-            loss = loss + self.sub_model_passes.copies_for(True, update_num) * reg_loss
+            loss = loss + copies * reg_loss
             logging_output["loss"] = logging_output["loss"] + reg_loss.data
             logging_output[name] = reg_loss.data
         return loss, sample_size, logging_output

@@ -25,10 +25,8 @@ def fetch_model(args) -> Path:
     if args.path_only:
         return model_path(args.out, args.model)
     archive = MODELS[args.model]
-    layout = Layout(args.out, args.model)
-    folder = fetch_and_extract(layout, args, [archive],
+    folder = fetch_and_extract(Layout(args.out, args.model), args, [archive],
                                {archive.name: [f"{args.model}/model.pt", f"{args.model}/dict.txt"]})[archive.name]
-    assert folder / "model.pt" == model_path(args.out, args.model)
     return folder / "model.pt"
 
 
