@@ -3,12 +3,15 @@
 One program per target token handles all ``m`` copies of it, walking over the vocabulary
 in blocks:
 
-* forward: an online log-sum-exp per copy, the target score and the sum of the scores
-  (label smoothing), and for every ordered pair of copies ``A_ij = sum_v exp(z_i - max_i)
-  (z_i - z_j)``, rescaled whenever the running max moves.  At the end
-  ``KL(P_i || P_j) = A_ij / S_i - lse_i + lse_j``.  It keeps one log-normaliser and one KL
-  row sum per (token, copy) for backward.
-* backward: writes the whole gradient of a token in one pass: with ``x = z - lse``,
+* forward: an online log-sum-exp per copy, with the scores centred on the copy's running
+  max ``c`` (``y = z - c``); the target score and the sum of the scores (label smoothing);
+  and for every ordered pair of copies ``A_ij = sum_v exp(y_i) (y_i - y_j)``, moved and
+  rescaled whenever a running max moves.  At the end, with ``S = sum_v exp(y)``,
+  ``KL(P_i || P_j) = A_ij / S_i - log S_i + log S_j``.  No two log-normalisers are
+  subtracted, so a constant offset between the copies' logits (which changes nothing)
+  costs no precision.  It keeps ``c``, ``log S`` and one KL row sum per (token, copy) for
+  backward.
+* backward: writes the whole gradient of a token in one pass: with ``x = y - log S``,
   ``p = exp(x)`` and ``s = alpha / (m (m - 1))``, the KL part for log-probabilities is
   ``s sum_{j != i} [p_i (x_i - x_j) + p_i - p_j]``, the smoothed NLL part is ``-eps_i``
   everywhere and ``-(1 - eps - eps_i)`` at the target, and from logits the log-softmax
@@ -19,6 +22,12 @@ Inputs are fp32, bf16 or fp16, loaded and accumulated in fp32; the gradient is w
 the input's dtype into one buffer of the input's size.  On a machine without CUDA the
 kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
 check them against the torch Function.
+
+Where one copy alone has -inf (its P is 0 where another's is not) the KL is infinite, and
+both this and the torch Function cap the infinite gap at 1e4.  The forward pass here caps
+``y_i - y_j`` rather than ``x_i - x_j``, so the KL and its gradient there are within about
+1e-3 of the torch Function's rather than equal: tracking the capped mass exactly would cost
+every element more work for a case that R-Drop's copies of one model do not produce.
 """
 import os
 import sys
@@ -73,7 +82,7 @@ def _target_and_live_rows(target_ptr, token, ignore_index, rows, row_ok, HAS_TAR
 
 @triton.jit
 def _rdrop_forward_kernel(
-    scores_ptr, target_ptr, lse_ptr, kl_row_ptr, token_terms_ptr,
+    scores_ptr, target_ptr, centre_ptr, log_sum_ptr, kl_row_ptr, token_terms_ptr,
     num_tokens, length, stride_group, stride_copy, stride_pos, vocab, ignore_index,
     COPIES: tl.constexpr, COPIES_PAD: tl.constexpr, BLOCK: tl.constexpr,
     HAS_TARGET: tl.constexpr, FROM_LOGITS: tl.constexpr, WITH_KL: tl.constexpr,
@@ -87,6 +96,7 @@ def _rdrop_forward_kernel(
     end = vocab * tl.max(live.to(tl.int32), 0)
 
     run_max = tl.full((COPIES_PAD,), float("-inf"), tl.float32)
+    centre = tl.zeros((COPIES_PAD,), tl.float32)
     run_sum = tl.zeros((COPIES_PAD,), tl.float32)
     score_sum = tl.zeros((COPIES_PAD,), tl.float32)
     pair_acc = tl.zeros((COPIES_PAD, COPIES_PAD), tl.float32)
@@ -96,17 +106,23 @@ def _rdrop_forward_kernel(
         z = tl.load(scores_ptr + base[:, None] + col[None, :], mask=ok, other=float("-inf")).to(tl.float32)
         if FROM_LOGITS:
             new_max = tl.maximum(run_max, tl.max(z, 1))
-            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
-            rescale = tl.exp(run_max - safe_max)
-            e = tl.exp(z - safe_max[:, None])
+            new_centre = tl.where(new_max == float("-inf"), 0.0, new_max)
+            rescale = tl.exp(run_max - new_centre)
+            # What is summed so far moves with the centre: each score by the change of its own
+            # centre, each pair gap by the change of the two centres.
+            moved = centre - new_centre
+            score_sum += start * moved
+            if WITH_KL:
+                pair_acc = (pair_acc + run_sum[:, None] * (moved[:, None] - moved[None, :])) * rescale[:, None]
+            centre = new_centre
+            z = z - centre[:, None]
+            e = tl.exp(z)
             run_sum = run_sum * rescale + tl.sum(e, 1)
             run_max = new_max
         else:
-            rescale = tl.full((COPIES_PAD,), 1.0, tl.float32)
             e = tl.exp(z)
         score_sum += tl.sum(tl.where(ok, z, 0.0), 1)
         if WITH_KL:
-            pair_acc = pair_acc * rescale[:, None]
             for i in tl.static_range(COPIES):
                 z_i = _row(z, rows, i, float("-inf"))
                 e_i = _row(e, rows, i, 0.0)
@@ -115,24 +131,28 @@ def _rdrop_forward_kernel(
                         term = tl.sum(tl.where(e_i > 0, e_i * _gap(z_i, _row(z, rows, j, float("-inf"))), 0.0))
                         pair_acc += tl.where((rows[:, None] == i) & (rows[None, :] == j), term, 0.0)
 
+    # log_sum = lse - centre: everything below is relative to the centres, so that no two
+    # large log-normalisers are subtracted.
     if FROM_LOGITS:
-        lse = run_max + tl.log(run_sum)
+        log_sum = tl.log(run_sum)
     else:
-        lse = tl.zeros((COPIES_PAD,), tl.float32)
+        log_sum = tl.zeros((COPIES_PAD,), tl.float32)
         run_sum = tl.full((COPIES_PAD,), 1.0, tl.float32)
-    lse = tl.where(live, lse, 0.0)
+    log_sum = tl.where(live, log_sum, 0.0)
+    centre = tl.where(live, centre, 0.0)
     nll = tl.zeros((COPIES_PAD,), tl.float32)
     if HAS_TARGET:
         z_target = tl.load(scores_ptr + base + tgt, mask=live, other=0.0).to(tl.float32)
-        nll = tl.where(live, lse - z_target, 0.0)
-    smooth = tl.where(live, vocab * lse - score_sum, 0.0)
+        nll = tl.where(live, log_sum - (z_target - centre), 0.0)
+    smooth = tl.where(live, vocab * log_sum - score_sum, 0.0)
     kl_row = tl.zeros((COPIES_PAD,), tl.float32)
     if WITH_KL:
         pair_ok = live[:, None] & row_ok[None, :] & (rows[:, None] != rows[None, :])
         safe_sum = tl.where(row_ok, run_sum, 1.0)
-        kl_pair = pair_acc / safe_sum[:, None] - lse[:, None] + lse[None, :]
+        kl_pair = pair_acc / safe_sum[:, None] - log_sum[:, None] + log_sum[None, :]
         kl_row = tl.sum(tl.where(pair_ok, kl_pair, 0.0), 1)
-    tl.store(lse_ptr + token * COPIES + rows, lse, mask=row_ok)
+    tl.store(centre_ptr + token * COPIES + rows, centre, mask=row_ok)
+    tl.store(log_sum_ptr + token * COPIES + rows, log_sum, mask=row_ok)
     tl.store(kl_row_ptr + token * COPIES + rows, kl_row, mask=row_ok)
     tl.store(token_terms_ptr + token, tl.sum(nll, 0))
     tl.store(token_terms_ptr + num_tokens + token, tl.sum(smooth, 0))
@@ -141,7 +161,7 @@ def _rdrop_forward_kernel(
 
 @triton.jit
 def _rdrop_backward_kernel(
-    scores_ptr, grad_ptr, target_ptr, lse_ptr, kl_row_ptr, grad_loss_ptr,
+    scores_ptr, grad_ptr, target_ptr, centre_ptr, log_sum_ptr, kl_row_ptr, grad_loss_ptr,
     length, stride_group, stride_copy, stride_pos,
     grad_stride_group, grad_stride_copy, grad_stride_pos,
     vocab, ignore_index, kl_weight, eps_other, eps_target,
@@ -157,7 +177,8 @@ def _rdrop_backward_kernel(
     tgt, live = _target_and_live_rows(target_ptr, token, ignore_index, rows, row_ok, HAS_TARGET)
     grad_loss = tl.load(grad_loss_ptr).to(tl.float32)
     kl_scale = grad_loss * kl_weight
-    lse = tl.load(lse_ptr + token * COPIES + rows, mask=row_ok, other=0.0)
+    centre = tl.load(centre_ptr + token * COPIES + rows, mask=row_ok, other=0.0)
+    log_sum = tl.load(log_sum_ptr + token * COPIES + rows, mask=row_ok, other=0.0)
     # row sums of the gradient with respect to the log-probabilities
     row_total = tl.zeros((COPIES_PAD,), tl.float32)
     if HAS_TARGET:
@@ -169,7 +190,7 @@ def _rdrop_backward_kernel(
         col = start + cols
         ok = row_ok[:, None] & (col < vocab)[None, :]
         z = tl.load(scores_ptr + base[:, None] + col[None, :], mask=ok & live[:, None], other=float("-inf")).to(tl.float32)
-        x = z - lse[:, None]
+        x = (z - centre[:, None]) - log_sum[:, None]
         p = tl.exp(x)
         g = tl.zeros((COPIES_PAD, BLOCK), tl.float32)
         if HAS_TARGET:
@@ -218,13 +239,13 @@ class TritonRDropLossFunction(torch.autograd.Function):
         with_kl = alpha != 0 and copies > 1
         has_target = target is not None
         target_flat = target.reshape(-1).contiguous() if has_target else None
-        lse = scores.new_empty((num_tokens, copies), dtype=torch.float32)
-        kl_row = torch.empty_like(lse)
+        centre = scores.new_empty((num_tokens, copies), dtype=torch.float32)
+        log_sum, kl_row = torch.empty_like(centre), torch.empty_like(centre)
         token_terms = scores.new_empty((3, num_tokens), dtype=torch.float32)
         copies_pad, block, num_warps = _launch_config(vocab, copies, block_size)
         if num_tokens:
             _rdrop_forward_kernel[(num_tokens,)](
-                scores, target_flat if has_target else lse, lse, kl_row, token_terms,
+                scores, target_flat if has_target else centre, centre, log_sum, kl_row, token_terms,
                 num_tokens, length, stride_group, stride_copy, stride_pos, vocab,
                 -1 if ignore_index is None else ignore_index,
                 COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block,
@@ -237,14 +258,14 @@ class TritonRDropLossFunction(torch.autograd.Function):
             nll, smooth_sum = nll.zero_(), smooth_sum.zero_()
         smoothed = (1.0 - epsilon - eps_other) * nll + (eps_other * smooth_sum if eps_other else 0.0)
         loss = smoothed + alpha * kl
-        ctx.save_for_backward(scores, target_flat, lse, kl_row)
+        ctx.save_for_backward(scores, target_flat, centre, log_sum, kl_row)
         ctx.hparams = (copies, alpha, epsilon, ignore_index, from_logits, block_size)
         ctx.mark_non_differentiable(smoothed, nll, kl)
         return loss, smoothed, nll, kl
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
-        scores, target_flat, lse, kl_row = ctx.saved_tensors
+        scores, target_flat, centre, log_sum, kl_row = ctx.saved_tensors
         copies, alpha, epsilon, ignore_index, from_logits, block_size = ctx.hparams
         vocab = scores.size(-1)
         groups, length, stride_group, stride_copy, stride_pos = _layout(scores, copies)
@@ -255,7 +276,7 @@ class TritonRDropLossFunction(torch.autograd.Function):
         copies_pad, block, num_warps = _launch_config(vocab, copies, block_size)
         if groups * length:
             _rdrop_backward_kernel[(groups * length,)](
-                scores, grad, target_flat if has_target else lse, lse, kl_row,
+                scores, grad, target_flat if has_target else centre, centre, log_sum, kl_row,
                 grad_loss.detach().float().contiguous(),
                 length, stride_group, stride_copy, stride_pos,
                 grad_stride_group, grad_stride_copy, grad_stride_pos,
