@@ -8,10 +8,13 @@
 number), or with ``--epochs`` the epoch checkpoints (``checkpoint<epoch>.pt``).
 The output is the newest input with its ``model`` replaced by the mean and its
 optimizer state dropped (an average is for inference, not for resuming); it is
-written under a temporary name and renamed when complete.
+written under a temporary name and renamed when complete.  The output may not be one of
+the inputs, nor carry a name that fairseq-train writes and resumes from
+(``checkpoint_last.pt``, ``checkpoint_best.pt``, numbered checkpoints).
 """
 import argparse
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -23,6 +26,7 @@ from . import safe_load
 
 UPDATE_CHECKPOINT = re.compile(r"checkpoint_\d+_(\d+)\.pt")
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")
+TRAINING_CHECKPOINT = re.compile(r"checkpoint(_last|_best|\d+|_\d+_\d+)\.pt")
 
 
 def last_checkpoints(save_dir: Path, count: int, epochs: bool = False) -> List[Path]:
@@ -69,12 +73,19 @@ def average_state_dicts(states: Sequence[Dict[str, torch.Tensor]], names: Sequen
     return averaged
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(state: dict, output: Path) -> None:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise carry over to the output
         torch.save(state, tmp)
         os.replace(tmp, output)
     except BaseException:
@@ -88,6 +99,11 @@ def average_checkpoints(inputs: Sequence[Path], output: Path) -> dict:
     for path in inputs:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no such checkpoint: {path}")
+        if Path(output).exists() and os.path.samefile(path, output):
+            raise ValueError(f"--output {output} is one of the inputs: the average would replace it")
+    if TRAINING_CHECKPOINT.fullmatch(Path(output).name):
+        raise ValueError(f"--output {output}: fairseq-train writes and resumes from checkpoints of that name, "
+                         "and an average has no optimizer state; choose another name, e.g. checkpoint.avg5.pt")
     states = [load(path) for path in inputs]
     for state, path in zip(states, inputs):
         if "model" not in state:
@@ -120,7 +136,7 @@ def main(argv=None):
         else:
             inputs = args.inputs
         average_checkpoints(inputs, args.output)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as err:  # UntrustedCheckpointError is one
         parser.error(str(err))
     print(f"averaged {len(inputs)} checkpoints: {' '.join(p.name for p in inputs)} -> {args.output}")
 

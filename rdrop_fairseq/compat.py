@@ -11,7 +11,13 @@
   (a checkpoint it loaded through the safe loader, or the workers' own state), and they
   carry ``OmegaConf`` configs and fairseq's own placeholders.  A process-group peer is
   trusted as torch.distributed trusts it (``broadcast_object_list`` unpickles too).
-  Every other ``torch.load`` in the process keeps torch's own default.
+  Every other ``torch.load`` in the process keeps torch's own default.  ``from_pretrained``
+  extracts model archives with :func:`rdrop_fairseq.safe_load.load_archive_file`.
+* fairseq evaluates some config strings with ``eval`` when it builds a model, criterion
+  or optimizer, and those strings may come from a checkpoint's saved config.  In each
+  module that does (:data:`CONFIG_EVAL_MODULES`), ``eval`` is
+  :func:`rdrop_fairseq.safe_load.config_eval`, which evaluates literals only unless the
+  user opted in.  Command-line values go through it too; fairseq's own are all literals.
 * numpy 2 removed ``np.compat``, which fairseq's datasets still use for ``long``.
 * After a non-finite step fairseq re-runs the batch under its ``NanDetector`` to say
   where the NaN came from; the backward hooks it registers on every module make
@@ -23,6 +29,7 @@
   and validation the last ones of the valid set.  The batch is kept, as in fairseq 0.12.2.
 """
 import functools
+import importlib
 import types
 
 import numpy as np
@@ -59,8 +66,10 @@ def _setup_task_honouring_trust(setup_task):
 
 
 def _patch_checkpoint_loading():
-    from fairseq import checkpoint_utils, tasks
+    from fairseq import checkpoint_utils, file_utils, tasks
     from fairseq.distributed import utils as distributed_utils
+
+    file_utils.load_archive_file = safe_load.load_archive_file
 
     if not isinstance(checkpoint_utils.torch, _TorchWithLoad):
         checkpoint_utils.torch = _TorchWithLoad(safe_load.load)
@@ -68,6 +77,39 @@ def _patch_checkpoint_loading():
         distributed_utils.torch = _TorchWithLoad(_load_from_peer)
     if not getattr(tasks.setup_task, "honours_trust", False):
         tasks.setup_task = _setup_task_honouring_trust(tasks.setup_task)
+
+
+# fairseq's modules that call eval() on config values (fairseq 0.12 / fairseq-fixed 0.12.3;
+# tests/test_compat.py lists the calls in the installed fairseq and fails on one not here).
+# The examples/ models are not imported unless a --user-dir points at them.
+CONFIG_EVAL_MODULES = (
+    "fairseq.utils",  # eval_str_list, eval_str_dict, eval_bool: adaptive_softmax_cutoff and others
+    "fairseq.criterions.ctc",
+    "fairseq.data.audio.raw_audio_dataset",
+    "fairseq.models.fconv",
+    "fairseq.models.fconv_lm",
+    "fairseq.models.fconv_self_att",
+    "fairseq.models.hubert.hubert",
+    "fairseq.models.lightconv_lm",
+    "fairseq.models.speech_to_text.s2t_wav_transformer",
+    "fairseq.models.transformer_lm",
+    "fairseq.models.wav2vec.wav2vec",
+    "fairseq.models.wav2vec.wav2vec2",
+    "fairseq.optim.adafactor",
+    "fairseq.optim.adam",
+    "fairseq.optim.adamax",
+    "fairseq.optim.cpu_adam",
+    "fairseq.optim.fused_lamb",
+)
+
+
+def _patch_config_eval():
+    for name in CONFIG_EVAL_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # an optional dependency of that module is missing: nothing to build with it
+            continue
+        module.eval = safe_load.config_eval
 
 
 def _patch_numpy_compat():
@@ -111,5 +153,6 @@ def _patch_batch_by_size():
 def apply():
     _patch_numpy_compat()
     _patch_checkpoint_loading()
+    _patch_config_eval()
     _patch_nan_detector()
     _patch_batch_by_size()

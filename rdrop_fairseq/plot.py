@@ -158,6 +158,10 @@ def main(argv: Optional[Sequence[str]] = None):
     labels = args.labels or [run_label(run) for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error("--labels needs one name per RUN")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        parser.error(f"two runs would have the same legend name ({', '.join(repeated)}): "
+                     "give each one with --labels")
     try:
         runs = {label: read_log(run) for label, run in zip(labels, args.runs)}
         print(plot_runs(runs, args.out, args.title))

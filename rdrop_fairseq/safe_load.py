@@ -10,18 +10,36 @@ A checkpoint the user trusts may be loaded in full: ``RDROP_TRUST_CHECKPOINTS=1`
 in the environment, or ``--trust-checkpoints`` where a task offers
 :class:`TrustCheckpointsFields`.  The first load that needs it warns.
 
+A checkpoint's config is data, but fairseq hands some of its strings to ``eval`` when it
+builds the model, the criterion or the optimizer (``adaptive_softmax_cutoff``, fconv's
+``encoder_layers``, wav2vec's ``conv_feature_layers``, ...).  :func:`config_eval` takes
+``eval``'s place in those modules (:mod:`rdrop_fairseq.compat`): it evaluates literals and
+``+ - *`` on them, which is all fairseq's values need, and refuses anything else unless the
+user opted in.
+
+``from_pretrained`` of a model archive (``.tar.gz``) extracts it with
+:func:`load_archive_file`, which refuses members that would land outside the folder it
+extracts into, and leaves an archive of the user's own in place.
+
 ``rdrop-fairseq check-checkpoint FILE...`` says whether files load with the allow-list
 (:func:`check`), running nothing in them.
 """
 import argparse
+import ast
+import atexit
+import builtins
 import contextlib
 import functools
 import io
+import logging
 import os
 import pickle
 import pickletools
 import re
+import shutil
 import sys
+import tarfile
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -29,10 +47,12 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
 TRUST_ENV = "RDROP_TRUST_CHECKPOINTS"
 TRUST_FLAG = "--trust-checkpoints"
 
 _trusted_by_flag = False
+_task_offers_flag = False  # a task with trust_checkpoints was set up from the command line
 _warned = False
 
 
@@ -55,6 +75,68 @@ class TrustCheckpointsFields:
                           "with full unpickling, which runs any code they carry: only for files "
                           f"you trust (as {TRUST_ENV}=1)"},
     )
+
+
+class UntrustedConfigValueError(ValueError):
+    """A config string that fairseq evaluates is not a literal, and no opt-in is set."""
+
+
+# The longest list or string that ``*`` may build in a config value.
+_CONFIG_VALUE_LIMIT = 1_000_000
+_CONFIG_OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
+
+
+def _literal(node: ast.AST) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [_literal(item) for item in node.elts]
+        return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](items)
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_literal(key): _literal(value) for key, value in zip(node.keys, node.values)}
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        operand = _literal(node.operand)
+        if isinstance(operand, (int, float, complex)) and not isinstance(operand, bool):
+            return -operand if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.BinOp) and type(node.op) in _CONFIG_OPERATORS:
+        left, right = _literal(node.left), _literal(node.right)
+        if isinstance(node.op, ast.Mult):
+            sequence, count = (left, right) if isinstance(right, int) else (right, left)
+            if isinstance(sequence, (list, tuple, str)) and isinstance(count, int) \
+                    and len(sequence) * max(count, 0) > _CONFIG_VALUE_LIMIT:
+                raise ValueError(f"builds a sequence longer than {_CONFIG_VALUE_LIMIT:,}")
+        try:
+            return _CONFIG_OPERATORS[type(node.op)](left, right)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+    if isinstance(node, ast.BinOp):
+        raise ValueError(f"the operator {type(node.op).__name__} is not allowed")
+    raise ValueError(f"{type(node).__name__} is not a literal")
+
+
+def config_literal(text: str) -> Any:
+    """The value of a fairseq config string such as ``"[(512, 3)] * 20"`` or ``"(0.9, 0.98)"``:
+    numbers, strings, True/False/None, lists, tuples, sets and dicts of them, unary minus,
+    and ``+ - *``.  Raises ValueError for anything else (a name, a call, an attribute)."""
+    return _literal(ast.parse(text.strip(), mode="eval").body)
+
+
+def config_eval(source, globals=None, locals=None):  # noqa: A002 (eval's own signature)
+    """``eval`` for the fairseq modules that evaluate config strings (see the module's
+    docstring): :func:`config_literal`, or the builtin ``eval`` once the user opted in."""
+    if trusted():
+        return builtins.eval(source, globals, locals)
+    try:
+        if not isinstance(source, str):
+            raise ValueError("not a string")
+        return config_literal(source)
+    except (ValueError, SyntaxError, RecursionError) as error:
+        raise UntrustedConfigValueError(
+            f"refused to evaluate the config value {source!r} ({error}): fairseq evaluates it as Python, "
+            "and a checkpoint's config could run code that way, so rdrop_fairseq evaluates only literals "
+            "(numbers, strings, lists, tuples, dicts, and + - * on them).  Write the value as such a literal, "
+            f"or, if you trust the checkpoint and the command, {_opt_ins()}."
+        ) from None
 
 
 def _numpy_reconstruct() -> Callable:
@@ -122,17 +204,21 @@ def honour_task_option(task_cfg: Any, from_checkpoint: bool = False, argv: Optio
     A task configuration can come from elsewhere: a checkpoint's saved config (fairseq
     sets some of them up as tasks, e.g. a wav2vec or HuBERT encoder's), or a YAML file
     shipped beside one.  Neither is the user's word, so only the command line counts."""
-    if from_checkpoint or not getattr(task_cfg, "trust_checkpoints", False):
+    global _task_offers_flag
+    if from_checkpoint:
+        return
+    _task_offers_flag = _task_offers_flag or getattr(task_cfg, "trust_checkpoints", None) is not None
+    if not getattr(task_cfg, "trust_checkpoints", False):
         return
     if _said_on_command_line(sys.argv[1:] if argv is None else argv):
         trust_checkpoints()
 
 
-def _flag_offered() -> bool:
-    from fairseq.tasks import TASK_DATACLASS_REGISTRY
-
-    config = TASK_DATACLASS_REGISTRY.get("rdrop_translation")
-    return config is not None and issubclass(config, TrustCheckpointsFields)
+def _opt_ins() -> str:
+    """The opt-ins that work from here: the task option only where this process set up a
+    task from the command line that has it (fairseq-validate and from_pretrained set theirs
+    up from the checkpoint, after loading it)."""
+    return f"set {TRUST_ENV}=1" + (f", or pass {TRUST_FLAG}" if _task_offers_flag else "")
 
 
 def trusted() -> bool:
@@ -207,11 +293,10 @@ def load(f, map_location=None):
         if not _is_torch_file(f, start):
             raise pickle.UnpicklingError(f"{name}: not a checkpoint: neither a zip file nor a pickle") from None
     if not trusted():
-        flag = f", or pass {TRUST_FLAG} with an R-Drop --task" if _flag_offered() else ""
         raise UntrustedCheckpointError(
             f"{name}: refused to load: it holds {refused}, which is not among the objects fairseq "
             "checkpoints hold (rdrop_fairseq.safe_load.checkpoint_globals), and unpickling it could "
-            f"run code.  If you trust this file, set {TRUST_ENV}=1{flag}."
+            f"run code.  If you trust this file, {_opt_ins()}."
         ) from None
     if not _warned:
         _warned = True
@@ -237,6 +322,29 @@ def outside_allow_list(path) -> Optional[List[str]]:
         return None
 
 
+def _has_call(text: str) -> bool:
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+    return any(isinstance(node, ast.Call) for node in ast.walk(tree))
+
+
+def _code_in_config(state: Any, where: str = "") -> List[str]:
+    """``where = value`` for every string of the checkpoint's saved config that calls a function
+    if evaluated: fairseq evaluates some config strings (see :func:`config_eval`)."""
+    if where == "":
+        return [found for key in ("cfg", "args") if isinstance(state, dict) and key in state
+                for found in _code_in_config(state[key], key)]
+    if isinstance(state, argparse.Namespace):
+        state = vars(state)
+    if isinstance(state, dict):
+        return [found for key, value in state.items() for found in _code_in_config(value, f"{where}.{key}")]
+    if isinstance(state, (list, tuple)):
+        return [found for i, value in enumerate(state) for found in _code_in_config(value, f"{where}[{i}]")]
+    return [f"{where} = {state!r}"] if isinstance(state, str) and _has_call(state) else []
+
+
 def check(path) -> Tuple[str, str]:
     """Whether :func:`load` takes ``path`` without an opt-in ("loads"), refuses it
     ("refused") or cannot read it ("unreadable"), and a line that says why."""
@@ -247,7 +355,10 @@ def check(path) -> Tuple[str, str]:
         names = outside_allow_list(path)
         if names:
             return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
-        _load_allowed(path, map_location="cpu")
+        code = _code_in_config(_load_allowed(path, map_location="cpu"))
+        if code:
+            return "refused", (f"{path}: refused: its config holds code that fairseq would evaluate when it builds "
+                               f"the model: {'; '.join(code)}")
     except pickle.UnpicklingError as error:
         if _is_refusal(error):
             return "refused", f"{path}: refused: it holds {_refused_global(error)}, outside the allow-list"
@@ -255,3 +366,45 @@ def check(path) -> Tuple[str, str]:
     except Exception as error:  # a damaged file makes torch's unpickler fail in many ways
         return "unreadable", f"{unreadable} ({type(error).__name__}: {error})"
     return "loads", f"{path}: loads with the allow-list"
+
+
+def _extract(archive_path: str, dest: str) -> str:
+    """Extract a tar archive into ``dest`` with tarfile's "data" filter (no absolute paths, no
+    ``..``, no links out, no devices); the folder that holds what it extracted."""
+    with tarfile.open(archive_path, "r:*") as archive:
+        names = archive.getnames()
+        try:
+            archive.extractall(dest, filter="data")
+        except tarfile.FilterError as error:
+            raise ValueError(f"{archive_path}: refused to extract the model archive: {error}") from None
+    top = os.path.join(dest, os.path.commonpath(names)) if names else dest
+    return top if os.path.isdir(top) else dest
+
+
+def load_archive_file(archive_file):
+    """``fairseq.file_utils.load_archive_file`` (``from_pretrained``'s), extracting safely.
+
+    A folder is returned as it is.  A downloaded archive is replaced in fairseq's cache by
+    the folder it holds, as fairseq does; an archive of the user's own is extracted into a
+    temporary folder that is removed at exit, and kept (fairseq deletes it)."""
+    from fairseq import file_utils
+
+    try:
+        resolved = file_utils.cached_path(archive_file, cache_dir=None)
+    except EnvironmentError:
+        logger.info("%s is neither a known archive name nor an existing path or URL", archive_file)
+        return None
+    if os.path.isdir(resolved):
+        return resolved
+    dest = tempfile.mkdtemp(prefix="rdrop-model-archive-")
+    if resolved == archive_file:
+        atexit.register(shutil.rmtree, dest, ignore_errors=True)
+        logger.info("extracting the model archive %s into %s", archive_file, dest)
+        return _extract(resolved, dest)
+    try:
+        top = _extract(resolved, dest)
+        os.remove(resolved)
+        shutil.move(top, resolved)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    return resolved

@@ -55,3 +55,45 @@ def test_cli_names_the_missing_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         avg.main(["--save-dir", str(tmp_path / "nope"), "--last", "2", "--output", str(tmp_path / "x.pt")])
     assert "--save-dir: no such folder" in capsys.readouterr().err
+
+
+def test_the_output_may_not_replace_an_input_or_a_checkpoint_training_resumes_from(tmp_path):
+    fake_checkpoint(tmp_path / "checkpoint_1_100.pt", seed=1)
+    fake_checkpoint(tmp_path / "checkpoint_1_200.pt", seed=2)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    inputs = [tmp_path / "checkpoint_1_100.pt", tmp_path / "checkpoint_1_200.pt"]
+    with pytest.raises(ValueError, match="is one of the inputs"):
+        avg.average_checkpoints(inputs, tmp_path / "." / "checkpoint_1_200.pt")
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "checkpoint3.pt", "checkpoint_2_300.pt"):
+        with pytest.raises(ValueError, match="resumes from"):
+            avg.average_checkpoints(inputs, tmp_path / name)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_the_output_gets_the_permissions_of_a_new_file(tmp_path):
+    import os
+
+    fake_checkpoint(tmp_path / "a.pt", seed=1)
+    old = os.umask(0o022)
+    try:
+        avg.average_checkpoints([tmp_path / "a.pt"], tmp_path / "avg.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "avg.pt").stat().st_mode & 0o777 == 0o644
+
+
+class Extra:
+    """Outside the safe loader's allow-list."""
+
+
+def test_cli_reports_a_refused_checkpoint_without_a_traceback(tmp_path, capsys, monkeypatch):
+    from rdrop_fairseq import safe_load
+
+    monkeypatch.delenv(safe_load.TRUST_ENV, raising=False)
+    monkeypatch.setattr(safe_load, "_task_offers_flag", False)  # as in a process of its own
+    torch.save({"model": {}, "extra_state": {"x": Extra()}}, tmp_path / "a.pt")
+    with pytest.raises(SystemExit) as exited:
+        avg.main(["--inputs", str(tmp_path / "a.pt"), "--output", str(tmp_path / "avg.pt")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "refused to load" in err and "RDROP_TRUST_CHECKPOINTS=1" in err
+    assert "--trust-checkpoints" not in err  # no task here takes it

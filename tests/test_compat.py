@@ -52,3 +52,40 @@ def test_applying_twice_wraps_once():
     compat.apply()
     assert checkpoint_utils.torch.load is safe_load.load
     assert not getattr(tasks.setup_task.__wrapped__, "honours_trust", False)
+
+
+def builtin_eval_callers(package_dir):
+    """Modules of the installed fairseq that call the builtin eval(), by their AST."""
+    import ast
+    from pathlib import Path
+
+    root = Path(package_dir)
+    found = set()
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root.parent)
+        if relative.parts[1] == "examples":  # imported only when a --user-dir points there
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "eval"
+               for node in ast.walk(tree)):
+            found.add(".".join(relative.with_suffix("").parts))
+    return found
+
+
+def test_every_fairseq_module_that_evaluates_config_strings_evaluates_literals_only():
+    import importlib
+    import os
+
+    import fairseq
+
+    from rdrop_fairseq import compat, safe_load
+
+    # codedataset evaluates the lines of a dataset's manifest, not a config
+    callers = builtin_eval_callers(os.path.dirname(fairseq.__file__)) - {"fairseq.data.codedataset"}
+    assert callers == set(compat.CONFIG_EVAL_MODULES)
+    for name in compat.CONFIG_EVAL_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        assert module.eval is safe_load.config_eval, name

@@ -84,3 +84,14 @@ def test_log_without_json_records_is_rejected(tmp_path):
     (tmp_path / "train.log").write_text("2026 | INFO | fairseq_cli.train | started\n")
     with pytest.raises(ValueError, match="--log-format json"):
         plot.read_log(tmp_path)
+
+
+def test_cli_refuses_two_runs_with_the_same_legend_name(tmp_path, capsys):
+    fake_log(tmp_path / "exp1" / "baseline" / "train.log")
+    fake_log(tmp_path / "exp2" / "baseline" / "train.log")
+    runs = [str(tmp_path / "exp1" / "baseline"), str(tmp_path / "exp2" / "baseline" / "train.log")]
+    with pytest.raises(SystemExit):
+        plot.main([*runs, "--out", str(tmp_path / "c.png")])
+    assert "same legend name (baseline)" in capsys.readouterr().err and not (tmp_path / "c.png").exists()
+    plot.main([*runs, "--labels", "one", "two", "--out", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -215,6 +215,7 @@ def assert_refused(raised, checkpoint, refused, marker):
 def no_opt_in(monkeypatch):
     monkeypatch.delenv(safe_load.TRUST_ENV, raising=False)
     monkeypatch.setattr(safe_load, "_trusted_by_flag", False)
+    monkeypatch.setattr(safe_load, "_task_offers_flag", False)
     monkeypatch.setattr(safe_load, "_warned", False)
 
 
@@ -408,3 +409,94 @@ def test_load_says_a_text_file_is_no_checkpoint_rather_than_refusing_it(tmp_path
 def test_check_checkpoint_names_a_missing_file(tmp_path, capsys):
     status, _, err = check_checkpoint(capsys, tmp_path / "missing.pt")
     assert status == 2 and "no such file" in err and "missing.pt" in err
+
+
+# fairseq's own config values that it evaluates, and what a crafted checkpoint could put there
+FAIRSEQ_CONFIG_VALUES = ["[(512, 3)] * 20", "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2",
+                         "(0.9, 0.98)", "10000,20000", "True", "-1.5", "{'beam': 5, 'lenpen': 0.6}", "[1e-30, 1e-3]"]
+
+
+@pytest.mark.parametrize("text", FAIRSEQ_CONFIG_VALUES)
+def test_config_values_that_fairseq_evaluates_keep_their_values(text):
+    assert safe_load.config_eval(text) == eval(text)
+
+
+@pytest.mark.parametrize("text", ["__import__('os').system('true')", "open", "().__class__", "[0] * 10 ** 9",
+                                  "'x' * 100_000_000", "lambda: 0", "[x for x in (1,)]"])
+def test_config_values_that_are_not_literals_are_refused(text):
+    with pytest.raises(safe_load.UntrustedConfigValueError, match=f"{safe_load.TRUST_ENV}=1"):
+        safe_load.config_eval(text)
+
+
+def test_trusting_evaluates_config_values_in_full(monkeypatch):
+    monkeypatch.setenv(safe_load.TRUST_ENV, "1")
+    assert safe_load.config_eval("[len('abc')] * 2") == [3, 3]
+
+
+def crafted_config(checkpoint, out, key, value):
+    """``checkpoint`` with its saved model config's ``key`` set to ``value``."""
+    state = full_load(checkpoint)
+    model_cfg = state["cfg"]["model"]
+    if isinstance(model_cfg, argparse.Namespace):
+        setattr(model_cfg, key, value)
+    else:
+        model_cfg[key] = value
+    torch.save(state, out)
+    return out
+
+
+def test_a_config_value_that_runs_code_is_refused_by_fairseq_generate_and_check_checkpoint(run_dir, data, tmp_path,
+                                                                                             capsys):
+    from fairseq_cli import generate
+
+    marker = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path({str(marker)!r}).touch() or [5]"
+    checkpoint = crafted_config(run_dir / "checkpoint_last.pt", tmp_path / "config.pt", "adaptive_softmax_cutoff",
+                                payload)
+    with pytest.raises(safe_load.UntrustedConfigValueError, match="refused to evaluate the config value") as raised:
+        generate.main(generate_config(data, checkpoint))
+    assert payload in str(raised.value) and not marker.exists()
+    status, out, _ = check_checkpoint(capsys, checkpoint)
+    assert status == 1 and "refused" in out and "cfg.model.adaptive_softmax_cutoff" in out and not marker.exists()
+
+
+def test_the_refusal_offers_the_task_option_only_where_a_command_line_task_has_it(run_dir, tmp_path):
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "extra.pt", ExtraState(1))
+    with pytest.raises(safe_load.UntrustedCheckpointError) as raised:
+        safe_load.load(checkpoint)  # as in fairseq-validate: no task set up before the load
+    assert safe_load.TRUST_FLAG not in str(raised.value)
+    safe_load.honour_task_option(argparse.Namespace(trust_checkpoints=False), argv=[])
+    with pytest.raises(safe_load.UntrustedCheckpointError) as raised:
+        safe_load.load(checkpoint)
+    assert safe_load.TRUST_FLAG in str(raised.value)
+
+
+def model_archive(path, members):
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return path
+
+
+def test_a_model_archive_is_extracted_safely_and_kept(tmp_path):
+    from fairseq import file_utils  # what from_pretrained calls
+
+    good = model_archive(tmp_path / "model.tar.gz", [("model/model.pt", b"weights"), ("model/dict.txt", b"a 1\n")])
+    folder = Path(file_utils.load_archive_file(str(good)))
+    assert sorted(p.name for p in folder.iterdir()) == ["dict.txt", "model.pt"]
+    assert good.is_file()  # fairseq itself deletes the archive and puts the folder in its place
+    escape = tmp_path / "outside" / "escaped"
+    escape.parent.mkdir()
+    evil = model_archive(tmp_path / "evil.tar.gz", [("model/model.pt", b"weights"),
+                                                     ("model/../../outside/escaped", b"pwned")])
+    extract_dir = tmp_path / "extract" / "here"
+    extract_dir.mkdir(parents=True)
+    with pytest.raises(ValueError, match="evil.tar.gz: refused to extract"):
+        safe_load._extract(str(evil), str(extract_dir))
+    with pytest.raises(ValueError, match="refused to extract"):
+        file_utils.load_archive_file(str(evil))
+    assert not escape.exists() and evil.is_file()
