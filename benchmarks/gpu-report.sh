@@ -14,7 +14,7 @@
 #        THROUGHPUT_UPDATES  updates per throughput run (default: 150; 0 skips it)
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;; esac
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 out=${1:-gpu-report}
 PYTHON=${PYTHON:-python3}
 repeats=${REPEATS:-10}

@@ -11,9 +11,13 @@ Range request when the server honours it, and starts over when it does not.
 even when no hash is known, and writes its members into a staging folder that
 takes the final name only at the end.
 """
+import bz2
 import contextlib
 import fnmatch
+import gzip
+import hashlib
 import logging
+import lzma
 import os
 import shutil
 import tarfile
@@ -28,6 +32,7 @@ logger = logging.getLogger("rdrop_fairseq.download")
 
 MIRROR_ENV = "RDROP_DATA_MIRROR"
 CHUNK = 1 << 20
+_COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
 
 
 class DownloadError(RuntimeError):
@@ -56,6 +61,10 @@ def parse_hash_overrides(items: Iterable[str]) -> Dict[str, Optional[str]]:
             raise ValueError(f"--hash expects NAME=ALG:HEX or NAME=none, got {item!r}")
         if value.lower() != "none" and ":" not in value:
             raise ValueError(f"--hash {item!r}: the hash needs an algorithm prefix, e.g. sha256:HEX")
+        algorithm = value.partition(":")[0].lower()
+        if value.lower() != "none" and algorithm not in hashlib.algorithms_available:
+            raise ValueError(f"--hash {item!r}: unknown hash algorithm {algorithm!r}; "
+                             f"use one of {', '.join(sorted(hashlib.algorithms_guaranteed))}")
         overrides[name] = None if value.lower() == "none" else value
     return overrides
 
@@ -160,10 +169,18 @@ def _members(archive: Path) -> Iterable[Tuple[str, "callable"]]:
                 if not info.is_dir():
                     yield info.filename, lambda info=info: zf.open(info)
         return
-    with tarfile.open(archive, "r|*") as tar:
-        for member in tar:
-            if member.isfile():
-                yield member.name, lambda member=member: tar.extractfile(member)
+    # tarfile alone takes an archive cut inside a header for its end, and never reads the
+    # compressed stream's trailer: decompress it to its end, which checks length and CRC.
+    with open(archive, "rb") as raw:
+        magic = raw.read(6)
+    opener = next((open_ for start, open_ in _COMPRESSED if magic.startswith(start)), open)
+    with opener(archive, "rb") as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if member.isfile():
+                    yield member.name, lambda member=member: tar.extractfile(member)
+        while stream.read(CHUNK):
+            pass
 
 
 def extract(archive: Path, patterns: Sequence[str], dest: Path) -> List[Path]:
@@ -185,7 +202,7 @@ def extract(archive: Path, patterns: Sequence[str], dest: Path) -> List[Path]:
                     unmatched.difference_update(hits)
                     with opener() as src, open(staging / Path(name).name, "wb") as out:
                         shutil.copyfileobj(src, out, CHUNK)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as err:
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as err:
             raise CorruptArchiveError(f"{archive}: truncated or corrupt archive ({err}); "
                                       f"delete it and download it again") from err
         if unmatched:

@@ -169,14 +169,20 @@ def split_pairs(pairs: Sequence[Pair], valid_size: int = 1500, test_size: int = 
             split["train"].extend(groups[key])
     seen_src = {group_key(s) for s, _ in split["train"]}
     seen_tgt = {group_key(t) for _, t in split["train"]}
-    for name in ("valid", "test"):
-        kept = []
-        for pair in split[name]:
-            if group_key(pair[0]) in seen_src or group_key(pair[1]) in seen_tgt:
-                split["train"].append(pair)
-            else:
-                kept.append(pair)
-        split[name] = kept
+    moved = True
+    while moved:  # a pair moved to train brings its texts along, which may take other held-out pairs
+        moved = False
+        for name in ("valid", "test"):
+            kept = []
+            for pair in split[name]:
+                if group_key(pair[0]) in seen_src or group_key(pair[1]) in seen_tgt:
+                    split["train"].append(pair)
+                    seen_src.add(group_key(pair[0]))
+                    seen_tgt.add(group_key(pair[1]))
+                    moved = True
+                else:
+                    kept.append(pair)
+            split[name] = kept
     return split
 
 
@@ -204,7 +210,9 @@ def download_debs(langs: Iterable[str], dest: Path) -> List[Path]:
 def extract_debs(debs: Sequence[Path], dest: Path) -> Path:
     """Unpack ``.deb`` files with ``dpkg -x``; returns the help root inside ``dest``."""
     for deb in debs:
-        subprocess.run(["dpkg", "-x", str(deb), str(dest)], check=True)
+        result = subprocess.run(["dpkg", "-x", str(deb), str(dest)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"dpkg -x {deb} failed: {result.stderr.strip()}; delete {deb} to download it again")
     return dest / HELP_ROOT
 
 

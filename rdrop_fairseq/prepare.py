@@ -61,9 +61,17 @@ def print_json(data, path: Optional[Path] = None, sort_keys: bool = False) -> No
     print(text)
 
 
+def text_line(line: str) -> str:
+    """``line`` without its line end (``\n`` or ``\r\n``), a carriage return inside it made a
+    space: fairseq reads text with universal newlines, where it would split the line in two."""
+    return line.rstrip("\n").rstrip("\r").replace("\r", " ")
+
+
 def read_lines(path: Path) -> List[str]:
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
+    """The lines of a UTF-8 text file, split at ``\n`` only, as the recipes' Perl and awk do
+    (see :func:`text_line`)."""
+    with open(path, encoding="utf-8", newline="\n") as handle:
+        return [text_line(line) for line in handle]
 
 
 def write_lines(path: Path, lines: Iterable[str]) -> None:

@@ -1,7 +1,7 @@
 # Shared by scripts/prepare-*.sh, train-*.sh and evaluate-*.sh: sourced, never run.
 # The train and evaluate scripts define usage() before sourcing.
 
-REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO_DIR=$(CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)  # CDPATH= : cd prints, and may go elsewhere
 USER_DIR=${USER_DIR:-$REPO_DIR/rdrop_fairseq}
 # python -m rdrop_fairseq.* from a checkout that is not installed.
 export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"

@@ -26,7 +26,7 @@ die() {
     exit 2
 }
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
 # Run from a checkout without installing the package.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 VENV="${RDROP_QUICKSTART_VENV:-$REPO/.venv}"

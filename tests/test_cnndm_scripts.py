@@ -37,6 +37,13 @@ def test_source_and_target_files_in_the_recipe_format(prepared):
     assert (bin_dir / "test.source-target.source.idx").is_file()
 
 
+def test_a_story_is_split_into_lines_at_newlines_only():
+    from rdrop_fairseq.datasets import cnn_dm
+
+    story = "First line\u2028continues here.\nSecond line\n\n@highlight\n\nThe gist"
+    assert cnn_dm.article_and_summary(story) == ("First line\u2028continues here. Second line .", "The gist .")
+
+
 def test_a_story_missing_from_the_tarballs_is_named(tmp_path):
     folder = tmp_path / "stories"
     folder.mkdir()

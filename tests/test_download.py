@@ -103,8 +103,8 @@ def test_local_archive_and_mirror_come_before_the_network(tmp_path):
         fetch(offline, tmp_path / "cache", local=given)
 
 
-def _tgz(path, files):
-    with tarfile.open(path, "w:gz") as tar:
+def _tgz(path, files, compression="gz"):
+    with tarfile.open(path, f"w:{compression}") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -129,6 +129,17 @@ def test_truncated_archive_without_hash_is_detected_and_leaves_nothing(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]
 
 
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+@pytest.mark.parametrize("cut", [1, 8])
+def test_an_archive_cut_after_its_last_member_is_detected(tmp_path, compression, cut):
+    # every tar block arrives, end marker included; only the compressed stream's trailer is missing
+    archive = _tgz(tmp_path / "a.tgz", {"d/x.de": b"hallo\n" * 50, "d/x.en": b"hello\n" * 50}, compression)
+    archive.write_bytes(archive.read_bytes()[:-cut])
+    with pytest.raises(CorruptArchiveError, match="truncated or corrupt"):
+        extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]
+
+
 def test_extract_names_a_missing_member(tmp_path):
     archive = _tgz(tmp_path / "a.tgz", {"d/x.de": b"hallo\n"})
     with pytest.raises(CorruptArchiveError, match=r"no member matches \['\*/x.en'\]"):
@@ -142,5 +153,7 @@ def test_hash_overrides():
     assert [a.known_hash for a in with_hashes(archives, overrides)] == [None, "sha256:ff"]
     with pytest.raises(ValueError, match="algorithm prefix"):
         parse_hash_overrides(["a.tgz=ff"])
+    with pytest.raises(ValueError, match="unknown hash algorithm 'sha265'"):
+        parse_hash_overrides(["a.tgz=sha265:ff"])
     with pytest.raises(ValueError, match=r"unknown archive\(s\) \['c.tgz'\]"):
         with_hashes(archives, parse_hash_overrides(["c.tgz=none"]))

@@ -93,6 +93,19 @@ def test_column_layouts_of_rte_and_mrpc(tmp_path):
     assert prepare.read_lines(tmp_path / "MRPC" / "test.tsv")[0].startswith("index\t")
 
 
+def test_a_carriage_return_inside_a_row_keeps_the_row_whole(tmp_path):
+    rte = tmp_path / "RTE"
+    rte.mkdir()
+    rows = ["index\tsentence1\tsentence2\tlabel", "0\tA cat\rsat.\tA cat sat.\tentailment",
+            "1\tDogs bark.\tCats bark.\tnot_entailment"]
+    for split in ("train", "dev"):
+        (rte / f"{split}.tsv").write_bytes(("\r\n".join(rows) + "\r\n").encode())
+    (rte / "test.tsv").write_bytes("index\tsentence1\tsentence2\n0\tA.\tB.\n".encode())
+    glue.split_columns(glue.TASKS["RTE"], rte, tmp_path / "rte")
+    assert prepare.read_lines(tmp_path / "rte" / "label" / "valid") == ["entailment", "not_entailment"]
+    assert prepare.read_lines(tmp_path / "rte" / "input0" / "valid") == ["A cat sat.", "Dogs bark."]
+
+
 def test_corrupt_downloads_are_refused(tmp_path, capsys):
     paths = write_gpt2_files(tmp_path / "gpt2")
     rte_zip = build_rte(tmp_path)

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 
@@ -92,6 +93,26 @@ def test_heldout_pair_whose_source_is_in_train_moves_to_train():
     train_src = {lohelp.group_key(s) for s, _ in split["train"]}
     for name in ("valid", "test"):
         assert not any(lohelp.group_key(s) in train_src for s, _ in split[name])
+
+
+def test_a_pair_moved_to_train_takes_the_held_out_pairs_that_share_its_texts():
+    # two target groups: "Options" goes to valid (sha1 order), "Settings" to train; "Optionen" is in
+    # both, so its valid pair moves to train and brings "Options" along, with the other pair of that group
+    pairs = [("Optionen", "Options"), ("Einstellungen X", "Options"), ("Optionen", "Settings")]
+    order = sorted({t for _, t in pairs}, key=lambda t: hashlib.sha1(lohelp.group_key(t).encode()).hexdigest())
+    if order[0] != "Options":  # keep the example as described whatever sha1 says
+        pairs = [(s, {"Options": "Settings", "Settings": "Options"}[t]) for s, t in pairs]
+    split = lohelp.split_pairs(pairs, valid_size=1, test_size=0)
+    assert split["valid"] == [] and sorted(split["train"]) == sorted(pairs)
+
+
+def test_a_package_dpkg_cannot_unpack_is_named(tmp_path):
+    if shutil.which("dpkg") is None:
+        pytest.skip("needs dpkg")
+    junk = tmp_path / "libreoffice-help-de_1_all.deb"
+    junk.write_bytes(b"not a deb")
+    with pytest.raises(RuntimeError, match=f"dpkg -x {junk} failed.*delete {junk}"):
+        lohelp.extract_debs([junk], tmp_path / "out")
 
 
 def test_missing_apt_get_is_reported(monkeypatch, tmp_path):

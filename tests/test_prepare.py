@@ -364,3 +364,12 @@ def test_the_command_line_rejects_pairs_of_different_lengths(raw, tmp_path, call
         prepare.main(["parallel", str(raw), str(tmp_path / "out"), "--src", "de", "--tgt", "en"])
     assert "valid.de and .en differ in line count" in capsys.readouterr().err
     assert not (tmp_path / "out" / ".steps" / "tok.json").exists()
+
+
+def test_lines_end_at_newline_only_and_carry_no_carriage_return(tmp_path):
+    # a stray \r on different lines of each side kept the line counts equal and misaligned the pairs
+    (tmp_path / "x.de").write_bytes("eins\rhalb\nzwei\r\ndrei\n".encode())
+    (tmp_path / "x.en").write_bytes("one half\ntwo\nthree\r\n".encode())
+    assert prepare.read_lines(tmp_path / "x.de") == ["eins halb", "zwei", "drei"]
+    assert prepare.read_lines(tmp_path / "x.en") == ["one half", "two", "three"]
+

@@ -83,16 +83,21 @@ def test_other_settings_in_the_same_folder_are_refused(prepared, capsys):
 
 def test_truncated_archive_is_rejected_and_leaves_no_output(prepared, tmp_path, capsys):
     fixture, _, _ = prepared
-    truncated = tmp_path / "de-en.tgz"
-    truncated.write_bytes(fixture.archive.read_bytes()[:-3000])
     out = tmp_path / "data"
+    truncated = out / "downloads" / "de-en.tgz"  # where downloads go: still the user's own file
+    truncated.parent.mkdir(parents=True)
+    truncated.write_bytes(fixture.archive.read_bytes()[:-3000])
     with pytest.raises(SystemExit) as exit_info:
         iwslt14.main(["--out", str(out), "--archive", str(truncated)])
     assert exit_info.value.code == 1
     assert f"error: {truncated}: truncated or corrupt archive" in capsys.readouterr().err
     assert truncated.exists()  # the user's own file is reported, never deleted
     files = [str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()]
-    assert files == ["iwslt14.de-en/params.json"]
+    assert sorted(files) == ["downloads/de-en.tgz", "iwslt14.de-en/params.json"]
+    # nothing was prepared, so other settings are not refused
+    with pytest.raises(SystemExit):
+        iwslt14.main(["--out", str(out), "--archive", str(truncated), "--bpe-merges", "123"])
+    assert "truncated or corrupt archive" in capsys.readouterr().err
 
 
 def test_train_filter_and_valid_split():

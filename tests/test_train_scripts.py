@@ -182,6 +182,14 @@ def test_rdrop_by_default_with_the_papers_alpha(script, task, criterion, alpha):
     assert flag(argv, "--user-dir") == str(Path(rdrop_fairseq.__file__).parent)
 
 
+def test_a_relative_path_finds_the_checkout_whatever_cdpath_says(tmp_path):
+    (tmp_path / "decoy" / "scripts").mkdir(parents=True)  # what `cd scripts/..` would find through CDPATH
+    proc = subprocess.run(["bash", "scripts/train-iwslt14.sh", "--print-args"], cwd=REPO, capture_output=True,
+                          text=True, env=script_env(FP16="0", CDPATH=f"{tmp_path / 'decoy'}:."))
+    assert proc.returncode == 0, proc.stderr
+    assert flag(shlex.split(proc.stdout)[1:], "--user-dir") == str(REPO / "rdrop_fairseq")
+
+
 def test_every_hyperparameter_can_be_overridden():
     argv = dry_run("train-iwslt14.sh", "--alpha", "3", LR="7e-4", DROPOUT="0.2", MAX_TOKENS="1000")
     assert (flag(argv, "--rdrop-alpha"), flag(argv, "--lr"), flag(argv, "--dropout"), flag(argv, "--max-tokens")) \

@@ -45,7 +45,8 @@ def fix_missing_period(line: str) -> str:
 
 
 def article_and_summary(story: str) -> Tuple[str, str]:
-    lines = [fix_missing_period(line.strip()) for line in story.splitlines()]
+    # "\n" only, as a file is read line by line; str.splitlines also splits at U+2028, \x0c, ...
+    lines = [fix_missing_period(line.strip()) for line in story.split("\n")]
     article, highlights, next_is_highlight = [], [], False
     for line in lines:
         if not line:

@@ -96,7 +96,10 @@ def fetch_and_extract(layout: Layout, args: argparse.Namespace, archives: Sequen
             try:
                 extract(path, patterns[archive.name], dest)
             except CorruptArchiveError:
-                remove_if_cached(path, cache)
+                from_user = local[archive.name] is not None or (
+                    args.mirror is not None and Path(path).parent.resolve() == Path(args.mirror).resolve())
+                if not from_user:  # a file the user gave is never deleted, wherever it is
+                    remove_if_cached(path, cache)
                 raise
         else:
             logger.info("skip %s: %s exists", archive.name, dest)
@@ -110,10 +113,14 @@ def check_params(layout: Layout, params: Mapping) -> None:
     params = json.loads(json.dumps(params))
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != params:
+        if previous == params:
+            return
+        # the unpacked archives (orig/) do not depend on the settings; everything else does
+        made = [p for p in layout.text_dir.iterdir() if p.name not in (path.name, "orig")]
+        if made or layout.bin_dir.exists():
             raise ValueError(f"{layout.text_dir} was prepared with {previous}, not {params}; "
                              f"choose another --out or delete {layout.text_dir} and {layout.bin_dir}")
-        return
+        logger.info("%s: nothing was prepared with %s yet; preparing with %s", layout.text_dir, previous, params)
     with prepare.atomic_output(path) as handle:
         json.dump(params, handle, indent=1, sort_keys=True)
 
@@ -203,11 +210,18 @@ def run(parser: argparse.ArgumentParser, prepare_fn: Callable[[argparse.Namespac
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    for name, path in (("--out", args.out), ("--download-dir", args.download_dir)):
+        if path is not None and path.exists() and not path.is_dir():
+            parser.error(f"{name} {path}: not a folder")
+    if args.mirror is not None and not Path(args.mirror).is_dir():
+        words = sys.argv[1:] if argv is None else list(argv)
+        named = any(word == "--mirror" or word.startswith("--mirror=") for word in words)
+        parser.error(f"{'--mirror' if named else '$' + MIRROR_ENV} {args.mirror}: no such folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         force=True)
     try:
         bin_dir = prepare_fn(args)
-    except (DownloadError, FileNotFoundError, ValueError) as err:
+    except (DownloadError, OSError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)
     except subprocess.CalledProcessError as err:

@@ -96,8 +96,8 @@ def split_mrpc(train: Path, test: Path, dev_ids: Path, dest: Path) -> None:
 
 
 def _read_tsv(path: Path) -> List[str]:
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        return [line.rstrip("\r\n") for line in handle]
+    with open(path, encoding="utf-8-sig", newline="\n") as handle:
+        return [prepare.text_line(line) for line in handle]
 
 
 def fetch_task(layout: Layout, args, task: GlueTask, local, archives: Dict[str, Archive]) -> Path:
