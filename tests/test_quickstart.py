@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from conftest import corpus
 from rdrop_fairseq import cli, lohelp, quickstart
 
 REPO = Path(__file__).resolve().parents[1]
@@ -389,8 +390,8 @@ def bare_python(tmp_path) -> Path:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not SHARED_CORPUS.is_dir(), reason=f"needs {SHARED_CORPUS}")
 def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_draws_the_curves(tmp_path):
+    corpus("lohelp-de-en")  # fails, never skips, without the corpus
     env = quickstart_env(tmp_path, bare_python(tmp_path))
     venv = tmp_path / "venv"
     result = run_script(env, "--smoke", "--cpu", "--corpus", str(SHARED_CORPUS), "--work-dir",

@@ -106,6 +106,13 @@ def test_logged_loss_is_per_copy_and_kl_separate(lm):
     assert values["loss"] == pytest.approx(log["loss"].item() / log["sample_size"] / ln2, abs=1e-3)
     assert values["kl_loss"] == pytest.approx(log["kl_loss"].item() / log["sample_size"] / ln2, abs=1e-4)
     assert values["ppl"] == pytest.approx(2 ** values["loss"], rel=1e-2)
+    # --sentence-avg: sample_size counts sentences, and the KL is per sentence too
+    per_sentence = dict(log, sample_size=log["nsentences"])
+    assert per_sentence["sample_size"] != log["ntokens"]
+    with metrics.aggregate() as agg:
+        RDropCrossEntropyCriterion.reduce_metrics([per_sentence])
+    expected = log["kl_loss"].item() / log["nsentences"] / ln2
+    assert agg.get_smoothed_values()["kl_loss"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_works_with_stock_language_modeling_task(tmp_path):

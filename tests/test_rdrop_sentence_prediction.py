@@ -134,18 +134,20 @@ def test_roberta_regularisers_are_part_of_each_sub_models_loss(tmp_path, flag, n
     assert name in agg.get_smoothed_values()
 
 
-def test_training_accuracy_is_the_copies_mean(tmp_path):
-    task, model, criterion, _ = build(tmp_path)
+@pytest.mark.parametrize("copies", [2, 3])
+def test_training_accuracy_is_the_copies_mean(tmp_path, copies):
+    task, model, criterion, _ = build(tmp_path, "--rdrop-copies", str(copies), task="rdrop_sentence_prediction")
     sample = glue_sample(task.source_dictionary, batch=6)
     model.train()
     _, _, log = run_seeded(SEED, criterion, model, sample)
     torch.manual_seed(SEED)
-    logits, _ = model(**copies_of(sample["net_input"], 2), features_only=True, classification_head_name=HEAD)
-    correct = logits.argmax(-1).view(-1, 2).eq(sample["target"].unsqueeze(1)).sum().item()
-    assert log["ncorrect"] == pytest.approx(correct / 2)
+    logits, _ = model(**copies_of(sample["net_input"], copies), features_only=True, classification_head_name=HEAD)
+    correct = logits.argmax(-1).view(-1, copies).eq(sample["target"].unsqueeze(1)).sum().item()
+    assert 0 < correct < 6 * copies  # so that dividing by another count would show
+    assert log["ncorrect"] == pytest.approx(correct / copies)
     with metrics.aggregate() as agg:
         criterion.reduce_metrics([log])
-    assert agg.get_smoothed_values()["accuracy"] == pytest.approx(round(100 * correct / 2 / 6, 1))
+    assert agg.get_smoothed_values()["accuracy"] == pytest.approx(round(100 * correct / copies / 6, 1))
 
 
 @pytest.mark.parametrize("regression,report", [(False, "--report-mcc"), (False, "--report-acc-and-f1"),

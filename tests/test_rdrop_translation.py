@@ -79,6 +79,8 @@ def test_three_sub_models_match_the_reference(data_dir):
     logits = model(**repeat_batch(sample["net_input"], 3))[0]
     ref = assert_step_matches_reference(task, model, sample, logits, 3, loss, ours)
     torch.testing.assert_close(log["loss"], ref[1].detach() / 3)
+    torch.testing.assert_close(log["nll_loss"], ref[2].detach() / 3)  # the copies' mean, as at m = 2
+    torch.testing.assert_close(log["kl_loss"], ref[3].detach())
 
 
 def test_k_step_skipped_updates_are_single_pass_stock_steps(data_dir):
