@@ -418,12 +418,12 @@ def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_dra
     assert all(r["lenpen"] in quickstart.LENPENS and 0 < r["bp"] <= 1 for r in results.values())
     assert summary["warning"] is None
 
-    corpus = Path(summary["corpus"])
+    prepared = Path(summary["corpus"])
     for lang in ("de", "en"):
-        train = set(read(corpus / f"train.{lang}"))
-        assert not train & set(read(corpus / f"valid.{lang}")) and not train & set(read(corpus / f"test.{lang}"))
+        train = set(read(prepared / f"train.{lang}"))
+        assert not train & set(read(prepared / f"valid.{lang}")) and not train & set(read(prepared / f"test.{lang}"))
     hyps = read(tmp_path / "out" / "rdrop" / "test.hyp.en")
-    assert len(hyps) == len(read(corpus / "test.en")) == quickstart.SMOKE.heldout_pairs
+    assert len(hyps) == len(read(prepared / "test.en")) == quickstart.SMOKE.heldout_pairs
 
     again = run_script(env, "--minutes", "0")  # a second run finds the environment made by the first
     assert again.returncode == 2 and "--minutes must be positive" in again.stderr
