@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rdrop_fairseq.plot import read_log  # noqa: E402
-from rdrop_fairseq.prepare import prepare_parallel  # noqa: E402
+from rdrop_fairseq.recipes.plot import read_log  # noqa: E402
+from rdrop_fairseq.recipes.prepare import prepare_parallel  # noqa: E402
 
 MODEL = ("--arch transformer_iwslt_de_en --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 256 "
          "--decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024 "

@@ -25,7 +25,7 @@ def main(argv=None):
     check.add_argument("checkpoints", nargs="+", metavar="FILE")
     args, rest = parser.parse_known_args(argv)
     if args.command == "quickstart":
-        from rdrop_fairseq import quickstart
+        from rdrop_fairseq.recipes import quickstart
 
         quickstart.main(rest, argparse.ArgumentParser(prog="rdrop-fairseq quickstart"))
     elif rest:

@@ -125,8 +125,8 @@ variant_max_tokens() {
     if [[ $VARIANT == baseline-2x ]]; then echo $(($1 * 2)); else echo "$1"; fi
 }
 
-# pretrained_model_path MODEL: where `python -m rdrop_fairseq.datasets.pretrained MODEL --out
-# MODELS_DIR` puts model.pt (its --path-only; tests/test_glue_scripts.py checks they agree).
+# pretrained_model_path MODEL: where `python -m rdrop_fairseq.recipes.datasets.pretrained MODEL --out
+# MODELS_DIR` puts model.pt (its --path-only; tests/recipes/test_glue_scripts.py checks they agree).
 pretrained_model_path() {
     echo "${MODELS_DIR:-models}/$1/orig/${1%%.*}/model.pt"
 }

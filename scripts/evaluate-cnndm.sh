@@ -69,4 +69,4 @@ print_command fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's
 fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$out.part"
 mv "$out.part" "$out"
 echo "checkpoint: $CHECKPOINT"
-python -m rdrop_fairseq.rouge "$out" --gpt2-dir "$GPT2_DIR" --json "$RESULTS_DIR/rouge-$SUBSET.json"
+python -m rdrop_fairseq.recipes.rouge "$out" --gpt2-dir "$GPT2_DIR" --json "$RESULTS_DIR/rouge-$SUBSET.json"

@@ -69,4 +69,4 @@ print_command fairseq-validate "${VALIDATE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's
 fairseq-validate "${VALIDATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$log.part" 2>&1 || { tail -n 20 "$log.part" >&2; die "fairseq-validate failed; see $log.part"; }
 mv "$log.part" "$log"
 echo "checkpoint: $CHECKPOINT"
-python -m rdrop_fairseq.validate_log "$log" --json "$RESULTS_DIR/glue-dev.json"
+python -m rdrop_fairseq.recipes.validate_log "$log" --json "$RESULTS_DIR/glue-dev.json"

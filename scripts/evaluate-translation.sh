@@ -76,7 +76,7 @@ elif [[ $AVERAGE == 1 ]]; then
     [[ -f $CHECKPOINT ]] || die "--average 1 scores $CHECKPOINT, which does not exist"
 else
     CHECKPOINT=$SAVE_DIR/checkpoint.avg$AVERAGE.pt
-    python -m rdrop_fairseq.average_checkpoints --save-dir "$SAVE_DIR" --last "$AVERAGE" --output "$CHECKPOINT"
+    python -m rdrop_fairseq.recipes.average_checkpoints --save-dir "$SAVE_DIR" --last "$AVERAGE" --output "$CHECKPOINT"
 fi
 
 GENERATE_ARGS=(
@@ -92,4 +92,4 @@ fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$out.part"
 mv "$out.part" "$out"
 grep -E '^Generate .* BLEU4 = ' "$out" >&2 || true
 echo "checkpoint: $CHECKPOINT"
-python -m rdrop_fairseq.bleu "$out" --lang "$TGT" "${SCORE_ARGS[@]}" --json "$RESULTS_DIR/bleu-$SUBSET.json"
+python -m rdrop_fairseq.recipes.bleu "$out" --lang "$TGT" "${SCORE_ARGS[@]}" --json "$RESULTS_DIR/bleu-$SUBSET.json"

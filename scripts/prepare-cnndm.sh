@@ -12,4 +12,4 @@
 # and prints the data-bin folder.  A re-run skips the finished steps.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-run_prepare rdrop_fairseq.datasets.cnn_dm "$@"
+run_prepare rdrop_fairseq.recipes.datasets.cnn_dm "$@"

@@ -10,4 +10,4 @@
 # and prints the data-bin folder.  A re-run skips the finished steps.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-run_prepare rdrop_fairseq.datasets.wmt14 "$@"
+run_prepare rdrop_fairseq.recipes.datasets.wmt14 "$@"

@@ -96,7 +96,7 @@ case "${1:-}" in
         default_python
         for candidate in "$PYTHON" "$VENV/bin/python"; do
             if has_dependencies "$candidate"; then
-                exec "$candidate" -m rdrop_fairseq.quickstart --help
+                exec "$candidate" -m rdrop_fairseq.recipes.quickstart --help
             fi
         done
         echo "(the full list of options needs the dependencies: run the quickstart once to install them)"
@@ -105,4 +105,4 @@ case "${1:-}" in
 esac
 
 choose_python
-exec "$PYTHON" -m rdrop_fairseq.quickstart "$@"
+exec "$PYTHON" -m rdrop_fairseq.recipes.quickstart "$@"

@@ -18,7 +18,7 @@ usage: scripts/train-cnndm.sh [options] [-- extra fairseq-train args]
                                                      CHECKPOINT_ROOT defaults to checkpoints)
   --restore-file FILE the pre-trained model.pt      (env BART_PATH; default: bart.large fetched into
                                                      $MODELS_DIR, default models, with
-                                                     python -m rdrop_fairseq.datasets.pretrained)
+                                                     python -m rdrop_fairseq.recipes.datasets.pretrained)
   --alpha A           R-Drop KL weight              (env ALPHA; default 0.7, the authors' value)
   --baseline          stock task and criterion (translation, label_smoothed_cross_entropy)
   --double-batch      baseline with --max-tokens doubled (paper App. C.1)
@@ -57,7 +57,7 @@ TOTAL_NUM_UPDATE=${TOTAL_NUM_UPDATE:-20000}
 if [[ $PRINT_ARGS != 1 ]]; then
     need_data_dir "$DATA"
     if [[ -z $RESTORE && $SMOKE != 1 ]]; then
-        RESTORE=$(python -m rdrop_fairseq.datasets.pretrained bart.large --out "${MODELS_DIR:-models}" | tail -n 1)
+        RESTORE=$(python -m rdrop_fairseq.recipes.datasets.pretrained bart.large --out "${MODELS_DIR:-models}" | tail -n 1)
     fi
     [[ -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
 elif [[ -z $RESTORE && $SMOKE != 1 ]]; then

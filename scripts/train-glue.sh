@@ -19,7 +19,7 @@ usage: scripts/train-glue.sh --task NAME [options] [-- extra fairseq-train args]
                                                      CHECKPOINT_ROOT defaults to checkpoints)
   --restore-file FILE the pre-trained model.pt      (env ROBERTA_PATH; default: roberta.large fetched
                                                      into $MODELS_DIR, default models, with
-                                                     python -m rdrop_fairseq.datasets.pretrained)
+                                                     python -m rdrop_fairseq.recipes.datasets.pretrained)
   --alpha A           R-Drop weight                 (env ALPHA; default 1.0; the paper searched 0.1, 0.5, 1.0)
   --baseline          stock task and criterion (sentence_prediction)
   --double-batch      baseline with the batch doubled (paper App. C.1): BATCH_SIZE, MAX_TOKENS and
@@ -92,7 +92,7 @@ MAX_EPOCH=$(variant_max_tokens "$MAX_EPOCH")
 if [[ $PRINT_ARGS != 1 ]]; then
     [[ -f $DATA/input0/dict.txt ]] || die "--data: $DATA has no input0/dict.txt: run scripts/prepare-glue.sh --task $GLUE_TASK, or pass --data"
     if [[ -z $RESTORE && $SMOKE != 1 ]]; then
-        RESTORE=$(python -m rdrop_fairseq.datasets.pretrained roberta.large --out "${MODELS_DIR:-models}" | tail -n 1)
+        RESTORE=$(python -m rdrop_fairseq.recipes.datasets.pretrained roberta.large --out "${MODELS_DIR:-models}" | tail -n 1)
     fi
     [[ -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
 elif [[ -z $RESTORE && $SMOKE != 1 ]]; then

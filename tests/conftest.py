@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from rdrop_fairseq.prepare import binarize, prepare_parallel, read_lines, write_lines
+from rdrop_fairseq.recipes.prepare import binarize, prepare_parallel, read_lines, write_lines
 
 CORPORA = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora"
 LOHELP_SLICE = {"train": 3000, "valid": 200, "test": 200}

@@ -57,7 +57,7 @@ def write_toy_corpus(text_dir: Path, sizes=(("train", 96), ("valid", 16), ("test
 def toy_data(tmp_path_factory) -> Path:
     """The binarised toy corpus, made once per test session."""
     if "bin" not in _corpus_cache:
-        from rdrop_fairseq.prepare import binarize
+        from rdrop_fairseq.recipes.prepare import binarize
 
         root = tmp_path_factory.mktemp("toy-corpus")
         write_toy_corpus(root / "text")

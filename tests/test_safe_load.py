@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from fairseq_runs import USER_DIR, toy_data, train_args, train_in_process
-from rdrop_fairseq import average_checkpoints, safe_load
+from rdrop_fairseq import safe_load
+from rdrop_fairseq.recipes import average_checkpoints
 
 EVAL_BLEU = ["--eval-bleu", "--eval-bleu-detok", "space",
              "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 3}',

@@ -1,0 +1,126 @@
+"""BLEU of a ``fairseq-generate`` output, as the paper reports it and as sacreBLEU does.
+
+    python -m rdrop_fairseq.recipes.bleu generate-test.txt --lang de --compound-split [--json bleu.json]
+
+It reads the hypotheses (``H-<id>``) and references (``T-<id>``) of the output,
+which ``--remove-bpe`` left Moses-tokenised, and reports
+
+* detokenised sacreBLEU with its signature: hypotheses and references are
+  Moses-detokenised (sacremoses) and scored with sacreBLEU's own tokeniser;
+* tokenised BLEU, the number of the paper's tables: BLEU over the whitespace
+  tokens (sacreBLEU with ``tokenize='none'``, unsmoothed like fairseq-score), after
+  ``--compound-split`` (WMT en-de: the ``##AT##-##AT##`` rule of
+  ``get_ende_bleu.sh``) or ``--lowercase`` (IWSLT14).
+"""
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+# get_ende_bleu.sh's `s{(\S)-(\S)}{$1 ##AT##-##AT## $2}g`.  Matches do not overlap, as in
+# Perl: in "a-b-c" the "b" is used by the first match, so the second hyphen stays.
+_COMPOUND = re.compile(r"(\S)-(\S)")
+_LINE = re.compile(r"([HT])-(\d+)\t(.*)$")
+
+
+def split_compounds(line: str) -> str:
+    return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", line)
+
+
+def read_generate_output(path: Path) -> Tuple[List[str], List[str]]:
+    """Best hypotheses and references of a fairseq-generate log, in sentence-id order."""
+    hyps: Dict[int, str] = {}
+    refs: Dict[int, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            match = _LINE.match(line.rstrip("\n"))
+            if not match:
+                continue
+            kind, sid, rest = match.group(1), int(match.group(2)), match.group(3)
+            if kind == "T":
+                refs[sid] = rest
+            elif sid not in hyps:  # the first H line of an id is the best beam entry
+                hyps[sid] = rest.split("\t", 1)[1] if "\t" in rest else ""
+    if not hyps:
+        raise ValueError(f"{path}: no H-<id> lines; is it fairseq-generate output?")
+    if hyps.keys() != refs.keys():
+        raise ValueError(f"{path}: {len(hyps)} hypotheses but {len(refs)} references (T-<id> lines)")
+    ids = sorted(hyps)
+    return [hyps[i] for i in ids], [refs[i] for i in ids]
+
+
+def detokenize(lines: Sequence[str], lang: str) -> List[str]:
+    from sacremoses import MosesDetokenizer
+
+    detok = MosesDetokenizer(lang=lang)
+    return [detok.detokenize(line.split()) for line in lines]
+
+
+def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str], compound_split: bool = False,
+                   lowercase: bool = False):
+    import sacrebleu
+
+    if compound_split:
+        hyps = [split_compounds(h) for h in hyps]
+        refs = [split_compounds(r) for r in refs]
+    # No smoothing: the corpus BLEU of fairseq-score and multi-bleu.perl.
+    return sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize="none", lowercase=lowercase,
+                                 smooth_method="none")
+
+
+def detokenized_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str):
+    """(score, signature) of sacreBLEU on Moses-detokenised text."""
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU()
+    score = metric.corpus_score(detokenize(hyps, lang), [detokenize(refs, lang)])
+    return score, str(metric.get_signature())
+
+
+def score_generate_output(path: Path, lang: str, compound_split: bool = False,
+                          lowercase: bool = False) -> dict:
+    hyps, refs = read_generate_output(path)
+    tok = tokenized_bleu(hyps, refs, compound_split, lowercase)
+    detok, signature = detokenized_bleu(hyps, refs, lang)
+    return {
+        "sentences": len(hyps),
+        "sacrebleu": round(detok.score, 2),
+        "sacrebleu_signature": signature,
+        "tokenized_bleu": round(tok.score, 2),
+        "tokenized_bleu_detail": str(tok),
+        "compound_split": compound_split,
+        "lowercase": lowercase,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m rdrop_fairseq.recipes.bleu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("generate_output", type=Path, help="stdout of fairseq-generate --remove-bpe")
+    parser.add_argument("--lang", required=True, help="target language, for Moses detokenisation")
+    parser.add_argument("--compound-split", action="store_true", help="WMT en-de: ##AT##-##AT## compound splitting")
+    parser.add_argument("--lowercase", action="store_true", help="case-insensitive tokenised BLEU (IWSLT14)")
+    parser.add_argument("--json", type=Path, help="also write the scores to this file")
+    args = parser.parse_args(argv)
+    if not args.generate_output.is_file():
+        parser.error(f"no such file: {args.generate_output}")
+    try:
+        result = score_generate_output(args.generate_output, args.lang, args.compound_split, args.lowercase)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"sacreBLEU (detokenized) = {result['sacrebleu']:.2f}  signature: {result['sacrebleu_signature']}")
+    print(f"tokenized BLEU{' (compound split)' if args.compound_split else ''} = {result['tokenized_bleu']:.2f}  "
+          f"[{result['tokenized_bleu_detail']}]")
+    if args.json:
+        from .prepare import atomic_output
+
+        with atomic_output(args.json) as handle:
+            json.dump(result, handle, indent=2)
+            handle.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""See R-Drop work on one machine: baseline vs R-Drop, German to English, the same number of updates each.
+
+    rdrop-fairseq quickstart [--rdrop-alpha A] [--out-dir rdrop-quickstart]
+    rdrop-fairseq quickstart --max-updates N | --minutes M        # fewer updates, or a time budget
+    rdrop-fairseq quickstart --corpus DIR --src de --tgt en       # your own {train,valid,test}.{src,tgt}
+    rdrop-fairseq quickstart --smoke                               # a few updates of a tiny model
+
+1. Builds a German-English corpus from LibreOffice's help packages (see
+   rdrop_fairseq.recipes.lohelp; cached in --work-dir) unless --corpus is given, and
+   tokenises, BPEs and binarises it (rdrop_fairseq.recipes.prepare, cached too).
+2. Chooses what to train from the device (plan_run): on a CPU a small transformer
+   on the first 2,000 training pairs; with CUDA the paper's transformer_iwslt_de_en
+   on the whole corpus, in fp16.  Trains it twice with
+   identical settings and a fixed number of updates: R-Drop, then the baseline
+   (alpha 0).  With --minutes, R-Drop trains within 60% of that budget instead and
+   the baseline for as many updates; a run with fewer updates than the default is
+   flagged as not settling the comparison.
+3. For each run picks fairseq-generate's --lenpen on the valid set, translates the
+   test set with it and scores it with sacreBLEU on detokenised output (with the
+   paired bootstrap), prints a table and draws the curves.
+"""
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from rdrop_fairseq.recipes import lohelp, plot
+from rdrop_fairseq.recipes.prepare import SPLITS, atomic_output, read_lines, write_lines
+
+logger = logging.getLogger("rdrop_fairseq.recipes.quickstart")
+
+USER_DIR = Path(__file__).resolve().parents[1]  # the plugin, rdrop_fairseq/
+RUNS = ("rdrop", "baseline")  # R-Drop first: under --minutes it sets the update count
+NO_APT_HINT = ("pass a parallel corpus instead: --corpus DIR --src de --tgt en, where DIR holds "
+               "{train,valid,test}.{de,en} (one sentence per line, before BPE), e.g. the folder "
+               "data/iwslt14.de-en/tmp written by scripts/prepare-iwslt14.sh")
+# fairseq-generate's --lenpen values tried on the valid set, the same for both runs
+LENPENS = (0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Model, data and schedule of one quickstart size."""
+    arch: str
+    layers: int
+    embed_dim: int
+    ffn_dim: int
+    heads: int
+    dropout: float
+    max_tokens: int
+    lr: float
+    warmup: int
+    weight_decay: float
+    bpe_merges: int
+    train_pairs: int      # 0: all
+    heldout_pairs: int    # 0: all of valid and test
+    validate_every: int   # updates
+    log_every: int        # updates
+    beam: int
+    updates: int          # per run, unless --max-updates or --minutes say otherwise
+    alpha: float          # R-Drop's, unless --rdrop-alpha says otherwise
+
+
+# A small transformer on a 2-core CPU.  R-Drop pays off once the baseline starts to overfit, so the run
+# trains on the first 2,000 pairs only; valid and test stay whole.  The baseline's valid loss stops
+# improving after about 1,300 updates (docs/quickstart.md); 2,200 updates leave R-Drop room to pass it.
+# The output softmax dominates the cost: a small BPE vocabulary.
+CPU = Setup(arch="transformer", layers=2, embed_dim=128, ffn_dim=256, heads=4, dropout=0.3, max_tokens=2048,
+            lr=3e-3, warmup=100, weight_decay=0.0, bpe_merges=2500, train_pairs=2000, heldout_pairs=0,
+            validate_every=100, log_every=25, beam=5, updates=2200, alpha=2.0)
+# The paper's IWSLT model, dropout, alpha and batch size (scripts/train-iwslt14.sh) on the whole corpus
+# (29,603 pairs: about 170 updates an epoch).  A shorter warm-up than the recipe's 4,000: the run is short.
+GPU = Setup(arch="transformer_iwslt_de_en", layers=6, embed_dim=512, ffn_dim=1024, heads=4, dropout=0.3,
+            max_tokens=4096, lr=5e-4, warmup=1000, weight_decay=1e-4, bpe_merges=10000, train_pairs=0,
+            heldout_pairs=0, validate_every=250, log_every=50, beam=5, updates=4000, alpha=5.0)
+SMOKE = Setup(arch="transformer", layers=1, embed_dim=32, ffn_dim=64, heads=2, dropout=0.3, max_tokens=1024,
+              lr=1e-3, warmup=4, weight_decay=0.0, bpe_merges=200, train_pairs=400, heldout_pairs=40,
+              validate_every=3, log_every=1, beam=2, updates=6, alpha=2.0)
+
+
+@dataclass(frozen=True)
+class Device:
+    cuda: bool
+    name: str = "CPU"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one quickstart invocation trains, on what, for how long."""
+    setup: Setup
+    device: Device
+    device_flags: Tuple[str, ...]
+    alpha: float
+    max_update: int          # per run; 0: R-Drop trains within the --minutes budget
+    minutes: Optional[float]
+
+
+def detect_device(force_cpu: bool) -> Device:
+    if force_cpu:
+        return Device(cuda=False)
+    import torch
+
+    if not torch.cuda.is_available():
+        return Device(cuda=False)
+    return Device(cuda=True, name=torch.cuda.get_device_name(0))
+
+
+def plan_run(device: Device, args) -> Plan:
+    """The setup, precision and update count of a run; pure, so that the CUDA choices are testable anywhere."""
+    cuda = device.cuda and not args.cpu
+    setup = SMOKE if args.smoke else GPU if cuda else CPU
+    if args.train_pairs is not None:
+        setup = replace(setup, train_pairs=args.train_pairs)
+    # fp16 even where the GPU has bf16: fairseq 0.12's --bf16 turns on --tpu (fairseq/options.py), and its
+    # trainer then asks torch_xla for the device instead of using CUDA
+    device_flags = ("--fp16",) if cuda else ("--cpu",)
+    if args.max_updates:
+        max_update = args.max_updates
+    elif args.minutes and not args.smoke:
+        max_update = 0
+    else:
+        max_update = setup.updates
+    return Plan(setup=setup, device=device if cuda else Device(cuda=False), device_flags=device_flags,
+                alpha=args.rdrop_alpha or setup.alpha, max_update=max_update,
+                minutes=None if args.smoke else args.minutes)
+
+
+def shortfall_warning(updates: int, setup: Setup) -> Optional[str]:
+    """What to say when a run ended with fewer updates than the default one makes."""
+    if updates >= setup.updates:
+        return None
+    return (f"R-Drop made {updates} updates, fewer than the {setup.updates} of the default run. R-Drop needs "
+            "more updates than the baseline to pay off (the paper and its authors say so), so this short run "
+            f"does not settle the comparison: run without --minutes and --max-updates for {setup.updates}.")
+
+
+def default_work_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "rdrop_fairseq"
+
+
+def resolve_corpus(args) -> Path:
+    """Raw text folder: --corpus, or the LibreOffice help corpus (built once)."""
+    if args.corpus is not None:
+        for split in SPLITS:
+            for lang in (args.src, args.tgt):
+                if not (args.corpus / f"{split}.{lang}").is_file():
+                    raise FileNotFoundError(f"--corpus {args.corpus}: missing {split}.{lang}")
+        with open(args.corpus / f"train.{args.src}", encoding="utf-8") as handle:
+            if any("@@ " in line for _, line in zip(range(1000), handle)):
+                raise ValueError(f"--corpus {args.corpus}: the text is already split by BPE ('@@ '); pass it "
+                                 "before BPE (for scripts/prepare-iwslt14.sh: its tmp/ folder)")
+        return args.corpus.resolve()
+    out = args.work_dir / f"lohelp-{args.src}-{args.tgt}"
+    try:
+        lohelp.build_corpus(out, args.src, args.tgt, deb_dir=args.work_dir / "debs")
+    except RuntimeError as err:
+        raise RuntimeError(f"cannot build the LibreOffice help corpus ({err}); {NO_APT_HINT}") from err
+    return out
+
+
+def slice_corpus(raw: Path, dest: Path, src: str, tgt: str, train_pairs: int, heldout_pairs: int) -> Path:
+    """The first lines of each split, for a quick run; the full corpus when both are 0."""
+    if not train_pairs and not heldout_pairs:
+        return raw
+    if (dest / "done").exists():
+        return dest
+    for split in SPLITS:
+        keep = train_pairs if split == "train" else heldout_pairs
+        for lang in (src, tgt):
+            lines = read_lines(raw / f"{split}.{lang}")
+            write_lines(dest / f"{split}.{lang}", lines[:keep] if keep else lines)
+    (dest / "done").touch()
+    return dest
+
+
+def prepared_dir(args, setup: Setup, raw: Path) -> Path:
+    """Cache folder named after everything that changes the binarised data: the corpus by its content, so
+    that a copy elsewhere (or on another machine) finds the same cache."""
+    digest = hashlib.sha1(f"{setup.bpe_merges}|{setup.train_pairs}|{setup.heldout_pairs}".encode())
+    for split in SPLITS:
+        for lang in (args.src, args.tgt):
+            digest.update((raw / f"{split}.{lang}").read_bytes())
+    return args.work_dir / "prepared" / f"{raw.name}-{args.src}{args.tgt}-{digest.hexdigest()[:10]}"
+
+
+def train_command(bin_dir: Path, run_dir: Path, plan: Plan, alpha: float, args,
+                  max_update: int, stop_hours: float) -> List[str]:
+    setup = plan.setup
+    cmd = [sys.executable, "-m", "fairseq_cli.train", str(bin_dir), "--user-dir", str(USER_DIR),
+           "--source-lang", args.src, "--target-lang", args.tgt,
+           "--task", "rdrop_translation", "--criterion", "rdrop_label_smoothed_cross_entropy",
+           "--rdrop-alpha", str(alpha), "--label-smoothing", "0.1",
+           "--arch", setup.arch, "--share-all-embeddings",
+           "--encoder-layers", str(setup.layers), "--decoder-layers", str(setup.layers),
+           "--encoder-embed-dim", str(setup.embed_dim), "--decoder-embed-dim", str(setup.embed_dim),
+           "--encoder-ffn-embed-dim", str(setup.ffn_dim), "--decoder-ffn-embed-dim", str(setup.ffn_dim),
+           "--encoder-attention-heads", str(setup.heads), "--decoder-attention-heads", str(setup.heads),
+           "--dropout", str(setup.dropout), "--weight-decay", str(setup.weight_decay),
+           "--optimizer", "adam", "--adam-betas", "(0.9,0.98)",
+           "--lr", str(setup.lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(setup.warmup),
+           "--max-tokens", str(setup.max_tokens), "--seed", str(args.seed),
+           "--validate-interval-updates", str(setup.validate_every),
+           "--save-interval-updates", str(setup.validate_every), "--keep-interval-updates", "1",
+           # every validate_every updates only, not at each (short) epoch's end as well
+           "--validate-interval", "100000", "--save-interval", "100000",
+           # only the best checkpoint is read, and saves stay small (the GPU model's optimizer state is 0.3 GB)
+           "--no-epoch-checkpoints", "--no-last-checkpoints", "--no-save-optimizer-state",
+           "--save-dir", str(run_dir / "checkpoints"),
+           "--log-format", "json", "--log-interval", str(setup.log_every),
+           "--log-file", str(run_dir / "train.log"), "--num-workers", "0", *plan.device_flags]
+    if max_update:
+        cmd += ["--max-update", str(max_update)]
+    if stop_hours:
+        cmd += ["--stop-time-hours", f"{stop_hours:.5f}"]
+    if args.eval_bleu:
+        cmd += ["--eval-bleu", "--eval-bleu-remove-bpe", "--eval-bleu-detok", "moses",
+                "--eval-bleu-args", json.dumps({"beam": 1, "max_len_a": 1.2, "max_len_b": 10})]
+    return cmd
+
+
+def run_logged(cmd: Sequence[str], log: Path, echo: Callable[[str], Optional[str]] = lambda line: line
+               ) -> List[str]:
+    """Run a command, printing what ``echo`` makes of each output line (None: nothing); all of the
+    output is kept in ``log`` and returned."""
+    logger.info("running: %s", " ".join(cmd))
+    lines = []
+    with open(log, "w", encoding="utf-8") as copy:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            shown = echo(line)
+            if shown is not None:
+                sys.stdout.write(shown)
+                sys.stdout.flush()
+            copy.write(line)
+            lines.append(line.rstrip("\n"))
+    if proc.wait() != 0:
+        raise RuntimeError(f"command failed (exit {proc.returncode}); its output is in {log}")
+    return lines
+
+
+def progress_echo(name: str, total_updates: int, budget_s: float) -> Callable[[str], Optional[str]]:
+    """fairseq's periodic training records become one line of progress: updates done, updates in all and
+    the estimated time left (from the time budget under --minutes); every other line passes unchanged."""
+    def echo(line: str) -> Optional[str]:
+        record = plot.parse_log_lines([line])["train_inner"]
+        if not record:
+            return line
+        done, wall = int(record[0]["num_updates"]), float(record[0].get("wall", 0.0))
+        if total_updates:
+            left = wall / done * (total_updates - done) if done else float("nan")
+            return (f"[{name}] {done}/{total_updates} updates, {wall / 60:.1f} min so far, "
+                    f"about {left / 60:.1f} min left\n")
+        return (f"[{name}] {done} updates, {wall / 60:.1f} min so far, "
+                f"at most {max(budget_s - wall, 0) / 60:.1f} min left of its time budget\n")
+    return echo
+
+
+def generate(bin_dir: Path, run_dir: Path, plan: Plan, args, subset: str, lenpen: float = 1.0,
+             nbest: int = 1) -> Dict[int, List[Tuple[str, List[float]]]]:
+    """The ``nbest`` best translations of each sentence of ``subset`` by the run's best checkpoint, each
+    as (Moses-tokenised text, per-token log-probabilities ending with that of end-of-sentence), best first."""
+    results = run_dir / f"generate-{subset}"
+    cmd = [sys.executable, "-m", "fairseq_cli.generate", str(bin_dir), "--user-dir", str(USER_DIR),
+           "--source-lang", args.src, "--target-lang", args.tgt, "--task", "rdrop_translation",
+           "--path", str(run_dir / "checkpoints" / "checkpoint_best.pt"), "--gen-subset", subset,
+           "--beam", str(plan.setup.beam), "--nbest", str(nbest), "--lenpen", str(lenpen),
+           "--batch-size", "128", "--remove-bpe", "--max-len-a", "1.2", "--max-len-b", "10",
+           "--results-path", str(results)]
+    if not plan.device.cuda:
+        cmd += ["--cpu"]
+    logger.info("translating the %s set with %s (--lenpen %g)", subset, run_dir.name, lenpen)
+    # the translations go to their own file: lines on a shared stdout/stderr pipe can interleave
+    run_logged(cmd, run_dir / f"generate-{subset}.log", echo=lambda line: None)
+    return read_nbest(results / f"generate-{subset}.txt")
+
+
+def read_nbest(path: Path) -> Dict[int, List[Tuple[str, List[float]]]]:
+    """The H- lines of a fairseq-generate output by sentence number, in its order (best first), each with
+    the per-token scores of its P- line."""
+    hyps: Dict[int, List[Tuple[str, List[float]]]] = {}
+    for line in read_lines(path):
+        kind, _, rest = line.partition("-")
+        if kind == "H":
+            ident, _score, text = (rest.split("\t", 2) + ["", ""])[:3]
+            hyps.setdefault(int(ident), []).append((text, []))
+        elif kind == "P":
+            ident, scores = (rest.split("\t", 1) + [""])[:2]
+            hyps[int(ident)][-1][1].extend(float(x) for x in scores.split())
+    return hyps
+
+
+def best_by_lenpen(candidates: List[Tuple[str, List[float]]], lenpen: float) -> str:
+    """The translation fairseq's beam search returns with ``--lenpen lenpen``: its finished hypotheses do
+    not depend on the length penalty, which only divides each one's summed log-probability by its length
+    (tokens and end-of-sentence) to the power lenpen before they are ranked."""
+    if not candidates:
+        return ""
+    return max(candidates, key=lambda c: sum(c[1]) / max(len(c[1]), 1) ** lenpen)[0]
+
+
+def detokenizer(lang: str) -> Callable[[str], str]:
+    from sacremoses import MosesDetokenizer
+
+    detok = MosesDetokenizer(lang=lang)
+    return lambda text: detok.detokenize(text.split())
+
+
+def choose_lenpen(nbest: Dict[int, List[Tuple[str, List[float]]]], refs: List[str], detok,
+                  grid: Sequence[float] = LENPENS) -> Tuple[float, Dict[float, float]]:
+    """The length penalty of ``grid`` with the best valid BLEU (ties: the one nearest 1, no penalty), and
+    the BLEU of each."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = {lenpen: BLEU().corpus_score([detok(best_by_lenpen(nbest.get(i, []), lenpen))
+                                         for i in range(len(refs))], [refs]).score for lenpen in grid}
+    best = max(bleu.values())
+    return min((lp for lp in grid if bleu[lp] == best), key=lambda lp: abs(lp - 1.0)), bleu
+
+
+def summarize(run_dir: Path, wall: float = 0.0) -> Dict[str, float]:
+    """Training figures of one run from its fairseq JSON log."""
+    records = plot.read_log(run_dir / "train.log")
+    valid = records["valid"]
+    best = min(valid, key=lambda r: r["valid_loss"]) if valid else {}
+    inner = records["train_inner"]
+    last_update = max([r.get("num_updates", 0) for r in inner] +
+                      [r.get("valid_num_updates", 0) for r in valid] + [0])
+    wps = [r["wps"] for r in inner if isinstance(r.get("wps"), float)]
+    return {"best_valid_loss": best.get("valid_loss", float("nan")),
+            "valid_ppl": best.get("valid_ppl", float("nan")), "updates": int(last_update),
+            "wall_s": wall, "words_per_s": sum(wps) / len(wps) if wps else float("nan")}
+
+
+TABLE_HEADER = ("| run | test BLEU ± 95% CI | p vs baseline | lenpen | BP | best valid loss | valid ppl | updates "
+                "| wall time | words/s |")
+
+
+def format_table(results: Dict[str, Dict[str, float]]) -> str:
+    rows = [TABLE_HEADER, "|" + "---|" * 10]
+    for name, r in results.items():
+        p_value = "–" if r.get("bleu_p") is None else f"{r['bleu_p']:.3f}"
+        rows.append(f"| {name} | {r['bleu']:.2f} ± {r['bleu_ci95']:.2f} | {p_value} | {r['lenpen']:g} "
+                    f"| {r['bp']:.2f} | {r['best_valid_loss']:.3f} | {r['valid_ppl']:.2f} | {r['updates']} "
+                    f"| {r['wall_s'] / 60:.1f} min | {r['words_per_s']:.0f} |")
+    return "\n".join(rows)
+
+
+def bleu_with_significance(systems: Dict[str, List[str]], refs: List[str]) -> Dict[str, Dict[str, float]]:
+    """Corpus BLEU of each system with its brevity penalty, the 95% confidence interval of sacreBLEU's
+    paired bootstrap resampling (1,000 samples, fixed seed) and, for every system after the first
+    (the baseline), the p-value of its difference from it."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    _, scores = PairedTest(list(systems.items()), {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=1000)()
+    return {name: {"bleu": float(result.score), "bleu_ci95": float(result.ci),
+                   "bleu_p": None if result.p_value is None else float(result.p_value),
+                   "bp": float(BLEU().corpus_score(systems[name], [refs]).bp)}
+            for name, result in zip(systems, scores["BLEU"])}
+
+
+def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, float]:
+    """Both runs for plan.max_update updates; under --minutes, R-Drop within 60% of 90% of the budget
+    (the rest is for translating), then the baseline for as many updates."""
+    walls, max_update = {}, plan.max_update
+    budget_s = (plan.minutes or 0.0) * 60 * 0.9
+    shares = {"rdrop": 0.6, "baseline": 0.4}
+    for name in RUNS:
+        alpha = plan.alpha if name == "rdrop" else 0.0
+        run_dir = out_dir / name
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        stop_s = shares[name] * budget_s
+        if name == "baseline":
+            stop_s *= 1.5  # a safety net only: the update count set by R-Drop decides
+        start = time.time()
+        run_logged(train_command(bin_dir, run_dir, plan, alpha, args, max_update, stop_s / 3600),
+                   run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
+        walls[name] = time.time() - start
+        if name == "rdrop" and budget_s:  # the budget may have stopped it before --max-updates
+            max_update = summarize(run_dir)["updates"]
+            logger.info("R-Drop made %d updates; the baseline gets as many", max_update)
+    return walls
+
+
+def score(bin_dir: Path, raw: Path, out_dir: Path, plan: Plan, args, walls) -> Dict[str, Dict[str, float]]:
+    """Per run: --lenpen chosen on the valid set (one beam search, its finished hypotheses re-ranked for
+    each value of LENPENS), then the test translations with it, scored with the paired bootstrap."""
+    detok = detokenizer(args.tgt)
+    valid_refs = read_lines(raw / f"valid.{args.tgt}")
+    refs = read_lines(raw / f"test.{args.tgt}")
+    translations, lenpens = {}, {}
+    for name in ("baseline", "rdrop"):  # the paired test compares every system with the first
+        run_dir = out_dir / name
+        nbest = generate(bin_dir, run_dir, plan, args, "valid", nbest=plan.setup.beam)
+        lenpen, valid_bleu = choose_lenpen(nbest, valid_refs, detok)
+        logger.info("%s: valid BLEU by --lenpen %s; chose %g", name,
+                    ", ".join(f"{lp:g}: {b:.2f}" for lp, b in valid_bleu.items()), lenpen)
+        by_id = generate(bin_dir, run_dir, plan, args, "test", lenpen=lenpen)
+        if len(by_id) != len(refs):  # scored as empty translations, so BLEU stays over the whole test set
+            logger.warning("%s: fairseq-generate returned %d translations for %d test sentences",
+                           name, len(by_id), len(refs))
+        hyps = [detok(by_id[i][0][0]) if i in by_id else "" for i in range(len(refs))]
+        write_lines(run_dir / f"test.hyp.{args.tgt}", hyps)
+        translations[name], lenpens[name] = hyps, {"lenpen": lenpen, "valid_bleu_by_lenpen": valid_bleu}
+    bleu = bleu_with_significance(translations, refs)
+    return {name: {**bleu[name], **lenpens[name], **summarize(out_dir / name, walls[name])}
+            for name in translations}
+
+
+def write_results(out_dir: Path, plan: Plan, raw: Path, results: Dict[str, Dict[str, float]]) -> str:
+    """OUT_DIR/results.{json,md}; returns the markdown: the table, and the warning when R-Drop trained
+    less than the default (logged as well)."""
+    warning = shortfall_warning(results["rdrop"]["updates"], plan.setup)
+    report = format_table(results) + (f"\n\n**Warning:** {warning}" if warning else "")
+    with atomic_output(out_dir / "results.json") as handle:
+        json.dump({"setup": asdict(plan.setup), "device": asdict(plan.device), "device_flags": plan.device_flags,
+                   "rdrop_alpha": plan.alpha, "lenpen_grid": LENPENS, "corpus": str(raw),
+                   "warning": warning, "results": results}, handle, indent=1)
+    with atomic_output(out_dir / "results.md") as handle:
+        handle.write(report + "\n")
+    if warning:
+        logger.warning(warning)
+    return report
+
+
+def quickstart(args) -> Dict[str, Dict[str, float]]:
+    start = time.time()
+    plan = plan_run(detect_device(args.cpu), args)
+    setup = plan.setup
+    logger.info("device: %s (%s); %s, R-Drop alpha %g, %s", plan.device.name, " ".join(plan.device_flags),
+                setup.arch, plan.alpha, f"{plan.max_update} updates per run" if plan.max_update
+                else f"R-Drop within 60% of {plan.minutes:g} min, the baseline for as many updates")
+    raw = resolve_corpus(args)
+    raw = slice_corpus(raw, args.work_dir / "slices" / f"{raw.name}-{setup.train_pairs}-{setup.heldout_pairs}",
+                       args.src, args.tgt, setup.train_pairs, setup.heldout_pairs)
+    logger.info("corpus: %s", raw)
+    bin_dir = prepare_data(args, setup, raw)
+    prepared = time.time()
+    walls = train_runs(bin_dir, args.out_dir, plan, args)
+    results = score(bin_dir, raw, args.out_dir, plan, args, walls)
+    report = write_results(args.out_dir, plan, raw, results)
+    logs = {"baseline": plot.read_log(args.out_dir / "baseline" / "train.log"),
+            f"R-Drop (alpha {plan.alpha:g})": plot.read_log(args.out_dir / "rdrop" / "train.log")}
+    png = plot.plot_runs(logs, args.out_dir / "curves.png", title=f"{args.src}->{args.tgt}: baseline vs R-Drop")
+    print()
+    print(report)
+    print(f"\ncurves: {png}\ntotal time: {(time.time() - start) / 60:.1f} min, of which "
+          f"{(prepared - start) / 60:.1f} min preparing the corpus")
+    return results
+
+
+def prepare_data(args, setup: Setup, raw: Path) -> Path:
+    from rdrop_fairseq.recipes.prepare import prepare_parallel
+
+    logger.info("tokenising, learning BPE and binarising (cached after the first run)")
+    return prepare_parallel(raw, prepared_dir(args, setup, raw), args.src, args.tgt,
+                            bpe_merges=setup.bpe_merges, workers=args.workers)
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m rdrop_fairseq.recipes.quickstart")
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--max-updates", type=int, help=f"updates per run (default {CPU.updates:,} on a CPU, "
+                        f"{GPU.updates:,} with CUDA, {SMOKE.updates} with --smoke)")
+    parser.add_argument("--minutes", type=float, help="instead of a fixed number of updates, a time budget for "
+                        "training and translating (corpus preparation not counted): R-Drop trains for 60%% of "
+                        "90%% of it, the baseline for as many updates; with --max-updates too, R-Drop stops at whichever "
+                        "limit comes first; ignored by --smoke")
+    parser.add_argument("--corpus", type=Path, help="folder with {train,valid,test}.{SRC,TGT} raw text "
+                        "(default: build the LibreOffice help corpus)")
+    parser.add_argument("--train-pairs", type=int, help=f"train on the first N pairs of the corpus, 0 for all "
+                        f"(default {CPU.train_pairs} on a CPU, all with CUDA, {SMOKE.train_pairs} with --smoke)")
+    parser.add_argument("--src", default="de")
+    parser.add_argument("--tgt", default="en")
+    parser.add_argument("--work-dir", type=Path, default=default_work_dir(),
+                        help="cache for the corpus and prepared data (default ~/.cache/rdrop_fairseq)")
+    parser.add_argument("--out-dir", type=Path, default=Path("rdrop-quickstart"),
+                        help="checkpoints, logs, results.md and curves.png (default ./rdrop-quickstart)")
+    parser.add_argument("--rdrop-alpha", type=float,
+                        help=f"alpha of the R-Drop run (default {CPU.alpha:g} on a CPU: on its small model it "
+                        f"measured better than the paper's 5; {GPU.alpha:g} with CUDA, the paper's value for "
+                        "transformer_iwslt_de_en)")
+    parser.add_argument("--smoke", action="store_true", help="a few updates of a tiny model on a corpus slice")
+    parser.add_argument("--eval-bleu", action="store_true", help="also score valid BLEU at each validation")
+    parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is there")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="binarisation workers")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None, parser: Optional[argparse.ArgumentParser] = None):
+    parser = build_parser(parser)
+    args = parser.parse_args(argv)
+    if args.minutes is not None and args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    if args.max_updates is not None and args.max_updates <= 0:
+        parser.error("--max-updates must be positive")
+    if args.train_pairs is not None and args.train_pairs < 0:
+        parser.error("--train-pairs must be 0 (all) or positive")
+    if args.rdrop_alpha is not None and args.rdrop_alpha <= 0:
+        parser.error("--rdrop-alpha must be positive: the baseline run is the alpha 0 one")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        stream=sys.stdout, force=True)
+    args.work_dir = args.work_dir.expanduser().resolve()
+    args.out_dir = args.out_dir.resolve()
+    try:
+        quickstart(args)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        parser.exit(1, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

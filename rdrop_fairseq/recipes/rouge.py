@@ -1,0 +1,69 @@
+"""ROUGE of a ``fairseq-generate`` output on GPT-2 BPE data with the ``rouge-score`` package
+(Google's reimplementation; no Perl, no files2rouge).
+
+    python -m rdrop_fairseq.recipes.rouge generate-test.txt --gpt2-dir data/cnn_dm/gpt2 [--json rouge.json]
+
+It reads the hypotheses (``H-<id>``) and references (``T-<id>``), GPT-2 BPE ids as
+fairseq-generate prints them without ``--bpe``, decodes them with the GPT-2 files
+that encoded the data, and reports the mean F1 (x100) of ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum, with the
+Porter stemmer as files2rouge uses it.  ROUGE-Lsum, the summary-level LCS that
+files2rouge reports as ROUGE-L, needs one sentence per line: the texts are split
+after ``.``, ``!`` and ``?``.
+"""
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from .bleu import read_generate_output
+from .prepare import print_json
+
+METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def decode(lines: Sequence[str], encoder_json: Path, vocab_bpe: Path) -> List[str]:
+    """Text of lines of GPT-2 BPE ids, as fairseq's ``--bpe gpt2`` decodes them."""
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    encoder = get_encoder(str(encoder_json), str(vocab_bpe))
+    return [encoder.decode([int(tok) for tok in line.split() if tok.isdigit()]).strip() for line in lines]
+
+
+def sentence_lines(text: str) -> str:
+    return "\n".join(_SENTENCE_END.split(text.strip()))
+
+
+def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
+    from rouge_score import rouge_scorer
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
+    totals = dict.fromkeys(METRICS, 0.0)
+    for hyp, ref in zip(hypotheses, references):
+        scores = scorer.score(sentence_lines(ref), sentence_lines(hyp))
+        for name in METRICS:
+            totals[name] += scores[name].fmeasure
+    return {name: round(100 * total / max(len(hypotheses), 1), 2) for name, total in totals.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m rdrop_fairseq.recipes.rouge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("generate_output", type=Path, help="fairseq-generate output with H- and T- lines")
+    parser.add_argument("--gpt2-dir", type=Path, required=True, help="folder with encoder.json and vocab.bpe")
+    parser.add_argument("--json", type=Path, help="also write the scores here")
+    args = parser.parse_args(argv)
+    try:
+        hypotheses, references = (decode(lines, args.gpt2_dir / "encoder.json", args.gpt2_dir / "vocab.bpe")
+                                  for lines in read_generate_output(args.generate_output))
+    except (OSError, ValueError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    print_json({"sentences": len(hypotheses), **rouge(hypotheses, references)}, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from rdrop_fairseq.recipes import bleu
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("ein Fußball-Spiel", "ein Fußball ##AT##-##AT## Spiel"),
+    ("a - b", "a - b"),  # a free-standing hyphen is no compound
+    ("-x x-", "-x x-"),  # nor is one at a word edge
+    ("a-b-c", "a ##AT##-##AT## b-c"),  # Perl's s///g does not overlap matches
+    ("a-b c-d", "a ##AT##-##AT## b c ##AT##-##AT## d"),
+    ("Kosten @-@ Nutzen", "Kosten @ ##AT##-##AT## @ Nutzen"),  # Moses -a output, as compound_split_bleu.sh
+    ("3-4 x", "3 ##AT##-##AT## 4 x"),
+])
+def test_split_compounds_matches_get_ende_bleu(line, expected):
+    assert bleu.split_compounds(line) == expected
+
+
+def write_generate_output(path, pairs):
+    """fairseq-generate's layout, ids out of order, two beam entries per id."""
+    lines = []
+    for sid, (hyp, ref) in reversed(list(enumerate(pairs))):
+        lines += [f"S-{sid}\tsource {sid}", f"T-{sid}\t{ref}", f"H-{sid}\t-0.5\t{hyp}",
+                  f"D-{sid}\t-0.5\t{hyp}", f"P-{sid}\t-0.1 -0.2", f"H-{sid}\t-0.9\tworse {hyp}"]
+    lines.append("Generate test with beam=5: BLEU4 = 1.00")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+PAIRS = [
+    ("the cat sat on the mat .", "the cat sat on the mat ."),
+    ("a Nutzen-Analyse is here , isn 't it ?", "the Kosten-Nutzen-Analyse is there , isn 't it ?"),
+    ("we went home early", "we went home late today"),
+]
+
+
+def test_read_generate_output_keeps_best_hypothesis_in_id_order(tmp_path):
+    gen = tmp_path / "gen.txt"
+    write_generate_output(gen, PAIRS)
+    hyps, refs = bleu.read_generate_output(gen)
+    assert hyps == [h for h, _ in PAIRS]
+    assert refs == [r for _, r in PAIRS]
+
+
+def test_read_generate_output_rejects_other_files(tmp_path):
+    other = tmp_path / "train.log"
+    other.write_text("epoch 1 | loss 3.2\n")
+    with pytest.raises(ValueError, match="no H-<id> lines"):
+        bleu.read_generate_output(other)
+
+
+def fairseq_bleu(hyps, refs):
+    """fairseq's own corpus BLEU over whitespace tokens (what fairseq-score and generate report)."""
+    from fairseq.data import Dictionary
+    from fairseq.scoring.bleu import BleuConfig, Scorer
+
+    vocab = Dictionary()
+    scorer = Scorer(BleuConfig(pad=vocab.pad(), eos=vocab.eos(), unk=vocab.unk()))
+    for hyp, ref in zip(hyps, refs):
+        scorer.add(vocab.encode_line(ref, add_if_not_exist=True), vocab.encode_line(hyp, add_if_not_exist=True))
+    return scorer.score()
+
+
+def test_tokenized_bleu_equals_fairseq_bleu():
+    hyps, refs = [h for h, _ in PAIRS], [r for _, r in PAIRS]
+    ours = bleu.tokenized_bleu(hyps, refs).score
+    assert 0 < ours < 100
+    assert ours == pytest.approx(fairseq_bleu(hyps, refs), abs=0.01)
+
+
+def test_compound_split_scores_compounds_by_their_parts():
+    # Without splitting, "Nutzen-Analyse" and "Kosten-Nutzen-Analyse" share no token.
+    hyps, refs = ["die Nutzen-Analyse"], ["die Kosten-Nutzen-Analyse"]
+    plain = bleu.tokenized_bleu(hyps, refs)
+    split = bleu.tokenized_bleu(hyps, refs, compound_split=True)
+    assert split.counts[0] > plain.counts[0]
+    assert split.score == pytest.approx(fairseq_bleu([bleu.split_compounds(h) for h in hyps],
+                                                     [bleu.split_compounds(r) for r in refs]), abs=0.01)
+
+
+def test_lowercase_ignores_case_only_when_asked():
+    assert bleu.tokenized_bleu(["The Cat sat on the mat ."], ["the cat sat on the mat ."], lowercase=True).score == pytest.approx(100)
+    assert bleu.tokenized_bleu(["The Cat sat on the mat ."], ["the cat sat on the mat ."]).score < 100
+
+
+def test_cli_prints_signature_and_writes_json(tmp_path, capsys):
+    gen, out = tmp_path / "gen.txt", tmp_path / "bleu.json"
+    write_generate_output(gen, PAIRS)
+    assert bleu.main([str(gen), "--lang", "en", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["sentences"] == 3
+    assert result["sacrebleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|")
+    assert result["sacrebleu_signature"] in printed
+    # Detokenising joins "isn 't" and the punctuation, so the two BLEUs differ.
+    assert result["sacrebleu"] != result["tokenized_bleu"]
+    assert f"{result['tokenized_bleu']:.2f}" in printed
+    assert not list(tmp_path.glob("*.part"))

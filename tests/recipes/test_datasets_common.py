@@ -1,0 +1,38 @@
+"""rdrop_fairseq/recipes/datasets/common.py: what every prepare-*.sh shares, through the smallest of them."""
+import pytest
+
+from rdrop_fairseq.recipes.datasets import wikitext103
+from rdrop_fairseq.recipes.download import MIRROR_ENV
+
+
+@pytest.mark.parametrize("flag", ["--out", "--download-dir", "--mirror"])
+def test_a_path_that_is_not_a_folder_is_named(tmp_path, capsys, monkeypatch, flag):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = ["--out", str(tmp_path / "data")] if flag != "--out" else []
+    with pytest.raises(SystemExit) as exited:
+        wikitext103.main([*args, flag, str(afile)])
+    assert exited.value.code == 2
+    assert f"{flag} {afile}: {'no such folder' if flag == '--mirror' else 'not a folder'}" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_mirror_from_the_environment_is_named_as_such(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit):
+        wikitext103.main(["--out", str(tmp_path / "data")])
+    assert f"${MIRROR_ENV} {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
+
+
+def test_an_os_error_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    out = tmp_path / "data"
+    (out / "wikitext-103").mkdir(parents=True)
+    (out / "wikitext-103" / "orig").write_text("a file where a folder goes")
+    archive = tmp_path / "wikitext-103-v1.zip"
+    archive.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip
+    with pytest.raises(SystemExit) as exited:
+        wikitext103.main(["--out", str(out), "--archive", str(archive), "--hash", "wikitext-103-v1.zip=none"])
+    assert exited.value.code == 1
+    assert "error:" in capsys.readouterr().err

@@ -1,0 +1,159 @@
+import hashlib
+import http.server
+import io
+import random
+import tarfile
+import threading
+
+import pytest
+
+from rdrop_fairseq.recipes.download import (Archive, CorruptArchiveError, DownloadError, extract, fetch,
+                                    parse_hash_overrides, with_hashes)
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+SHA = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Server(http.server.ThreadingHTTPServer):
+    """Serves PAYLOAD at /ok/*, honouring Range; /norange/* ignores Range;
+    /bad/* serves altered bytes; anything else is 404.  Records Range headers."""
+
+    def __init__(self):
+        self.ranges = []
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.server_address[1]}/{path}"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        kind = self.path.split("/")[1]
+        if kind not in ("ok", "norange", "bad"):
+            self.send_error(404)
+            return
+        body = PAYLOAD[:-1] + b"x" if kind == "bad" else PAYLOAD
+        wanted = self.headers.get("Range")
+        self.server.ranges.append(wanted)
+        if wanted and kind == "ok":
+            start = int(wanted.split("=")[1].rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            body = body[start:]
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_download_falls_back_to_the_next_mirror_and_checks_the_hash(server, tmp_path):
+    archive = Archive("data.bin", (server.url("missing/data.bin"), server.url("ok/data.bin")), SHA)
+    path = fetch(archive, tmp_path)
+    assert path == tmp_path / "data.bin" and path.read_bytes() == PAYLOAD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
+
+
+def test_download_resumes_a_partial_file(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:1000])
+    path = fetch(Archive("data.bin", (server.url("ok/data.bin"),), SHA), tmp_path)
+    assert server.ranges == ["bytes=1000-"]
+    assert path.read_bytes() == PAYLOAD
+    assert not (tmp_path / "data.bin.part").exists()
+
+
+def test_download_starts_over_when_the_server_ignores_range(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(b"stale bytes")
+    path = fetch(Archive("data.bin", (server.url("norange/data.bin"),), SHA), tmp_path)
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_corrupt_download_is_rejected_by_name_and_removed(server, tmp_path):
+    with pytest.raises(DownloadError, match=r"could not download data\.bin(.|\n)*corrupt"):
+        fetch(Archive("data.bin", (server.url("bad/data.bin"),), SHA), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_local_archive_and_mirror_come_before_the_network(tmp_path):
+    offline = Archive("data.bin", ("http://127.0.0.1:9/unreachable",), SHA)
+    given = tmp_path / "given.bin"
+    given.write_bytes(PAYLOAD)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "data.bin").write_bytes(PAYLOAD)
+    assert fetch(offline, tmp_path / "cache", local=given, mirror=mirror) == given
+    assert fetch(offline, tmp_path / "cache", mirror=mirror) == mirror / "data.bin"
+    with pytest.raises(FileNotFoundError, match="--archive .*nope.bin"):
+        fetch(offline, tmp_path / "cache", local=tmp_path / "nope.bin")
+    given.write_bytes(PAYLOAD[:100])
+    with pytest.raises(CorruptArchiveError, match="given.bin: sha256 is"):
+        fetch(offline, tmp_path / "cache", local=given)
+
+
+def _tgz(path, files, compression="gz"):
+    with tarfile.open(path, f"w:{compression}") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_extract_takes_the_matching_members(tmp_path):
+    archive = _tgz(tmp_path / "a.tgz", {"d/x.de": b"hallo\n", "d/x.en": b"hello\n", "d/y.fr": b"salut\n"})
+    files = extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out")
+    assert [f.name for f in files] == ["x.de", "x.en"]
+    assert (tmp_path / "out" / "x.de").read_text() == "hallo\n"
+
+
+def test_truncated_archive_without_hash_is_detected_and_leaves_nothing(tmp_path):
+    rng = random.Random(0)
+    noise = bytes(rng.getrandbits(8) for _ in range(200_000))  # incompressible, so the gzip stream is long
+    archive = _tgz(tmp_path / "a.tgz", {"d/x.de": noise, "d/x.en": noise})
+    archive.write_bytes(archive.read_bytes()[:150_000])
+    with pytest.raises(CorruptArchiveError, match=r"a\.tgz: truncated or corrupt archive"):
+        extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+@pytest.mark.parametrize("cut", [1, 8])
+def test_an_archive_cut_after_its_last_member_is_detected(tmp_path, compression, cut):
+    # every tar block arrives, end marker included; only the compressed stream's trailer is missing
+    archive = _tgz(tmp_path / "a.tgz", {"d/x.de": b"hallo\n" * 50, "d/x.en": b"hello\n" * 50}, compression)
+    archive.write_bytes(archive.read_bytes()[:-cut])
+    with pytest.raises(CorruptArchiveError, match="truncated or corrupt"):
+        extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]
+
+
+def test_extract_names_a_missing_member(tmp_path):
+    archive = _tgz(tmp_path / "a.tgz", {"d/x.de": b"hallo\n"})
+    with pytest.raises(CorruptArchiveError, match=r"no member matches \['\*/x.en'\]"):
+        extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_hash_overrides():
+    archives = [Archive("a.tgz", ("u",), "md5:00"), Archive("b.tgz", ("u",))]
+    overrides = parse_hash_overrides(["a.tgz=none", "b.tgz=sha256:ff"])
+    assert [a.known_hash for a in with_hashes(archives, overrides)] == [None, "sha256:ff"]
+    with pytest.raises(ValueError, match="algorithm prefix"):
+        parse_hash_overrides(["a.tgz=ff"])
+    with pytest.raises(ValueError, match="unknown hash algorithm 'sha265'"):
+        parse_hash_overrides(["a.tgz=sha265:ff"])
+    with pytest.raises(ValueError, match=r"unknown archive\(s\) \['c.tgz'\]"):
+        with_hashes(archives, parse_hash_overrides(["c.tgz=none"]))

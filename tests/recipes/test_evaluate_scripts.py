@@ -1,0 +1,69 @@
+"""scripts/evaluate-translation.sh and scripts/evaluate-lm.sh on the smoke runs of
+tests/recipes/test_train_scripts.py (shared through pytest's session temp dir)."""
+import json
+import subprocess
+
+import pytest
+
+from test_train_scripts import (  # noqa: F401  (fixtures)
+    SCRIPTS, iwslt_run, lm_bin, lm_run, needs_lm_criterion, run_script, script_env, translation_bin, wmt_run,
+)
+
+# An untrained model runs to the default 200-token limit; cap it as --eval-bleu-args does.
+SHORT_OUTPUTS = ["--", "--max-len-a", "1.2", "--max-len-b", "10"]
+TEST_SENTENCES = 40  # tests/test_train_scripts.translation_data keeps 40 test pairs
+
+
+def evaluate_translation(setup, data, save_dir, *flags):
+    return run_script("evaluate-translation.sh", "--setup", setup, "--data", data, "--save-dir", save_dir,
+                      "--cpu", *flags, *SHORT_OUTPUTS)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("setup,run,tokenized", [
+    ("iwslt14", "iwslt_run", '"lowercase": true'),
+    ("wmt14", "wmt_run", '"compound_split": true'),
+])
+def test_evaluate_translation_averages_generates_and_scores(setup, run, tokenized, translation_bin, request):
+    save_dir = request.getfixturevalue(run)
+    proc = evaluate_translation(setup, translation_bin, save_dir, "--average", "2")
+    assert "averaged 2 checkpoints: checkpoint_1_2.pt checkpoint_1_4.pt" in proc.stdout
+    assert (save_dir / "checkpoint.avg2.pt").is_file()
+    assert "sacreBLEU (detokenized) = " in proc.stdout and "signature: nrefs:1|case:mixed|eff:no|tok:13a" in proc.stdout
+    assert "tokenized BLEU" in proc.stdout
+    beam = {"iwslt14": 5, "wmt14": 4}[setup]
+    assert f"Generate test with beam={beam}: BLEU4" in proc.stderr
+    result = json.loads((save_dir / "bleu-test.json").read_text())
+    assert result["sentences"] == TEST_SENTENCES
+    assert tokenized in (save_dir / "bleu-test.json").read_text()
+    assert f"{result['sacrebleu']:.2f}" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "--setup is required"),
+    (["--setup", "iwslt15"], "--setup must be iwslt14 or wmt14"),
+    (["--setup", "iwslt14", "--data", "/nonexistent"], "--data: no such folder"),
+    (["--setup", "iwslt14", "CPU=yes"], "CPU must be 0 or 1, not 'yes'"),
+])
+def test_evaluate_translation_names_bad_input(args, message):
+    env = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    args = [arg for arg in args if "=" not in arg]
+    proc = subprocess.run(["bash", str(SCRIPTS / "evaluate-translation.sh"), *args], env=script_env(**env),
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
+@pytest.mark.e2e
+@needs_lm_criterion
+def test_evaluate_lm_reports_perplexity(lm_run, lm_bin):
+    proc = run_script("evaluate-lm.sh", "--smoke", "--data", lm_bin, "--save-dir", lm_run)
+    result = json.loads((lm_run / "perplexity-test.json").read_text())
+    assert result["perplexity"] > 1
+    assert result["perplexity"] == pytest.approx(2 ** result["loss_base2"], rel=1e-3)
+    assert float(proc.stdout.split("test perplexity = ")[1].split()[0]) == result["perplexity"]
+    assert "--context-window 32" in proc.stderr  # --smoke's window, as the smoke model is 64 tokens long
+
+
+def test_evaluate_lm_names_a_missing_checkpoint(lm_bin, tmp_path):
+    with pytest.raises(AssertionError, match="--checkpoint: no such file"):
+        run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path)

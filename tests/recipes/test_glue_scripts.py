@@ -1,0 +1,299 @@
+"""scripts/{prepare,train,evaluate}-glue.sh end to end on fixture archives in the upstream
+formats: a tiny RoBERTa trained from scratch on CoLA (classification), then packed as the
+roberta.large tarball and fine-tuned on STS-B (sentence pairs, regression) through the
+checked download."""
+import json
+import shlex
+import shutil
+import tarfile
+import zipfile
+
+import pytest
+from fairseq.data import Dictionary, data_utils
+
+from fixtures_glue_cnndm import build_cola, build_mrpc, build_rte, build_stsb, gpt2_hashes, write_gpt2_files
+from fixtures_upstream import run_script
+from rdrop_fairseq.recipes import prepare
+from rdrop_fairseq.recipes.datasets import glue, pretrained
+from test_train_scripts import dry_run, flag, once, script_env
+
+pytestmark = pytest.mark.e2e
+
+
+def gpt2_args(paths):
+    args = [arg for path in paths.values() for arg in ("--archive", path)]
+    return args + [arg for value in gpt2_hashes(paths) for arg in ("--hash", value)]
+
+
+def prepared(base, task, build):
+    def make(dest):
+        paths = write_gpt2_files(dest / "gpt2")
+        proc = run_script("prepare-glue.sh", "--task", task, "--out", dest / "data", "--archive", build(dest),
+                          *gpt2_args(paths), "--workers", "1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return once(base / f"glue-{task}", make) / "data" / "data-bin" / "glue" / task
+
+
+@pytest.fixture(scope="module")
+def cola(tmp_path_factory):
+    return prepared(tmp_path_factory.getbasetemp(), "CoLA", build_cola)
+
+
+@pytest.fixture(scope="module")
+def stsb(tmp_path_factory):
+    return prepared(tmp_path_factory.getbasetemp(), "STS-B", build_stsb)
+
+
+def test_prepare_binarises_inputs_and_labels_as_fairseqs_recipe(cola, stsb):
+    dictionary = Dictionary.load(str(cola / "input0" / "dict.txt"))
+    # CoLA: headerless train/dev, so every line is an example; the test file's header is dropped.
+    assert len(data_utils.load_indexed_dataset(str(cola / "input0" / "train"), dictionary)) == 48
+    assert len(data_utils.load_indexed_dataset(str(cola / "input0" / "test"), dictionary)) == 4
+    assert not (cola / "input1").exists()
+    labels = Dictionary.load(str(cola / "label" / "dict.txt"))
+    assert {"0", "1"} <= set(labels.symbols)
+    assert len(data_utils.load_indexed_dataset(str(cola / "label" / "valid"), labels)) == 12
+    for name in ("input0", "input1"):
+        assert len(data_utils.load_indexed_dataset(str(stsb / name / "train"),
+                                                   Dictionary.load(str(stsb / name / "dict.txt")))) == 40
+    # STS-B: raw scores / 5, no label dictionary.
+    assert not (stsb / "label" / "dict.txt").exists()
+    raw = prepare.read_lines(stsb.parents[2] / "glue" / "STS-B" / "raw" / "label" / "train")
+    scaled = [float(x) for x in prepare.read_lines(stsb / "label" / "train.label")]
+    assert scaled == pytest.approx([float(x) / 5 for x in raw], abs=1e-5) and max(scaled) <= 1
+
+
+def test_gpt2_bpe_is_fairseqs_encoder(stsb):
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    gpt2_dir = stsb.parents[3] / "gpt2"
+    encoder = get_encoder(str(gpt2_dir / "encoder.json"), str(gpt2_dir / "vocab.bpe"))
+    text_dir = stsb.parents[2] / "glue" / "STS-B"
+    raw, bpe = (prepare.read_lines(text_dir / kind / "input1" / "valid") for kind in ("raw", "bpe"))
+    assert bpe == [" ".join(map(str, encoder.encode(line.strip()))) for line in raw]
+    assert encoder.decode([int(t) for t in bpe[0].split()]) == raw[0]
+
+
+def test_column_layouts_of_rte_and_mrpc(tmp_path):
+    with zipfile.ZipFile(build_rte(tmp_path)) as zf:
+        zf.extractall(tmp_path)
+    names = glue.split_columns(glue.TASKS["RTE"], tmp_path / "RTE", tmp_path / "rte")
+    assert names == {"valid": ["valid"], "test": ["test"]}
+    raw_rte = [line.split("\t") for line in prepare.read_lines(tmp_path / "RTE" / "dev.tsv")[1:]]
+    assert prepare.read_lines(tmp_path / "rte" / "input1" / "valid") == [row[2] for row in raw_rte]
+    assert prepare.read_lines(tmp_path / "rte" / "label" / "valid") == [row[3] for row in raw_rte]
+    files = build_mrpc(tmp_path / "mrpc-src")
+    glue.split_mrpc(files["msr_paraphrase_train.txt"], files["msr_paraphrase_test.txt"],
+                    files["mrpc_dev_ids.tsv"], tmp_path / "MRPC")
+    mrpc = tmp_path / "mrpc"
+    glue.split_columns(glue.TASKS["MRPC"], tmp_path / "MRPC", mrpc)
+    assert len(prepare.read_lines(mrpc / "label" / "valid")) == 4  # ids 0, 3, 6, 9 of 12
+    assert len(prepare.read_lines(mrpc / "input0" / "train")) == 8
+    assert prepare.read_lines(tmp_path / "MRPC" / "test.tsv")[0].startswith("index\t")
+
+
+def test_a_carriage_return_inside_a_row_keeps_the_row_whole(tmp_path):
+    rte = tmp_path / "RTE"
+    rte.mkdir()
+    rows = ["index\tsentence1\tsentence2\tlabel", "0\tA cat\rsat.\tA cat sat.\tentailment",
+            "1\tDogs bark.\tCats bark.\tnot_entailment"]
+    for split in ("train", "dev"):
+        (rte / f"{split}.tsv").write_bytes(("\r\n".join(rows) + "\r\n").encode())
+    (rte / "test.tsv").write_bytes("index\tsentence1\tsentence2\n0\tA.\tB.\n".encode())
+    glue.split_columns(glue.TASKS["RTE"], rte, tmp_path / "rte")
+    assert prepare.read_lines(tmp_path / "rte" / "label" / "valid") == ["entailment", "not_entailment"]
+    assert prepare.read_lines(tmp_path / "rte" / "input0" / "valid") == ["A cat sat.", "Dogs bark."]
+
+
+def test_corrupt_downloads_are_refused(tmp_path, capsys):
+    paths = write_gpt2_files(tmp_path / "gpt2")
+    rte_zip = build_rte(tmp_path)
+    # The fixture's encoder.json is not GPT-2's: without --hash it fails the published sha256.
+    with pytest.raises(SystemExit):
+        glue.main(["--task", "RTE", "--out", str(tmp_path / "a"), "--archive", str(rte_zip),
+                   *[str(arg) for p in paths.values() for arg in ("--archive", p)]])
+    err = capsys.readouterr().err
+    assert "encoder.json: sha256 is" in err and "196139668be63f3b5d6574427317ae82f612a97c" in err
+    truncated = tmp_path / "cut" / "RTE.zip"
+    truncated.parent.mkdir()
+    truncated.write_bytes(rte_zip.read_bytes()[:-200])
+    with pytest.raises(SystemExit):
+        glue.main(["--task", "RTE", "--out", str(tmp_path / "b"), "--archive", str(truncated),
+                   *map(str, gpt2_args(paths))])
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "data-bin").exists()
+
+
+def test_a_truncated_model_tarball_is_refused(tmp_path, capsys):
+    package = tmp_path / "roberta.large"
+    package.mkdir()
+    (package / "model.pt").write_bytes(bytes(range(256)) * 400)
+    (package / "dict.txt").write_text("4 10\n")
+    tarball = tmp_path / "roberta.large.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(package, arcname="roberta.large")
+    tarball.write_bytes(tarball.read_bytes()[:-300])
+    with pytest.raises(SystemExit):
+        pretrained.main(["roberta.large", "--out", str(tmp_path / "models"), "--archive", str(tarball)])
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert not list((tmp_path / "models").rglob("model.pt"))
+
+
+def test_published_hyperparameters_per_task():
+    rte = dry_run("train-glue.sh", "--task", "RTE")
+    assert (flag(rte, "--task"), flag(rte, "--criterion"), flag(rte, "--rdrop-alpha")) == \
+        ("rdrop_sentence_prediction", "rdrop_sentence_prediction", "1.0")
+    assert (flag(rte, "--lr"), flag(rte, "--batch-size"), flag(rte, "--total-num-update"),
+            flag(rte, "--warmup-updates"), flag(rte, "--num-classes")) == ("2e-5", "16", "2036", "122", "2")
+    mnli = dry_run("train-glue.sh", "--task", "MNLI", "--baseline")
+    assert (flag(mnli, "--task"), flag(mnli, "--criterion"), flag(mnli, "--num-classes"), flag(mnli, "--lr")) == \
+        ("sentence_prediction", "sentence_prediction", "3", "1e-5")
+    stsb = dry_run("train-glue.sh", "--task", "STS-B")
+    assert "--regression-target" in stsb and flag(stsb, "--best-checkpoint-metric") == "loss"
+    assert "--report-mcc" in dry_run("train-glue.sh", "--task", "CoLA")
+    assert flag(dry_run("train-glue.sh", "--task", "QQP", "--double-batch"), "--batch-size") == "64"
+
+
+def glue_command(*flags, gpus="0", **env):
+    """(fairseq-train argv, stderr) of ``train-glue.sh --print-args``, with ``gpus`` as CUDA_VISIBLE_DEVICES."""
+    proc = run_script("train-glue.sh", "--print-args", *flags,
+                      env=script_env(FP16="0", CUDA_VISIBLE_DEVICES=gpus, **env))
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout)
+    assert argv[0] == "fairseq-train"
+    return argv[1:], proc.stderr
+
+
+def schedule(argv):
+    return tuple(flag(argv, name) for name in ("--batch-size", "--max-tokens", "--max-epoch", "--total-num-update",
+                                               "--warmup-updates", "--max-update"))
+
+
+def test_double_batch_doubles_the_batch_and_the_epochs_at_the_same_updates():
+    # MRPC: batch 16, 2296 updates (10 epochs), 137 warmup.
+    for variant in ([], ["--baseline"]):
+        assert schedule(glue_command("--task", "MRPC", *variant)[0]) == ("16", "4400", "10", "2296", "137", "2296")
+    assert schedule(glue_command("--task", "MRPC", "--double-batch")[0]) == ("32", "8800", "20", "2296", "137", "2296")
+    assert schedule(glue_command("--task", "QQP", "--double-batch")[0]) == ("64", "8800", "20", "113272", "28318",
+                                                                            "113272")
+    # Env values are the single-batch ones, for either variant.
+    env = dict(BATCH_SIZE="10", MAX_TOKENS="1000", MAX_EPOCH="3", TOTAL_NUM_UPDATE="7", WARMUP="1")
+    assert schedule(glue_command("--task", "RTE", "--baseline", **env)[0]) == ("10", "1000", "3", "7", "1", "7")
+    assert schedule(glue_command("--task", "RTE", "--double-batch", **env)[0]) == ("20", "2000", "6", "7", "1", "7")
+    assert schedule(glue_command("--task", "SST-2", "--smoke", "--double-batch")[0]) == ("16", "8800", "2", "4", "1",
+                                                                                      "4")
+    # After `--`, fairseq-train flags are taken as they are.
+    argv, _ = glue_command("--task", "RTE", "--double-batch", "--", "--max-update", "500", "--max-tokens", "99")
+    assert (flag(argv, "--max-update"), flag(argv, "--max-tokens"), flag(argv, "--total-num-update")) == \
+        ("500", "99", "2036")
+    for name, value in (("TOTAL_NUM_UPDATE", "0"), ("WARMUP", "-1"), ("MAX_TOKENS", "lots"), ("MAX_EPOCH", "0")):
+        proc = run_script("train-glue.sh", "--task", "RTE", "--double-batch", "--print-args",
+                          env=script_env(FP16="0", **{name: value}))
+        assert proc.returncode == 2 and f"{name} must be a" in proc.stderr, name
+
+
+REPORT_FLAGS = {"CoLA": "--report-mcc", "MRPC": "--report-acc-and-f1", "QQP": "--report-acc-and-f1",
+                "STS-B": "--report-pearson-and-spearman"}
+
+
+@pytest.mark.parametrize("task", sorted(REPORT_FLAGS))
+def test_stock_criterion_reports_glue_metrics_on_one_gpu_only(task):
+    report = REPORT_FLAGS[task]
+    for variant in ("--baseline", "--double-batch"):
+        argv, err = glue_command("--task", task, variant)
+        assert report in argv and err == ""
+        # fairseq 0.12.3.1's sentence_prediction would sum its per-example lists across workers and fail.
+        argv, err = glue_command("--task", task, variant, gpus="0,1")
+        assert not any(arg.startswith("--report-") for arg in argv)
+        assert err.count("\n") == 1 and f"{report} left out" in err and "several GPUs" in err
+        assert f"scripts/evaluate-glue.sh --task {task} " in err and err.rstrip().endswith(f"-- {report} afterwards")
+    # rdrop_sentence_prediction gathers them, on any number of GPUs.
+    argv, err = glue_command("--task", task, gpus="0,1,2,3")
+    assert report in argv and err == ""
+
+
+def test_world_size_seen_for_the_report_flags():
+    def dropped(*flags, gpus="0", **env):
+        argv, err = glue_command("--task", "CoLA", "--baseline", *flags, gpus=gpus, **env)
+        assert ("--report-mcc" in argv) != ("left out" in err)
+        return "--report-mcc" not in argv
+
+    assert not dropped() and not dropped(gpus="") and not dropped(gpus="0,-1,2")
+    assert dropped(gpus="0,1") and dropped(gpus="GPU-a,GPU-b")
+    assert dropped("--", "--distributed-world-size", "2") and dropped("--", "--distributed-world-size=2")
+    assert not dropped("--", "--distributed-world-size", "1", gpus="0,1")
+    assert dropped(WORLD_SIZE="2", RANK="0", MASTER_ADDR="h", MASTER_PORT="9")
+    assert dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="2", SLURM_NNODES="1")
+    assert dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="2", SLURM_NNODES="2")
+    assert not dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="1", SLURM_NNODES="1")
+    assert not dropped("--cpu", gpus="0,1") and not dropped("--", "--cpu", gpus="0,1")
+
+
+def test_bad_input_is_named(tmp_path):
+    for script, extra in (("train-glue.sh", ["--print-args"]), ("evaluate-glue.sh", [])):
+        proc = run_script(script, "--task", "WNLI", *extra)
+        assert proc.returncode == 2 and "--task must be one of" in proc.stderr, script
+    proc = run_script("train-glue.sh", "--task", "RTE", "--print-args", env=script_env(BATCH_SIZE="many"))
+    assert proc.returncode == 2 and "BATCH_SIZE must be a positive integer" in proc.stderr
+    proc = run_script("train-glue.sh", "--task", "RTE", "--data", tmp_path, env=script_env(FP16="0"))
+    assert proc.returncode == 2 and f"{tmp_path} has no input0/dict.txt" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["prepare-glue.sh", "train-glue.sh", "evaluate-glue.sh",
+                                    "prepare-cnndm.sh", "train-cnndm.sh", "evaluate-cnndm.sh"])
+def test_help(script):
+    proc = run_script(script, "--help")
+    assert proc.returncode == 0 and "scripts/" + script in proc.stdout
+
+
+def test_smoke_and_distributed_commands():
+    argv = dry_run("train-glue.sh", "--task", "SST-2", "--smoke")
+    assert "--cpu" in argv and int(flag(argv, "--max-update")) <= 10 and flag(argv, "--encoder-layers") == "1"
+    assert "smoke" in flag(argv, "--save-dir") and flag(argv, "--restore-file") is None
+    argv = dry_run("train-glue.sh", "--task", "SST-2", WORLD_SIZE=2, RANK=1, LOCAL_RANK=1, MASTER_ADDR="h",
+                   MASTER_PORT=9)
+    assert (flag(argv, "--distributed-world-size"), flag(argv, "--distributed-rank")) == ("2", "1")
+
+
+@pytest.mark.parametrize("script, model", [("train-glue.sh", "roberta.large"), ("train-cnndm.sh", "bart.large")])
+def test_printed_command_names_the_pretrained_model_a_run_fetches(tmp_path, script, model, capsys):
+    models = tmp_path / "my models"
+    task = ["--task", "RTE"] if script == "train-glue.sh" else []
+    argv = dry_run(script, *task, MODELS_DIR=str(models))
+    assert flag(argv, "--restore-file") == str(pretrained.model_path(models, model))
+    assert "--reset-optimizer" in argv and not models.exists()
+    pretrained.main([model, "--out", str(models), "--path-only"])
+    assert capsys.readouterr().out.splitlines()[-1] == str(pretrained.model_path(models, model))
+
+
+def test_finetune_and_evaluate_classification_then_regression(cola, stsb, tmp_path):
+    cola_run = tmp_path / "cola"
+    proc = run_script("train-glue.sh", "--task", "CoLA", "--smoke", "--data", cola, "--save-dir", cola_run,
+                      env=script_env(FP16="0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr + proc.stdout
+    assert '"kl_loss"' in log and '"valid_accuracy"' in log and '"valid_mcc"' in log
+
+    # The CoLA model, packed as fairseq's roberta.large tarball, is the pre-trained model for STS-B.
+    package = tmp_path / "pkg" / "roberta.large"
+    package.mkdir(parents=True)
+    shutil.copy(cola_run / "checkpoint_best.pt", package / "model.pt")
+    shutil.copy(cola / "input0" / "dict.txt", package / "dict.txt")
+    tarball = tmp_path / "roberta.large.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(package, arcname="roberta.large")
+    model_pt = pretrained.fetch_model(pretrained.parser().parse_args(
+        ["roberta.large", "--out", str(tmp_path / "models"), "--archive", str(tarball)]))
+    assert model_pt == pretrained.model_path(tmp_path / "models", "roberta.large") and model_pt.is_file()
+    run = tmp_path / "stsb-restored"
+    proc = run_script("train-glue.sh", "--task", "STS-B", "--smoke", "--data", stsb, "--save-dir", run,
+                      "--restore-file", model_pt, env=script_env(FP16="0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Loaded checkpoint " + str(model_pt) in proc.stderr + proc.stdout
+    quoted = tmp_path / "it's STS-B"  # the data path reaches fairseq inside a Python dict literal
+    quoted.symlink_to(stsb)
+    proc = run_script("evaluate-glue.sh", "--task", "STS-B", "--data", quoted, "--save-dir", run, "--cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "glue-dev.json").read_text())["valid"]
+    assert {"loss", "pearson", "spearman"} <= set(metrics)

@@ -1,0 +1,375 @@
+"""prepare_parallel's step records: a re-run skips a step only when it was made with the same settings."""
+import json
+import logging
+import os
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rdrop_fairseq.recipes import prepare
+
+LINES = {"train": 60, "valid": 6, "test": 6}
+WORDS = {
+    "de": "Der Hund läuft schnell über die grüne Wiese , und Katzen schlafen lange im warmen Haus ; "
+          "Kinder spielen draußen mit bunten Bällen !".split(),
+    "en": "The dog runs quickly over the green meadow , and cats sleep long in the warm House ; "
+          "Children play outside with colourful Balls !".split(),
+    "fr": "Le chien court vite sur la prairie verte , et les Chats dorment longtemps dans la maison ; "
+          "les Enfants jouent dehors avec des balles !".split(),
+}
+
+
+def write_corpus(raw: Path, langs=("de", "en"), seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    for split, count in LINES.items():
+        lengths = [rng.randint(3, 12) for _ in range(count)]
+        for lang in langs:
+            words = WORDS[lang]
+            pick = random.Random(f"{seed}-{split}-{lang}")
+            prepare.write_lines(raw / f"{split}.{lang}",
+                                (" ".join(pick.choice(words) for _ in range(n)) + "." for n in lengths))
+    return raw
+
+
+def files(root: Path, skip=("preprocess.log",)):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in skip}
+
+
+def mtimes(root: Path):
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def fake_binarize(text_dir, dest, src, tgt=None, workers=1, splits=prepare.SPLITS, extra=()):
+    """A fast stand-in for fairseq-preprocess: a joined dictionary and the text as "binaries"."""
+    dest = Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)  # as binarize: dest is replaced whole
+    dest.mkdir(parents=True)
+    counts = Counter(w for lang in (src, tgt) for line in prepare.read_lines(Path(text_dir) / f"train.{lang}")
+                     for w in line.split())
+    for lang in (src, tgt):
+        prepare.write_lines(dest / f"dict.{lang}.txt", (f"{w} {n}" for w, n in sorted(counts.items())))
+        for split in splits:
+            (dest / f"{split}.{src}-{tgt}.{lang}.bin").write_bytes((Path(text_dir) / f"{split}.{lang}").read_bytes())
+
+
+class Calls(Counter):
+    """Calls per function, and the merges asked of learn_joint_bpe."""
+    def __init__(self):
+        super().__init__()
+        self.merges = []
+
+    def clear(self):
+        super().clear()
+        self.merges.clear()
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the calls of each step's work function (binarize: the fast stand-in)."""
+    counter = Calls()
+    merges = counter.merges
+
+    def spy(name, function):
+        def wrapper(*args, **kwargs):
+            counter[name] += 1
+            return function(*args, **kwargs)
+        monkeypatch.setattr(prepare, name, wrapper)
+
+    spy("moses_tokenize", prepare.moses_tokenize)
+    spy("apply_bpe", prepare.apply_bpe)
+    spy("binarize", fake_binarize)
+    learn = prepare.learn_joint_bpe
+
+    def learn_spy(train_files, codes, n):
+        merges.append(n)
+        return learn(train_files, codes, n)
+    spy("learn_joint_bpe", learn_spy)
+    return counter
+
+
+def warnings(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.name == "rdrop_fairseq.recipes.prepare" and r.levelno >= logging.WARNING]
+
+
+def run(raw, out, **settings):
+    settings = {"bpe_merges": 40, **settings}
+    src, tgt = settings.pop("src", "de"), settings.pop("tgt", "en")
+    return prepare.prepare_parallel(raw, out, src, tgt, **settings)
+
+
+@pytest.fixture
+def raw(tmp_path):
+    return write_corpus(tmp_path / "raw")
+
+
+# ------------------------------------------------------------------ (1) identical settings
+
+
+def test_an_identical_rerun_skips_every_step_with_fairseq_binaries(raw, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out"
+    bin_dir = run(raw, out, workers=2)
+    assert bin_dir == out / "bin"
+    made = {p.name for p in bin_dir.iterdir()}
+    assert {"dict.de.txt", "dict.en.txt", "train.de-en.de.bin", "test.de-en.en.idx"} <= made
+    assert sorted(p.name for p in (out / ".steps").iterdir()) == ["bin.json", "bpe.json", "tok.json"]
+    before = mtimes(out)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished step was redone")
+    for name in ("moses_tokenize", "learn_joint_bpe", "apply_bpe", "binarize"):
+        monkeypatch.setattr(prepare, name, refuse)
+    os.utime(raw / "train.de")  # a new mtime, the same bytes: the corpus is identified by content
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rdrop_fairseq.recipes.prepare"):
+        assert run(raw, out, workers=1) == bin_dir  # workers do not change the output
+    assert mtimes(out) == before
+    assert [r.getMessage().split(":")[1] for r in caplog.records if r.name == "rdrop_fairseq.recipes.prepare"] == \
+        [" skip tokenisation", " skip BPE", " skip binarisation"]
+
+
+def test_a_copied_corpus_is_the_same_corpus(raw, tmp_path, calls):
+    out = tmp_path / "out"
+    run(raw, out)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in raw.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    calls.clear()
+    run(copy, out)
+    assert not calls
+
+
+# ------------------------------------------------------------------ (2) other BPE merges
+
+
+def test_other_bpe_merges_redo_bpe_and_binarisation_only(raw, tmp_path, calls, caplog):
+    out = tmp_path / "out"
+    run(raw, out, bpe_merges=40)
+    old_codes = (out / "bpe.codes").read_bytes()
+    tok_times = mtimes(out / "tok")
+    calls.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rdrop_fairseq.recipes.prepare"):
+        run(raw, out, bpe_merges=25)
+    assert calls["moses_tokenize"] == 0 and calls["binarize"] == 1 and calls.merges[-1] == 25
+    assert mtimes(out / "tok") == tok_times
+    assert warnings(caplog) == ["prepare: bpe.codes was made with bpe_merges=40, now 25: redoing BPE and binarisation"]
+    assert (out / "bpe.codes").read_bytes() != old_codes
+
+    fresh = tmp_path / "fresh"
+    run(raw, fresh, bpe_merges=25)
+    assert files(out) == files(fresh)
+
+
+# ------------------------------------------------------------------ (3) tokenisation settings and the corpus
+
+
+def append_pair(raw):
+    for lang in ("de", "en"):
+        with open(raw / f"train.{lang}", "a", encoding="utf-8") as handle:
+            handle.write(f"{WORDS[lang][0]} {WORDS[lang][1]} !\n")
+
+
+@pytest.mark.parametrize("change, settings, why", [
+    ("lowercase", {"lowercase": True}, "lowercase=False, now True"),
+    ("max_train_pairs", {"max_train_pairs": 20}, "max_train_pairs=0, now 20"),
+    ("corpus", {}, "a different corpus (train.de, train.en)"),
+])
+def test_changed_tokenisation_redoes_every_step(raw, tmp_path, calls, caplog, change, settings, why):
+    out = tmp_path / "out"
+    run(raw, out)
+    if change == "corpus":
+        append_pair(raw)
+    calls.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rdrop_fairseq.recipes.prepare"):
+        run(raw, out, **settings)
+    assert calls["moses_tokenize"] == 6 and calls["learn_joint_bpe"] == 1 and calls["binarize"] == 1
+    assert warnings(caplog) == [f"prepare: tok/ was made with {why}: redoing tokenisation, BPE and binarisation"]
+
+    fresh = tmp_path / "fresh"
+    run(raw, fresh, **settings)
+    assert files(out) == files(fresh)
+
+
+def test_another_language_pair_leaves_no_file_of_the_old_one(tmp_path, calls, caplog):
+    raw = write_corpus(tmp_path / "raw", langs=("de", "en", "fr"))
+    out = tmp_path / "out"
+    run(raw, out, src="de")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rdrop_fairseq.recipes.prepare"):
+        run(raw, out, src="fr")
+    assert warnings(caplog)[0].startswith("prepare: tok/ was made with src=de, now fr; a different corpus (")
+    assert not [name for name in files(out) if ".de" in name]
+    fresh = tmp_path / "fresh"
+    run(raw, fresh, src="fr")
+    assert files(out) == files(fresh)
+
+
+# ------------------------------------------------------------------ (4) outputs without a record
+
+
+def test_outputs_without_a_record_are_redone(raw, tmp_path, calls, caplog):
+    fresh = tmp_path / "fresh"
+    run(raw, fresh)
+    # What an older version or an interrupted run may leave: plausible files, no records.
+    out = tmp_path / "out"
+    prepare.write_lines(out / "tok" / "train.de", ["half a file"])
+    prepare.write_lines(out / "tok" / "stale.xx", ["from another run"])
+    prepare.write_lines(out / "bpe.codes", ["#version: 0.2", "a b"])
+    prepare.write_lines(out / "bin" / "dict.de.txt", ["old 1"])
+    calls.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rdrop_fairseq.recipes.prepare"):
+        run(raw, out)
+    assert calls["moses_tokenize"] == 6 and calls["learn_joint_bpe"] == 1 and calls["binarize"] == 1
+    assert warnings(caplog) == ["prepare: tok/ has no record of its settings (an older version or an interrupted "
+                                "run): redoing tokenisation, BPE and binarisation"]
+    assert files(out) == files(fresh)
+
+
+def test_a_missing_record_redoes_its_step_and_the_later_ones(raw, tmp_path, calls):
+    out = tmp_path / "out"
+    run(raw, out)
+    (out / ".steps" / "bpe.json").unlink()
+    calls.clear()
+    run(raw, out)
+    assert calls["moses_tokenize"] == 0 and calls["learn_joint_bpe"] == 1 and calls["binarize"] == 1
+
+
+@pytest.mark.parametrize("deleted, redone, why", [
+    ("bin", 1, "bin/ is missing"),
+    ("bin/valid.de-en.en.bin", 1, "bin/valid.de-en.en.bin is missing"),
+    ("bpe/train.de", 2, "bpe/train.de is missing"),
+    ("tok", 3, "tok/ is missing"),
+])
+def test_a_deleted_output_is_made_again(raw, tmp_path, calls, caplog, deleted, redone, why):
+    out = tmp_path / "out"
+    run(raw, out)
+    fresh = files(out)
+    path = out / deleted
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    calls.clear()
+    caplog.clear()
+    run(raw, out)
+    ran = [calls["moses_tokenize"] > 0, calls["learn_joint_bpe"] == 1, calls["binarize"] == 1]
+    assert ran == [False] * (3 - redone) + [True] * redone
+    assert len(warnings(caplog)) == 1 and why in warnings(caplog)[0]
+    assert files(out) == fresh
+
+
+def test_a_record_from_another_chain_is_not_trusted(raw, tmp_path, calls):
+    """Records of bpe/bin copied from a run on another corpus do not match this tok/."""
+    other = tmp_path / "other"
+    run(write_corpus(tmp_path / "raw2", seed=1), other)
+    out = tmp_path / "out"
+    run(raw, out)
+    for name in ("bpe.json", "bin.json"):
+        (out / ".steps" / name).write_bytes((other / ".steps" / name).read_bytes())
+    calls.clear()
+    run(raw, out)
+    assert calls["moses_tokenize"] == 0 and calls["learn_joint_bpe"] == 1 and calls["binarize"] == 1
+
+
+# ------------------------------------------------------------------ (5) interrupted steps
+
+
+def fail_on_call(monkeypatch, name, call):
+    function, count = getattr(prepare, name), Counter()
+
+    def wrapper(*args, **kwargs):
+        count[name] += 1
+        if count[name] == call:
+            raise KeyboardInterrupt(f"{name} interrupted")
+        return function(*args, **kwargs)
+    monkeypatch.setattr(prepare, name, wrapper)
+
+
+@pytest.mark.parametrize("name, call, kept", [
+    ("moses_tokenize", 4, []),
+    ("apply_bpe", 3, ["tok.json"]),
+    ("binarize", 1, ["bpe.json", "tok.json"]),
+])
+def test_an_interrupted_step_leaves_no_record_and_is_redone(raw, tmp_path, calls, monkeypatch, name, call, kept):
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        fail_on_call(patch, name, call)
+        with pytest.raises(KeyboardInterrupt):
+            run(raw, out)
+    assert sorted(p.name for p in (out / ".steps").glob("*")) == kept
+    assert not list(out.rglob("*.part"))
+    calls.clear()
+    run(raw, out)
+    assert calls["moses_tokenize"] == (0 if kept else 6)
+    assert calls["learn_joint_bpe"] == (0 if "bpe.json" in kept else 1)
+    assert calls["binarize"] == 1
+    fresh = tmp_path / "fresh"
+    run(raw, fresh)
+    assert files(out) == files(fresh)
+
+
+def test_an_interrupted_change_does_not_revive_the_old_outputs(raw, tmp_path, calls, monkeypatch):
+    """BPE redone with 25 merges, binarisation interrupted: bin/ of 40 merges is not taken as finished,
+    and going back to 40 merges redoes BPE."""
+    out = tmp_path / "out"
+    run(raw, out, bpe_merges=40)
+    with monkeypatch.context() as patch:
+        fail_on_call(patch, "binarize", 1)
+        with pytest.raises(KeyboardInterrupt):
+            run(raw, out, bpe_merges=25)
+    assert not (out / ".steps" / "bin.json").exists()
+    calls.clear()
+    run(raw, out, bpe_merges=40)
+    assert calls["moses_tokenize"] == 0 and calls.merges == [40] and calls["binarize"] == 1
+    fresh = tmp_path / "fresh"
+    run(raw, fresh, bpe_merges=40)
+    assert files(out) == files(fresh)
+
+
+def test_records_are_small_json_files(raw, tmp_path, calls):
+    out = tmp_path / "out"
+    run(raw, out, bpe_merges=30, lowercase=True)
+    tok = json.loads((out / ".steps" / "tok.json").read_text())
+    assert tok["settings"]["lowercase"] is True and tok["after"] is None
+    assert tok["settings"]["corpus"]["train.de"]["size"] == (raw / "train.de").stat().st_size
+    bpe = json.loads((out / ".steps" / "bpe.json").read_text())
+    assert bpe["settings"]["bpe_merges"] == 30 and len(bpe["after"]) == 64
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_the_command_line_reruns_and_reports_changes(raw, tmp_path, calls, capsys, caplog):
+    out = tmp_path / "out"
+    argv = ["parallel", str(raw), str(out), "--src", "de", "--tgt", "en", "--bpe-merges", "30"]
+    prepare.main(argv)
+    assert capsys.readouterr().out.strip() == str(out / "bin")
+    calls.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rdrop_fairseq.recipes.prepare"):
+        prepare.main(argv[:-1] + ["20"])
+    assert capsys.readouterr().out.strip() == str(out / "bin")
+    assert calls["moses_tokenize"] == 0 and calls.merges == [20]
+    assert warnings(caplog) == ["prepare: bpe.codes was made with bpe_merges=30, now 20: redoing BPE and binarisation"]
+
+
+def test_the_command_line_rejects_pairs_of_different_lengths(raw, tmp_path, calls, capsys):
+    prepare.write_lines(raw / "valid.en", prepare.read_lines(raw / "valid.en")[:-1])
+    with pytest.raises(SystemExit):
+        prepare.main(["parallel", str(raw), str(tmp_path / "out"), "--src", "de", "--tgt", "en"])
+    assert "valid.de and .en differ in line count" in capsys.readouterr().err
+    assert not (tmp_path / "out" / ".steps" / "tok.json").exists()
+
+
+def test_lines_end_at_newline_only_and_carry_no_carriage_return(tmp_path):
+    # a stray \r on different lines of each side kept the line counts equal and misaligned the pairs
+    (tmp_path / "x.de").write_bytes("eins\rhalb\nzwei\r\ndrei\n".encode())
+    (tmp_path / "x.en").write_bytes("one half\ntwo\nthree\r\n".encode())
+    assert prepare.read_lines(tmp_path / "x.de") == ["eins halb", "zwei", "drei"]
+    assert prepare.read_lines(tmp_path / "x.en") == ["one half", "two", "three"]
+

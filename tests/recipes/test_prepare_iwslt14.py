@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import pytest
+
+from fixtures_upstream import LONG_MARKER, RATIO_MARKER, build_iwslt14, mtimes, run_script
+from rdrop_fairseq.recipes.datasets import iwslt14
+
+pytestmark = pytest.mark.e2e
+SCRIPT = "prepare-iwslt14.sh"
+MERGES = "300"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("iwslt14")
+    fixture = build_iwslt14(root)
+    out = root / "data"
+    proc = run_script(SCRIPT, "--out", out, "--archive", fixture.archive, "--bpe-merges", MERGES, "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    return fixture, out, proc
+
+
+def lines(path):
+    return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def test_layout_and_printed_path(prepared):
+    _, out, proc = prepared
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "data-bin" / "iwslt14.de-en")
+
+
+def test_every_23rd_kept_pair_is_valid_and_test_is_the_five_ted_sets(prepared):
+    fixture, out, _ = prepared
+    text = out / "iwslt14.de-en"
+    kept = fixture.kept_train_pairs
+    for lang in ("de", "en"):
+        assert len(lines(text / f"valid.{lang}")) == kept // 23
+        assert len(lines(text / f"train.{lang}")) == kept - kept // 23
+        assert len(lines(text / f"test.{lang}")) == fixture.test_segments
+    train = (text / "train.en").read_text(encoding="utf-8") + (text / "valid.en").read_text(encoding="utf-8")
+    assert LONG_MARKER not in train.replace("@@ ", "") and RATIO_MARKER not in train.replace("@@ ", "")
+    assert "<url>" not in train and "talkid" not in train and "keywords" not in train
+
+
+def test_text_is_tokenised_lowercased_and_bpe_split(prepared):
+    _, out, _ = prepared
+    test_en = (out / "iwslt14.de-en" / "test.en").read_text(encoding="utf-8")
+    assert "@@ " in test_en
+    assert test_en == test_en.lower()
+    # ’ became ' and Moses escaped it, as in fairseq's data.
+    assert "it &apos;s" in test_en.replace("@@ ", "")
+
+
+def test_joined_dictionary_and_binaries(prepared):
+    from fairseq.data import Dictionary, data_utils
+
+    _, out, _ = prepared
+    bin_dir = out / "data-bin" / "iwslt14.de-en"
+    assert (bin_dir / "dict.de.txt").read_text() == (bin_dir / "dict.en.txt").read_text()
+    dictionary = Dictionary.load(str(bin_dir / "dict.de.txt"))
+    for split in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            data = data_utils.load_indexed_dataset(str(bin_dir / f"{split}.de-en.{lang}"), dictionary)
+            assert len(data) == len(lines(out / "iwslt14.de-en" / f"{split}.{lang}"))
+
+
+def test_rerun_skips_finished_steps(prepared):
+    fixture, out, _ = prepared
+    before = mtimes(out)
+    proc = run_script(SCRIPT, "--out", out, "--archive", fixture.archive, "--bpe-merges", MERGES)
+    assert proc.returncode == 0, proc.stderr
+    assert "skip fairseq-preprocess --joined-dictionary" in proc.stderr
+    assert "skip learn joint BPE" in proc.stderr
+    assert mtimes(out) == before
+
+
+def test_other_settings_in_the_same_folder_are_refused(prepared, capsys):
+    fixture, out, _ = prepared
+    with pytest.raises(SystemExit):
+        iwslt14.main(["--out", str(out), "--archive", str(fixture.archive), "--bpe-merges", "123"])
+    assert "prepared with {'bpe_merges': 300" in capsys.readouterr().err
+
+
+def test_truncated_archive_is_rejected_and_leaves_no_output(prepared, tmp_path, capsys):
+    fixture, _, _ = prepared
+    out = tmp_path / "data"
+    truncated = out / "downloads" / "de-en.tgz"  # where downloads go: still the user's own file
+    truncated.parent.mkdir(parents=True)
+    truncated.write_bytes(fixture.archive.read_bytes()[:-3000])
+    with pytest.raises(SystemExit) as exit_info:
+        iwslt14.main(["--out", str(out), "--archive", str(truncated)])
+    assert exit_info.value.code == 1
+    assert f"error: {truncated}: truncated or corrupt archive" in capsys.readouterr().err
+    assert truncated.exists()  # the user's own file is reported, never deleted
+    files = [str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()]
+    assert sorted(files) == ["downloads/de-en.tgz", "iwslt14.de-en/params.json"]
+    # nothing was prepared, so other settings are not refused
+    with pytest.raises(SystemExit):
+        iwslt14.main(["--out", str(out), "--archive", str(truncated), "--bpe-merges", "123"])
+    assert "truncated or corrupt archive" in capsys.readouterr().err
+
+
+def test_train_filter_and_valid_split():
+    raw = ["<url>http://x</url>", "<speaker>A</speaker>", "<title>Hi</title>", "text"]
+    assert list(iwslt14.train_text(raw)) == ["<speaker>A</speaker>", "Hi", "text"]
+    assert list(iwslt14.train_text(raw, drop_meta=True)) == ["Hi", "text"]
+    train, valid = iwslt14.split_valid([str(i) for i in range(1, 50)])
+    assert valid == ["23", "46"] and len(train) == 47 and "23" not in train

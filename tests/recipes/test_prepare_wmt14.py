@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from fixtures_upstream import LONG_MARKER, RATIO_MARKER, build_wmt14, run_script
+from rdrop_fairseq.recipes.datasets import wmt14
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    return build_wmt14(tmp_path_factory.mktemp("wmt14"))
+
+
+def lines(path):
+    return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def check_corpus(fixture, out):
+    text, bin_dir = out / "wmt14.en-de", out / "data-bin" / "wmt14.en-de"
+    train = {lang: lines(text / f"train.{lang}") for lang in ("en", "de")}
+    assert len(train["en"]) == len(train["de"])
+    # Cleaning after subword splitting may drop a few good pairs; the bad ones must go.
+    assert 0.8 * fixture.train_pairs <= len(train["en"]) <= fixture.train_pairs
+    joined = "\n".join(train["en"] + train["de"])
+    assert LONG_MARKER not in joined and RATIO_MARKER not in joined
+    assert "\u200b" not in joined and "\u0007" not in joined
+    for lang in ("en", "de"):
+        assert len(lines(text / f"valid.{lang}")) == fixture.valid_segments
+        assert len(lines(text / f"test.{lang}")) == fixture.test_segments
+    assert (bin_dir / "dict.en.txt").read_text() == (bin_dir / "dict.de.txt").read_text()
+    for split in ("train", "valid", "test"):
+        for lang in ("en", "de"):
+            assert (bin_dir / f"{split}.en-de.{lang}.bin").stat().st_size > 0
+    return joined
+
+
+def test_bpe_from_a_mirror_folder(fixture, tmp_path):
+    out = tmp_path / "data"
+    proc = run_script("prepare-wmt14.sh", "--out", out, "--bpe-merges", "300", "--workers", "1",
+                      env={"RDROP_DATA_MIRROR": str(fixture.mirror)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "data-bin" / "wmt14.en-de")
+    joined = check_corpus(fixture, out)
+    assert "@@ " in joined
+    assert " @-@ " in (out / "wmt14.en-de" / "tmp" / "train.de").read_text(encoding="utf-8")  # tokenizer -a
+
+
+def test_sentencepiece_from_archives(fixture, tmp_path, capsys):
+    out = tmp_path / "data"
+    archives = [arg for path in fixture.archives for arg in ("--archive", str(path))]
+    wmt14.main(["--out", str(out), "--spm", "--spm-vocab-size", "400", "--workers", "1", *archives])
+    assert capsys.readouterr().out.strip() == str(out / "data-bin" / "wmt14.en-de")
+    joined = check_corpus(fixture, out)
+    assert "\u2581" in joined and "@@" not in joined
+    assert (out / "wmt14.en-de" / "spm.model").is_file()
+
+
+def test_archive_with_an_unknown_name_is_refused(fixture, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        wmt14.main(["--out", str(tmp_path), "--archive", str(tmp_path / "other.tgz")])
+    assert "--archive " in capsys.readouterr().err

@@ -1,0 +1,431 @@
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from conftest import corpus
+from rdrop_fairseq import cli
+from rdrop_fairseq.recipes import lohelp, quickstart
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_CORPUS = REPO.parent / "shared" / "corpora" / "lohelp-de-en"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def parse(*argv):
+    return quickstart.build_parser().parse_args(list(argv))
+
+
+def flag(cmd, name):
+    return cmd[cmd.index(name) + 1]
+
+
+ROW = {"bleu": 12.345, "bleu_ci95": 0.7, "bleu_p": None, "lenpen": 1.4, "bp": 0.876, "best_valid_loss": 4.5,
+       "valid_ppl": 22.6, "updates": 300, "wall_s": 90.0, "words_per_s": 1234.4}
+
+
+def test_table_has_one_row_per_run_with_every_column():
+    table = quickstart.format_table({"baseline": ROW, "rdrop": dict(ROW, bleu=13.0, bleu_p=0.0123)}).splitlines()
+    assert table[0] == quickstart.TABLE_HEADER and table[0].count("|") == 11 and "words/s" in table[0]
+    assert table[2] == "| baseline | 12.35 ± 0.70 | – | 1.4 | 0.88 | 4.500 | 22.60 | 300 | 1.5 min | 1234 |"
+    assert table[3].startswith("| rdrop | 13.00 ± 0.70 | 0.012 |")
+
+
+def test_bleu_comes_with_its_confidence_interval_a_paired_p_value_and_the_brevity_penalty():
+    import sacrebleu
+
+    refs = [f"the cat number {i} sat on the mat near door {i % 7}" for i in range(60)]
+    worse = [ref if i % 3 else "a dog" for i, ref in enumerate(refs)]
+    better = [ref if i % 9 else "a dog" for i, ref in enumerate(refs)]
+    scores = quickstart.bleu_with_significance({"baseline": worse, "rdrop": better}, refs)
+    assert scores["baseline"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(worse, [refs]).score)
+    assert scores["baseline"]["bp"] == pytest.approx(sacrebleu.corpus_bleu(worse, [refs]).bp)
+    assert scores["baseline"]["bp"] < scores["rdrop"]["bp"] <= 1
+    assert scores["baseline"]["bleu_p"] is None and scores["baseline"]["bleu_ci95"] > 0
+    assert scores["rdrop"]["bleu"] > scores["baseline"]["bleu"] and scores["rdrop"]["bleu_p"] < 0.01
+
+
+CPU = quickstart.Device(cuda=False)
+H200 = quickstart.Device(cuda=True, name="NVIDIA H200")
+
+
+def test_by_default_both_runs_train_a_fixed_number_of_updates_with_no_time_limit(tmp_path):
+    plan = quickstart.plan_run(CPU, parse())
+    assert plan.setup == quickstart.CPU and plan.max_update == quickstart.CPU.updates == 2200
+    assert plan.alpha == 2.0 and plan.device_flags == ("--cpu",) and plan.minutes is None
+    cmd = quickstart.train_command(tmp_path, tmp_path / "run", plan, plan.alpha, parse(), plan.max_update, 0.0)
+    assert flag(cmd, "--max-update") == "2200" and "--stop-time-hours" not in cmd
+    assert quickstart.plan_run(CPU, parse("--smoke")).max_update == quickstart.SMOKE.updates
+
+
+def test_max_updates_and_minutes_override_the_default():
+    assert quickstart.plan_run(CPU, parse("--max-updates", "500")).max_update == 500
+    assert quickstart.plan_run(H200, parse("--max-updates", "1500")).max_update == 1500
+    budget = quickstart.plan_run(CPU, parse("--minutes", "20"))
+    assert budget.max_update == 0 and budget.minutes == 20  # R-Drop's budget decides
+    both = quickstart.plan_run(CPU, parse("--minutes", "20", "--max-updates", "900"))
+    assert both.max_update == 900 and both.minutes == 20
+    assert quickstart.plan_run(CPU, parse("--smoke", "--minutes", "20")).max_update == quickstart.SMOKE.updates
+
+
+def test_with_cuda_the_paper_model_trains_on_the_whole_corpus_in_fp16(tmp_path):
+    args = parse()
+    plan = quickstart.plan_run(H200, args)
+    assert plan.setup == quickstart.GPU and plan.device == H200
+    assert plan.setup.train_pairs == 0 and plan.setup.heldout_pairs == 0  # the whole corpus
+    assert plan.alpha == 5.0 and plan.max_update == quickstart.GPU.updates
+    cmd = quickstart.train_command(tmp_path, tmp_path / "run", plan, plan.alpha, args, plan.max_update, 0.0)
+    for name, value in (("--arch", "transformer_iwslt_de_en"), ("--dropout", "0.3"), ("--rdrop-alpha", "5.0"),
+                        ("--max-tokens", "4096"), ("--encoder-layers", "6"), ("--encoder-embed-dim", "512"),
+                        ("--encoder-ffn-embed-dim", "1024"), ("--encoder-attention-heads", "4")):
+        assert flag(cmd, name) == value, name
+    assert "--fp16" in cmd and "--bf16" not in cmd and "--cpu" not in cmd
+
+
+def test_the_gpu_command_is_one_fairseq_train_accepts_and_bf16_would_not_run_on_cuda(tmp_path):
+    from fairseq import options
+
+    plan = quickstart.plan_run(H200, parse())
+    cmd = quickstart.train_command(tmp_path, tmp_path / "run", plan, plan.alpha, parse(), plan.max_update, 0.0)
+    assert cmd[1:3] == ["-m", "fairseq_cli.train"]
+
+    def fairseq_args(argv):
+        return options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+
+    parsed = fairseq_args(cmd[3:])
+    assert (parsed.arch, parsed.task, parsed.criterion) == (
+        "transformer_iwslt_de_en", "rdrop_translation", "rdrop_label_smoothed_cross_entropy")
+    assert parsed.fp16 and not parsed.tpu and not parsed.cpu and parsed.max_tokens == 4096
+    assert parsed.dropout == 0.3 and parsed.rdrop_alpha == 5.0 and parsed.max_update == 4000
+    # why not bf16: fairseq 0.12 takes --bf16 for a TPU, and its trainer then leaves CUDA unused
+    bf16 = fairseq_args([arg for arg in cmd[3:] if arg != "--fp16"] + ["--bf16"])
+    assert bf16.tpu
+
+
+def test_cpu_forces_the_cpu_setup_even_with_cuda():
+    forced = quickstart.plan_run(H200, parse("--cpu"))
+    assert forced.setup == quickstart.CPU and forced.device_flags == ("--cpu",) and not forced.device.cuda
+    assert quickstart.plan_run(H200, parse("--rdrop-alpha", "1")).alpha == 1.0
+    assert quickstart.plan_run(H200, parse("--train-pairs", "5000")).setup.train_pairs == 5000
+
+
+def test_the_device_comes_from_torch(monkeypatch):
+    import torch
+
+    assert quickstart.detect_device(force_cpu=True) == CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")
+    assert quickstart.detect_device(force_cpu=False) == H200
+    assert quickstart.detect_device(force_cpu=True) == CPU
+
+
+def test_both_runs_share_every_setting_but_alpha(tmp_path):
+    args = parse("--cpu")
+    plan = quickstart.plan_run(H200, args)
+    cmds = {alpha: quickstart.train_command(tmp_path, tmp_path / "run", plan, alpha, args, 100, 0.1)
+            for alpha in (0.0, 5.0)}
+    differing = [(a, b) for a, b in zip(cmds[0.0], cmds[5.0]) if a != b]
+    assert differing == [("0.0", "5.0")]
+    cmd = cmds[5.0]
+    for name, value in (("--criterion", "rdrop_label_smoothed_cross_entropy"), ("--task", "rdrop_translation"),
+                        ("--log-format", "json"), ("--max-update", "100")):
+        assert flag(cmd, name) == value
+    assert "--log-file" in cmd and "--stop-time-hours" in cmd and "--cpu" in cmd
+
+
+def test_rdrop_run_takes_the_alpha_flag_and_the_baseline_zero(tmp_path, monkeypatch):
+    alphas = []
+
+    def fake_run(cmd, log, echo=None):
+        alphas.append(flag(cmd, "--rdrop-alpha"))
+        return []
+
+    monkeypatch.setattr(quickstart, "run_logged", fake_run)
+    args = parse("--rdrop-alpha", "0.5", "--smoke")
+    walls = quickstart.train_runs(tmp_path, tmp_path / "out", quickstart.plan_run(CPU, args), args)
+    assert alphas == ["0.5", "0.0"] and set(walls) == {"rdrop", "baseline"}
+
+
+def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, monkeypatch):
+    limits = []
+
+    def fake_run(cmd, log, echo=None):
+        limits.append((cmd[cmd.index("--max-update") + 1] if "--max-update" in cmd else None,
+                       float(flag(cmd, "--stop-time-hours"))))
+        (log.parent / "train.log").write_text('{"epoch": 1, "loss": "5.0", "num_updates": "625", "wall": "60"}\n')
+        return []
+
+    monkeypatch.setattr(quickstart, "run_logged", fake_run)
+    args = parse("--minutes", "20")
+    quickstart.train_runs(tmp_path, tmp_path / "out", quickstart.plan_run(CPU, args), args)
+    (rdrop_limit, rdrop_hours), (baseline_limit, baseline_hours) = limits
+    assert rdrop_limit is None and rdrop_hours == pytest.approx(20 / 60 * 0.9 * 0.6, abs=1e-4)
+    assert baseline_limit == "625" and baseline_hours > 20 / 60 * 0.9 * 0.4
+
+    limits.clear()  # with both flags, the budget stopped R-Drop first: the baseline gets R-Drop's 625 still
+    args = parse("--minutes", "20", "--max-updates", "2000")
+    quickstart.train_runs(tmp_path, tmp_path / "out", quickstart.plan_run(CPU, args), args)
+    assert [limit for limit, _ in limits] == ["2000", "625"]
+
+
+def test_a_run_with_fewer_updates_than_the_default_says_it_settles_nothing(tmp_path, caplog):
+    assert quickstart.shortfall_warning(2200, quickstart.CPU) is None
+    assert quickstart.shortfall_warning(4000, quickstart.GPU) is None
+    warning = quickstart.shortfall_warning(625, quickstart.CPU)
+    assert "625" in warning and "2200" in warning and "does not settle the comparison" in warning
+    assert "R-Drop needs more updates than the baseline" in warning
+
+    plan = quickstart.plan_run(CPU, parse("--minutes", "20"))
+    results = {"baseline": dict(ROW, updates=625), "rdrop": dict(ROW, updates=625, bleu_p=0.001)}
+    with caplog.at_level("WARNING", logger="rdrop_fairseq.recipes.quickstart"):
+        report = quickstart.write_results(tmp_path, plan, tmp_path, results)
+    assert warning in caplog.text and report.endswith(warning)
+    assert (tmp_path / "results.md").read_text() == report + "\n"
+    assert json.loads((tmp_path / "results.json").read_text())["warning"] == warning
+
+    full = {name: dict(row, updates=2200) for name, row in results.items()}
+    assert "Warning" not in quickstart.write_results(tmp_path, plan, tmp_path, full)
+    assert json.loads((tmp_path / "results.json").read_text())["warning"] is None
+
+
+def test_progress_shows_updates_done_of_all_and_the_time_left():
+    line = ('2026-12-04 17:30:00 | INFO | train_inner | {"epoch": 3, "update": 2.5, "loss": "6.1", '
+            '"num_updates": "500", "wps": "4000", "wall": "120"}\n')
+    assert quickstart.progress_echo("rdrop", 2000, 0)(line) == \
+        "[rdrop] 500/2000 updates, 2.0 min so far, about 6.0 min left\n"
+    assert quickstart.progress_echo("rdrop", 0, 600)(line) == \
+        "[rdrop] 500 updates, 2.0 min so far, at most 8.0 min left of its time budget\n"
+    other = "2026-12-04 17:30:00 | INFO | valid | {\"epoch\": 3, \"valid_loss\": \"6.5\"}\n"
+    assert quickstart.progress_echo("rdrop", 2000, 0)(other) == other
+
+
+def test_lenpen_reranks_the_finished_hypotheses_by_length():
+    short, long = ("a b", [-1.0, -1.0, -1.0]), ("a b c d e", [-1.2] * 6)
+    assert quickstart.best_by_lenpen([short, long], 1.0) == "a b"     # -1.0 per token against -1.2
+    assert quickstart.best_by_lenpen([short, long], 2.0) == "a b c d e"
+    assert quickstart.best_by_lenpen([], 1.0) == ""
+
+
+def test_lenpen_is_chosen_by_valid_bleu_from_one_grid():
+    refs = [f"this is the long reference sentence number {i}" for i in range(20)]
+    nbest = {i: [(f"this is the {i}", [-0.5] * 5), (ref, [-0.6] * 9)] for i, ref in enumerate(refs)}
+    lenpen, bleu = quickstart.choose_lenpen(nbest, refs, lambda text: text)
+    assert set(bleu) == set(quickstart.LENPENS) and lenpen > 1.0 and bleu[lenpen] == pytest.approx(100)
+    assert bleu[1.0] < 100
+    # when every value scores the same, no penalty
+    same = {i: [(ref, [-0.5] * 9)] for i, ref in enumerate(refs)}
+    assert quickstart.choose_lenpen(same, refs, lambda text: text)[0] == 1.0
+
+
+def test_rescoring_the_nbest_gives_what_beam_search_gives_with_that_lenpen(tmp_path):
+    """The claim choose_lenpen rests on, checked on fairseq's own beam search: the finished hypotheses do
+    not depend on --lenpen, which only re-ranks them."""
+    import torch
+    from fairseq.sequence_generator import SequenceGenerator
+    from tiny_fairseq import build, translation_sample, write_dictionaries
+
+    torch.manual_seed(0)
+    _, task, model, _ = build(write_dictionaries(tmp_path, size=12))
+    model.eval()
+    dictionary = task.target_dictionary
+    sample = translation_sample(dictionary, batch=4, src_len=7, seed=3)
+    with torch.no_grad():  # a random model whose hypotheses end at different lengths: peaky, eos likely
+        model.decoder.embed_tokens.weight.normal_(0, 1.0)
+        projection = torch.nn.Linear(16, len(dictionary))
+        projection.weight = model.decoder.embed_tokens.weight
+        projection.bias.zero_()
+        projection.bias[dictionary.eos()] = 7.0
+        model.decoder.output_projection = projection
+
+    def search(lenpen, nbest):
+        generator = SequenceGenerator([model], dictionary, beam_size=6, len_penalty=lenpen,
+                                      max_len_b=15)
+        with torch.no_grad():
+            hypos = generator.generate([model], sample)
+        return [[(" ".join(map(str, h["tokens"].tolist())), h["positional_scores"].tolist())
+                 for h in sentence[:nbest]] for sentence in hypos]
+
+    candidates = search(1.0, 6)
+    picks = {}
+    for lenpen in (0.0, 0.3, *quickstart.LENPENS, 3.0, 5.0):
+        picks[lenpen] = [quickstart.best_by_lenpen(sentence, lenpen) for sentence in candidates]
+        assert picks[lenpen] == [best[0][0] for best in search(lenpen, 1)]
+    assert len({tuple(p) for p in picks.values()}) > 1  # the length penalty changed some choice
+
+
+def test_the_cache_key_of_prepared_data_follows_the_corpus_content_not_its_path(tmp_path):
+    corpora = [tmp_path / "a" / "corpus", tmp_path / "b" / "corpus"]
+    for raw in corpora:
+        raw.mkdir(parents=True)
+        for split in ("train", "valid", "test"):
+            for lang in ("de", "en"):
+                (raw / f"{split}.{lang}").write_text(f"{split} {lang}\n")
+    args = parse("--work-dir", str(tmp_path / "w"))
+    keys = [quickstart.prepared_dir(args, quickstart.CPU, raw) for raw in corpora]
+    assert keys[0] == keys[1]
+    (corpora[1] / "train.en").write_text("changed\n")
+    assert quickstart.prepared_dir(args, quickstart.CPU, corpora[1]) != keys[0]
+    assert quickstart.prepared_dir(args, quickstart.GPU, corpora[0]) != keys[0]
+
+
+@pytest.mark.parametrize("name", ["--rdrop-alpha", "--minutes", "--max-updates"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_non_positive_value_is_refused_naming_the_flag(name, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main([name, value])
+    assert exit_info.value.code == 2 and name in capsys.readouterr().err
+
+
+def test_train_pairs_flag_sizes_the_training_slice_only():
+    assert quickstart.plan_run(CPU, parse("--smoke")).setup == quickstart.SMOKE
+    sized = quickstart.plan_run(CPU, parse("--train-pairs", "6000")).setup
+    assert asdict(sized) == {**asdict(quickstart.CPU), "train_pairs": 6000}
+
+
+def test_negative_train_pairs_are_refused_naming_the_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--train-pairs", "-1"])
+    assert exit_info.value.code == 2 and "--train-pairs" in capsys.readouterr().err
+
+
+def test_slice_keeps_the_first_lines_of_each_split(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split, n in (("train", 10), ("valid", 5), ("test", 5)):
+        for lang in ("de", "en"):
+            (raw / f"{split}.{lang}").write_text("".join(f"{split} {lang} {i}\n" for i in range(n)))
+    sliced = quickstart.slice_corpus(raw, tmp_path / "slice", "de", "en", 3, 2)
+    assert (sliced / "train.en").read_text() == "train en 0\ntrain en 1\ntrain en 2\n"
+    assert (sliced / "test.de").read_text() == "test de 0\ntest de 1\n"
+    assert quickstart.slice_corpus(raw, tmp_path / "unused", "de", "en", 0, 0) == raw
+
+
+def test_missing_corpus_file_names_the_flag(tmp_path, capsys):
+    (tmp_path / "train.de").write_text("x\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["quickstart", "--corpus", str(tmp_path), "--work-dir", str(tmp_path / "w"),
+                  "--out-dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 1
+    assert "--corpus" in capsys.readouterr().err
+
+
+def test_a_corpus_already_split_by_bpe_is_refused_naming_the_flag(tmp_path, capsys):
+    for split in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            (tmp_path / f"{split}.{lang}").write_text("ein Bei@@ spiel\n")
+    with pytest.raises(SystemExit):
+        cli.main(["quickstart", "--corpus", str(tmp_path), "--work-dir", str(tmp_path / "w"),
+                  "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert "--corpus" in err and "BPE" in err and not (tmp_path / "w").exists()
+
+
+def test_without_apt_the_error_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    def no_apt(*_):
+        raise RuntimeError("apt-get not found")
+
+    monkeypatch.setattr(lohelp, "download_debs", no_apt)
+    with pytest.raises(SystemExit):
+        quickstart.main(["--work-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert "apt-get not found" in err and "--corpus DIR --src de --tgt en" in err
+
+
+def read(path):
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+FAKE_PIP = """#!/usr/bin/env bash
+# Stands in for the venv's pip: records its arguments and, for the package itself, makes the test's own
+# site-packages visible to the new environment instead of downloading anything.
+set -euo pipefail
+echo "$*" >> "$PIP_CALLS"
+if [[ " $* " == *" -e "* ]]; then
+    site=$("$RDROP_QUICKSTART_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    printf '%s\\n' "$TEST_SITE_PACKAGES" > "$site/quickstart-test-deps.pth"
+fi
+"""
+
+
+def quickstart_env(tmp_path, python):
+    fake_pip = tmp_path / "fake-pip"
+    fake_pip.write_text(FAKE_PIP)
+    fake_pip.chmod(0o755)
+    site_packages = [p for p in sys.path if p.endswith("site-packages")]
+    return dict(os.environ, PYTHON=str(python), RDROP_QUICKSTART_VENV=str(tmp_path / "venv"),
+                RDROP_QUICKSTART_PIP=str(fake_pip), PIP_CALLS=str(tmp_path / "pip-calls"),
+                TEST_SITE_PACKAGES="\n".join(site_packages))
+
+
+def run_script(env, *args, timeout=120):
+    return subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_with_the_dependencies_installed_the_script_runs_them_as_they_are(tmp_path):
+    result = run_script(quickstart_env(tmp_path, sys.executable), "--minutes", "0")
+    # the interpreter's own argument check answered: it ran, and nothing was installed
+    assert result.returncode == 2 and "--minutes must be positive" in result.stderr
+    assert "installing" not in result.stdout and "lacks" not in result.stdout
+    assert not (tmp_path / "pip-calls").exists() and not (tmp_path / "venv").exists()
+
+
+def test_without_the_dependencies_help_still_prints_the_usage(tmp_path):
+    bare = bare_python(tmp_path)
+    result = run_script(quickstart_env(tmp_path, bare), "--help")
+    assert result.returncode == 0 and "Usage: scripts/quickstart.sh" in result.stdout
+    assert not (tmp_path / "venv").exists()
+
+
+def bare_python(tmp_path) -> Path:
+    """A fresh interpreter without any of the project's dependencies."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    python = tmp_path / "bare" / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+    return python
+
+
+@pytest.mark.e2e
+def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_draws_the_curves(tmp_path):
+    corpus("lohelp-de-en")  # fails, never skips, without the corpus
+    env = quickstart_env(tmp_path, bare_python(tmp_path))
+    venv = tmp_path / "venv"
+    result = run_script(env, "--smoke", "--cpu", "--corpus", str(SHARED_CORPUS), "--work-dir",
+                        str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"), timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "lacks rdrop_fairseq's dependencies" in out and f"installing them into the virtual environment {venv}" in out
+    calls = read(tmp_path / "pip-calls")
+    assert calls[1] == "install -q torch==2.13.0" and calls[2] == f"install -q -e {REPO}"
+    assert f"running: {venv}/bin/python -m fairseq_cli.train" in out  # the run used the new environment
+
+    assert quickstart.TABLE_HEADER in out
+    rows = [line for line in out.splitlines() if line.startswith(("| baseline |", "| rdrop |"))]
+    assert len(rows) == 2 and all(row.split("|")[8].strip() == "6" for row in rows)
+    assert "[rdrop] 6/6 updates" in out and "[baseline] 3/6 updates" in out  # progress reaches the console
+    assert "**Warning:**" not in out  # the default number of updates
+
+    png = tmp_path / "out" / "curves.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert matplotlib.image.imread(png).ndim == 3
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    results = summary["results"]
+    assert set(results) == {"baseline", "rdrop"} and results["rdrop"]["updates"] == 6
+    assert all(r["lenpen"] in quickstart.LENPENS and 0 < r["bp"] <= 1 for r in results.values())
+    assert summary["warning"] is None
+
+    prepared = Path(summary["corpus"])
+    for lang in ("de", "en"):
+        train = set(read(prepared / f"train.{lang}"))
+        assert not train & set(read(prepared / f"valid.{lang}")) and not train & set(read(prepared / f"test.{lang}"))
+    hyps = read(tmp_path / "out" / "rdrop" / "test.hyp.en")
+    assert len(hyps) == len(read(prepared / "test.en")) == quickstart.SMOKE.heldout_pairs
+
+    again = run_script(env, "--minutes", "0")  # a second run finds the environment made by the first
+    assert again.returncode == 2 and "--minutes must be positive" in again.stderr
+    assert f"using {venv}/bin/python" in again.stdout and len(read(tmp_path / "pip-calls")) == len(calls)

@@ -1,0 +1,339 @@
+"""scripts/train-*.sh: the fairseq-train commands they build, and real smoke runs on CPU.
+
+The smoke runs (tiny models, a few updates, on slices of the corpora in ../shared)
+are kept in pytest's session temp dir and reused by tests/recipes/test_evaluate_scripts.py.
+"""
+import os
+import shlex
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import rdrop_fairseq
+from rdrop_fairseq.recipes import prepare
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts"
+CORPORA = REPO.parent / "shared" / "corpora"
+TRAIN_SCRIPTS = ["train-iwslt14.sh", "train-wmt14.sh", "train-wikitext103.sh"]
+# Variables the scripts read from the environment; tests set them explicitly.
+SCRIPT_ENV = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DISTRIBUTED_PORT",
+              "SLURM_NTASKS", "SLURM_NNODES", "DATA", "DATA_ROOT", "SAVE_DIR", "CHECKPOINT_ROOT", "ALPHA",
+              "MAX_TOKENS", "FP16", "CPU", "SMOKE", "DRY_RUN", "ARCH", "USER_DIR"}
+
+
+def script_env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_script(script, *args, log=None, **env):
+    """Run a script; on failure show the end of its output."""
+    proc = subprocess.run(["bash", str(SCRIPTS / script), *map(str, args)], env=script_env(**env),
+                          capture_output=True, text=True)
+    if log is not None:
+        Path(log).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                             f"{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc
+
+
+def dry_run(script, *flags, **env):
+    env.setdefault("FP16", "0")  # skips the CUDA probe, which imports torch
+    argv = shlex.split(run_script(script, "--print-args", *flags, **env).stdout)
+    assert argv[0] == "fairseq-train"
+    return argv[1:]
+
+
+def flag(argv, name):
+    """The value fairseq will see for ``name``: argparse keeps the last occurrence."""
+    values = [argv[i + 1] for i, arg in enumerate(argv) if arg == name]
+    return values[-1] if values else None
+
+
+def once(dest: Path, build):
+    """Build ``dest`` unless an earlier test (of any module) already did."""
+    done = dest / ".done"
+    if not done.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        build(dest)
+        done.touch()
+    return dest
+
+
+# ------------------------------------------------------------------ data and runs
+
+def translation_data(base: Path) -> Path:
+    def build(dest):
+        raw = dest / "raw"
+        raw.mkdir()
+        for split, lines in (("train", 2000), ("valid", 100), ("test", 40)):
+            for lang in ("de", "en"):
+                source = prepare.read_lines(CORPORA / "lohelp-de-en" / f"{split}.{lang}")
+                prepare.write_lines(raw / f"{split}.{lang}", source[:lines])
+        prepare.prepare_parallel(raw, dest, "de", "en", bpe_merges=2000, workers=2)
+
+    return once(base / "lohelp", build) / "bin"
+
+
+def lm_data(base: Path) -> Path:
+    def build(dest):
+        for split, lines in (("train", 1500), ("valid", 100), ("test", 100)):
+            source = prepare.read_lines(CORPORA / "austen-lm" / f"{split}.tok.txt")
+            prepare.write_lines(dest / "text" / split, source[:lines])
+        prepare.binarize(dest / "text", dest / "bin", "txt", tgt=None)
+
+    return once(base / "austen", build) / "bin"
+
+
+def iwslt_smoke_run(base: Path) -> Path:
+    data = translation_data(base)
+    return once(base / "iwslt14-rdrop", lambda dest: run_script(
+        "train-iwslt14.sh", "--smoke", "--data", data, "--save-dir", dest, log=dest / "train.log"))
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wmt_two_process_baseline_run(base: Path) -> Path:
+    """train-wmt14.sh --baseline as two torchrun-style CPU processes (gloo)."""
+    data = translation_data(base)
+
+    def build(dest):
+        port = free_port()
+        procs = []
+        for rank in range(2):
+            env = script_env(WORLD_SIZE=2, RANK=rank, LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            log = open(dest / f"rank{rank}.log", "w")
+            procs.append((subprocess.Popen(
+                ["bash", str(SCRIPTS / "train-wmt14.sh"), "--smoke", "--baseline", "--data", str(data),
+                 "--save-dir", str(dest)], env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        codes = []
+        for proc, log in procs:
+            try:
+                codes.append(proc.wait(timeout=300))
+            finally:
+                log.close()
+                if proc.poll() is None:
+                    proc.kill()
+        assert codes == [0, 0], f"exit codes {codes}:\n{(dest / 'rank0.log').read_text()[-3000:]}"
+
+    return once(base / "wmt14-baseline-2proc", build)
+
+
+def lm_smoke_run(base: Path) -> Path:
+    data = lm_data(base)
+    return once(base / "wikitext103-rdrop", lambda dest: run_script(
+        "train-wikitext103.sh", "--smoke", "--data", data, "--save-dir", dest, log=dest / "train.log"))
+
+
+def criterion_registered(name):
+    from fairseq.criterions import CRITERION_REGISTRY
+
+    return name in CRITERION_REGISTRY
+
+
+needs_lm_criterion = pytest.mark.skipif(not criterion_registered("rdrop_cross_entropy"),
+                                        reason="criterion rdrop_cross_entropy not in this checkout yet")
+
+
+@pytest.fixture(scope="session")
+def iwslt_run(tmp_path_factory):
+    return iwslt_smoke_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def wmt_run(tmp_path_factory):
+    return wmt_two_process_baseline_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory):
+    return lm_smoke_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def translation_bin(tmp_path_factory):
+    return translation_data(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def lm_bin(tmp_path_factory):
+    return lm_data(tmp_path_factory.getbasetemp())
+
+
+# ------------------------------------------------------------------ the commands
+
+@pytest.mark.parametrize("script,task,criterion,alpha", [
+    ("train-iwslt14.sh", "rdrop_translation", "rdrop_label_smoothed_cross_entropy", "5"),
+    ("train-wmt14.sh", "rdrop_translation", "rdrop_label_smoothed_cross_entropy", "5"),
+    ("train-wikitext103.sh", "rdrop_language_modeling", "rdrop_cross_entropy", "1.0"),
+])
+def test_rdrop_by_default_with_the_papers_alpha(script, task, criterion, alpha):
+    argv = dry_run(script)
+    assert (flag(argv, "--task"), flag(argv, "--criterion"), flag(argv, "--rdrop-alpha")) == (task, criterion, alpha)
+    assert flag(argv, "--user-dir") == str(Path(rdrop_fairseq.__file__).parent)
+
+
+def test_a_relative_path_finds_the_checkout_whatever_cdpath_says(tmp_path):
+    (tmp_path / "decoy" / "scripts").mkdir(parents=True)  # what `cd scripts/..` would find through CDPATH
+    proc = subprocess.run(["bash", "scripts/train-iwslt14.sh", "--print-args"], cwd=REPO, capture_output=True,
+                          text=True, env=script_env(FP16="0", CDPATH=f"{tmp_path / 'decoy'}:."))
+    assert proc.returncode == 0, proc.stderr
+    assert flag(shlex.split(proc.stdout)[1:], "--user-dir") == str(REPO / "rdrop_fairseq")
+
+
+def test_every_hyperparameter_can_be_overridden():
+    argv = dry_run("train-iwslt14.sh", "--alpha", "3", LR="7e-4", DROPOUT="0.2", MAX_TOKENS="1000")
+    assert (flag(argv, "--rdrop-alpha"), flag(argv, "--lr"), flag(argv, "--dropout"), flag(argv, "--max-tokens")) \
+        == ("3", "7e-4", "0.2", "1000")
+    assert flag(dry_run("train-iwslt14.sh", ALPHA="2"), "--rdrop-alpha") == "2"
+    # Anything after -- reaches fairseq-train last, so it wins.
+    argv = dry_run("train-wmt14.sh", "--", "--rdrop-alpha", "0.5", "--clip-norm", "1.0")
+    assert argv[-4:] == ["--rdrop-alpha", "0.5", "--clip-norm", "1.0"]
+    assert flag(argv, "--rdrop-alpha") == "0.5"
+
+
+@pytest.mark.parametrize("script,stock_task,stock_criterion", [
+    ("train-iwslt14.sh", "translation", "label_smoothed_cross_entropy"),
+    ("train-wmt14.sh", "translation", "label_smoothed_cross_entropy"),
+    ("train-wikitext103.sh", "language_modeling", "cross_entropy"),
+])
+def test_baseline_and_doubled_batch(script, stock_task, stock_criterion):
+    rdrop, baseline, double = (dry_run(script, *f) for f in ([], ["--baseline"], ["--double-batch"]))
+    for argv in (baseline, double):
+        assert (flag(argv, "--task"), flag(argv, "--criterion")) == (stock_task, stock_criterion)
+        assert "--rdrop-alpha" not in argv
+    assert flag(baseline, "--max-tokens") == flag(rdrop, "--max-tokens")
+    assert int(flag(double, "--max-tokens")) == 2 * int(flag(rdrop, "--max-tokens"))
+    assert len({flag(a, "--save-dir") for a in (rdrop, baseline, double)}) == 3
+    # The baselines differ from the R-Drop run only in task, criterion, alpha, batch and save dir.
+    drop = {"--task", "--criterion", "--rdrop-alpha", "--max-tokens", "--save-dir"}
+    def rest(argv):
+        return [(a, v) for a, v in zip(argv, argv[1:] + [""]) if a.startswith("--") and a not in drop]
+    assert rest(rdrop) == rest(baseline) == rest(double)
+
+
+def test_adaptive_input_variant():
+    argv = dry_run("train-wikitext103.sh", "--adaptive")
+    assert (flag(argv, "--arch"), flag(argv, "--criterion"), flag(argv, "--ddp-backend")) == \
+        ("transformer_lm_wiki103", "rdrop_adaptive_loss", "legacy_ddp")
+    assert (flag(argv, "--tokens-per-sample"), flag(argv, "--optimizer")) == ("3072", "nag")
+    assert flag(dry_run("train-wikitext103.sh", "--adaptive", "--baseline"), "--criterion") == "adaptive_loss"
+    gpt = dry_run("train-wikitext103.sh", "--arch", "transformer_lm_gpt")
+    assert (flag(gpt, "--arch"), flag(gpt, "--tokens-per-sample")) == ("transformer_lm_gpt", "512")
+    assert flag(gpt, "--save-dir") != flag(dry_run("train-wikitext103.sh"), "--save-dir")
+
+
+def test_torchrun_environment_becomes_fairseq_distributed_flags():
+    env = dict(WORLD_SIZE=16, RANK=9, LOCAL_RANK=1, MASTER_ADDR="node0", MASTER_PORT=29500)
+    argv = dry_run("train-wmt14.sh", **env)
+    assert (flag(argv, "--distributed-world-size"), flag(argv, "--distributed-rank"), flag(argv, "--device-id"),
+            flag(argv, "--distributed-init-method")) == ("16", "9", "1", "tcp://node0:29500")
+    assert "--distributed-no-spawn" in argv and "--distributed-backend" not in argv
+    cpu = dry_run("train-wmt14.sh", "--cpu", **env)
+    assert (flag(cpu, "--distributed-backend"), flag(cpu, "--ddp-backend")) == ("gloo", "legacy_ddp")
+    # Without a launcher fairseq itself spreads over the visible GPUs.
+    assert not any(a.startswith("--distributed") for a in dry_run("train-wmt14.sh"))
+
+
+def test_slurm_is_fairseqs_own_inference_with_a_port():
+    argv = dry_run("train-iwslt14.sh", DISTRIBUTED_PORT=12345, SLURM_NTASKS=16, SLURM_NNODES=2)
+    assert (flag(argv, "--distributed-port"), flag(argv, "--distributed-world-size")) == ("12345", "16")
+    per_node = dry_run("train-iwslt14.sh", DISTRIBUTED_PORT=12345, SLURM_NTASKS=2, SLURM_NNODES=2)
+    assert flag(per_node, "--distributed-world-size") is None
+
+
+def test_fp16_only_when_asked_or_on_cuda():
+    assert "--fp16" in dry_run("train-wmt14.sh", FP16=1)
+    assert "--fp16" not in dry_run("train-wmt14.sh", FP16=0)
+    # FP16=auto probes CUDA; --cpu never gets fp16.
+    assert "--fp16" not in dry_run("train-wikitext103.sh", "--cpu", FP16="auto")
+
+
+@pytest.mark.parametrize("script", TRAIN_SCRIPTS)
+def test_smoke_is_a_tiny_cpu_model(script):
+    argv = dry_run(script, "--smoke")
+    assert "--cpu" in argv
+    assert int(flag(argv, "--max-update")) <= 10
+    assert int(flag(argv, "--decoder-layers")) == 1 and int(flag(argv, "--decoder-embed-dim")) <= 64
+    assert "smoke" in flag(argv, "--save-dir")
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--bogus"], {}, "unknown option '--bogus'"),
+    (["--data"], {}, "--data needs a value"),
+    (["--data", "/nonexistent/bin"], {}, "--data: no such folder: /nonexistent/bin"),
+    (["--print-args"], {"MAX_TOKENS": "lots"}, "MAX_TOKENS must be a positive integer"),
+    (["--print-args", "--baseline", "--alpha", "3"], {}, "--alpha/ALPHA"),
+    (["--print-args", "--alpha", "x"], {}, "ALPHA must be a non-negative number"),
+    (["--print-args"], {"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR must be set"),
+    ([], {"DRY_RUN": "yes"}, "DRY_RUN must be 0 or 1, not 'yes'"),
+    (["--print-args"], {"CPU": "true"}, "CPU must be 0 or 1, not 'true'"),
+    (["--print-args"], {"SMOKE": "on"}, "SMOKE must be 0 or 1, not 'on'"),
+])
+def test_bad_input_is_named(args, env, message):
+    proc = subprocess.run(["bash", str(SCRIPTS / "train-iwslt14.sh"), *args], env=script_env(FP16=0, **env),
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+@pytest.mark.parametrize("script", TRAIN_SCRIPTS)
+def test_help(script):
+    proc = run_script(script, "--help")
+    assert proc.stdout.startswith("usage: scripts/" + script)
+
+
+def test_data_folder_must_be_binarised(tmp_path):
+    with pytest.raises(AssertionError, match="has no dict"):
+        run_script("train-iwslt14.sh", "--data", tmp_path, FP16=0)
+
+
+# ------------------------------------------------------------------ real runs
+
+def train_stats(log_text):
+    import json
+
+    lines = [line.split("| train | ", 1)[1] for line in log_text.splitlines() if "| train | " in line]
+    assert lines, "no end-of-epoch train line in the log"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.e2e
+def test_iwslt_smoke_trains_with_rdrop(iwslt_run):
+    stats = train_stats((iwslt_run / "train.log").read_text())
+    assert stats["train_num_updates"] == "4"
+    assert float(stats["train_kl_loss"]) > 0  # the R-Drop term was on
+    log = (iwslt_run / "train.log").read_text()
+    assert '"valid_bleu"' in log  # best checkpoint by BLEU needs --eval-bleu
+    names = {p.name for p in iwslt_run.glob("checkpoint*.pt")}
+    assert {"checkpoint_1_2.pt", "checkpoint_1_4.pt", "checkpoint_best.pt", "checkpoint_last.pt"} <= names
+
+
+@pytest.mark.e2e
+def test_wmt_baseline_trains_as_two_gloo_processes(wmt_run):
+    rank0, rank1 = ((wmt_run / f"rank{r}.log").read_text() for r in range(2))
+    assert "distributed init (rank 0)" in rank0 and "distributed init (rank 1)" in rank1
+    stats = train_stats(rank0)
+    assert stats["train_num_updates"] == "4"
+    assert "train_kl_loss" not in stats  # --baseline: stock criterion
+    command = shlex.split(rank0.split("+ fairseq-train ", 1)[1].splitlines()[0])
+    assert flag(command, "--criterion") == "label_smoothed_cross_entropy"
+    assert {"checkpoint_1_2.pt", "checkpoint_1_4.pt"} <= {p.name for p in wmt_run.glob("checkpoint*.pt")}
+
+
+@pytest.mark.e2e
+@needs_lm_criterion
+def test_wikitext103_smoke_trains_with_rdrop(lm_run):
+    stats = train_stats((lm_run / "train.log").read_text())
+    assert stats["train_num_updates"] == "4"
+    assert float(stats["train_kl_loss"]) > 0
+    assert (lm_run / "checkpoint_best.pt").is_file()
