@@ -14,7 +14,9 @@
    identical settings and a fixed number of updates: R-Drop, then the baseline
    (alpha 0).  With --minutes, R-Drop trains within 60% of that budget instead and
    the baseline for as many updates; a run with fewer updates than the default is
-   flagged as not settling the comparison.
+   flagged as not settling the comparison.  A run that trained to its end is
+   kept: a rerun with the same settings reuses it, so an interrupted quickstart
+   goes on from the run it stopped in.
 3. For each run picks fairseq-generate's --lenpen on the valid set, translates the
    test set with it and scores it with sacreBLEU on detokenised output (with the
    paired bootstrap), prints a table and draws the curves.
@@ -39,6 +41,7 @@ logger = logging.getLogger("rdrop_fairseq.recipes.quickstart")
 
 USER_DIR = Path(__file__).resolve().parents[1]  # the plugin, rdrop_fairseq/
 RUNS = ("rdrop", "baseline")  # R-Drop first: under --minutes it sets the update count
+FINISHED = "finished.json"  # written when a run trains to its end: a rerun with its settings reuses it
 NO_APT_HINT = ("pass a parallel corpus instead: --corpus DIR --src de --tgt en, where DIR holds "
                "{train,valid,test}.{de,en} (one sentence per line, before BPE), e.g. the folder "
                "data/iwslt14.de-en/tmp written by scripts/prepare-iwslt14.sh")
@@ -377,20 +380,41 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
     for name in RUNS:
         alpha = plan.alpha if name == "rdrop" else 0.0
         run_dir = out_dir / name
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
         stop_s = shares[name] * budget_s
         if name == "baseline":
             stop_s *= 1.5  # a safety net only: the update count set by R-Drop decides
-        start = time.time()
-        run_logged(train_command(bin_dir, run_dir, plan, alpha, args, max_update, stop_s / 3600),
-                   run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
-        walls[name] = time.time() - start
+        cmd = train_command(bin_dir, run_dir, plan, alpha, args, max_update, stop_s / 3600)
+        walls[name] = finished_wall(run_dir, cmd)
+        if walls[name] is not None:
+            logger.info("%s: %s holds a finished run with these settings; reusing it (delete the folder to "
+                        "train it again)", name, run_dir)
+        else:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            start = time.time()
+            run_logged(cmd, run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
+            walls[name] = time.time() - start
+            with atomic_output(run_dir / FINISHED) as handle:
+                json.dump({"command": cmd[1:], "wall_s": walls[name]}, handle, indent=1)
         if name == "rdrop" and budget_s:  # the budget may have stopped it before --max-updates
             max_update = summarize(run_dir)["updates"]
             logger.info("R-Drop made %d updates; the baseline gets as many", max_update)
     return walls
+
+
+def finished_wall(run_dir: Path, cmd: Sequence[str]) -> Optional[float]:
+    """The training time of the run in ``run_dir`` if it finished with the command ``cmd`` (the interpreter
+    aside: a new virtual environment trains the same run) and its best checkpoint is there, else None."""
+    if not (run_dir / "checkpoints" / "checkpoint_best.pt").is_file():
+        return None
+    try:
+        record = json.loads((run_dir / FINISHED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("command") != list(cmd[1:]):
+        return None
+    return float(record.get("wall_s", 0.0))
 
 
 def score(bin_dir: Path, raw: Path, out_dir: Path, plan: Plan, args, walls) -> Dict[str, Dict[str, float]]:

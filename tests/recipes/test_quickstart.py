@@ -151,6 +151,52 @@ def test_rdrop_run_takes_the_alpha_flag_and_the_baseline_zero(tmp_path, monkeypa
     assert alphas == ["0.5", "0.0"] and set(walls) == {"rdrop", "baseline"}
 
 
+def test_a_rerun_reuses_a_finished_run_with_the_same_settings_and_retrains_any_other(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_run(cmd, log, echo=None):
+        name = log.parent.name
+        if name == "baseline" and fail_baseline:
+            raise RuntimeError("command failed (exit 1)")
+        trained.append((name, flag(cmd, "--rdrop-alpha")))
+        (log.parent / "train.log").write_text(f"{name} {flag(cmd, '--rdrop-alpha')}\n")
+        Path(flag(cmd, "--save-dir")).mkdir()
+        (Path(flag(cmd, "--save-dir")) / "checkpoint_best.pt").write_bytes(b"")
+        return []
+
+    monkeypatch.setattr(quickstart, "run_logged", fake_run)
+    out = tmp_path / "out"
+
+    def train(*argv):
+        trained.clear()
+        args = parse("--smoke", *argv)
+        return quickstart.train_runs(tmp_path, out, quickstart.plan_run(CPU, args), args)
+
+    fail_baseline = True  # interrupted in the baseline: R-Drop finished, the baseline did not
+    with pytest.raises(RuntimeError):
+        train()
+    assert trained == [("rdrop", "2.0")] and (out / "rdrop" / quickstart.FINISHED).is_file()
+    assert not (out / "baseline" / quickstart.FINISHED).exists()
+
+    fail_baseline = False
+    walls = train()
+    assert trained == [("baseline", "0.0")] and (out / "rdrop" / "train.log").read_text() == "rdrop 2.0\n"
+    assert set(walls) == {"rdrop", "baseline"} and all(wall >= 0 for wall in walls.values())
+    assert train() == walls and trained == []  # both finished: nothing trains, the recorded times stay
+
+    walls = train("--rdrop-alpha", "3")  # another alpha: R-Drop trains again, the baseline is the same run
+    assert trained == [("rdrop", "3.0")] and (out / "rdrop" / "train.log").read_text() == "rdrop 3.0\n"
+    train("--seed", "2")  # a setting both runs share: both train again
+    assert trained == [("rdrop", "2.0"), ("baseline", "0.0")]
+
+    (out / "rdrop" / quickstart.FINISHED).write_text("{not json")  # a damaged record is no record
+    train("--seed", "2")
+    assert trained == [("rdrop", "2.0")]
+    (out / "baseline" / "checkpoints" / "checkpoint_best.pt").unlink()  # nothing to translate with
+    train("--seed", "2")
+    assert trained == [("baseline", "0.0")]
+
+
 def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, monkeypatch):
     limits = []
 
@@ -169,7 +215,7 @@ def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, mon
 
     limits.clear()  # with both flags, the budget stopped R-Drop first: the baseline gets R-Drop's 625 still
     args = parse("--minutes", "20", "--max-updates", "2000")
-    quickstart.train_runs(tmp_path, tmp_path / "out", quickstart.plan_run(CPU, args), args)
+    quickstart.train_runs(tmp_path, tmp_path / "out2", quickstart.plan_run(CPU, args), args)
     assert [limit for limit, _ in limits] == ["2000", "625"]
 
 
