@@ -5,7 +5,6 @@ are kept in pytest's session temp dir and reused by tests/recipes/test_evaluate_
 """
 import os
 import shlex
-import socket
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 import rdrop_fairseq
 from rdrop_fairseq.recipes import prepare
+from fairseq_runs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
@@ -94,12 +94,6 @@ def iwslt_smoke_run(base: Path) -> Path:
     data = translation_data(base)
     return once(base / "iwslt14-rdrop", lambda dest: run_script(
         "train-iwslt14.sh", "--smoke", "--data", data, "--save-dir", dest, log=dest / "train.log"))
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wmt_two_process_baseline_run(base: Path) -> Path:
