@@ -207,9 +207,16 @@ def test_kl_keeps_its_precision_when_the_copies_differ_by_a_constant(offset):
     torch.testing.assert_close(new_grad.double(), ref_grad, **GRAD_TOL)
 
 
-def test_minus_infinity_in_one_copy_only_is_capped_near_the_torch_function():
+@pytest.mark.parametrize("offset", [0.0, 20.0, -3000.0, 3000.0])
+@pytest.mark.parametrize("masked", [[5], list(range(BLOCK)), list(range(40 - BLOCK, 40))])
+def test_minus_infinity_in_one_copy_only_is_capped_near_the_torch_function(masked, offset):
+    # masked: one column, the whole first block (the second copy has no finite score, so no centre,
+    # until the next block), the last block
     logits, target = make_case(vocab=40)
-    logits.view(2, 2, 3, -1)[:, 1, :, 5] = float("-inf")  # the first copy keeps a finite score there
+    free = torch.tensor([c for c in range(2, 40) if c not in masked], device=target.device)
+    target = torch.where(target == PAD, target, free[target % len(free)])  # the NLL stays finite
+    logits.view(2, 2, 3, -1)[:, 1] += offset
+    logits.view(2, 2, 3, -1)[:, 1, :, masked] = float("-inf")  # the first copy keeps a finite score there
     (ref, ref_grad), (new, new_grad) = (
         reference(logits, target, 2, 5.0, 0.0, True),
         run(TritonRDropLossFunction, logits, target, 2, 5.0, 0.0, True),

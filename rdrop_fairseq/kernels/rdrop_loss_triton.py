@@ -113,7 +113,11 @@ def _rdrop_forward_kernel(
             moved = centre - new_centre
             score_sum += start * moved
             if WITH_KL:
-                pair_acc = (pair_acc + run_sum[:, None] * (moved[:, None] - moved[None, :])) * rescale[:, None]
+                # A copy whose scores were all -inf so far had no centre: the gaps to it are the cap,
+                # which its first finite max must not shift by that max's level.
+                pair_moved = tl.where(run_max == float("-inf"), 0.0, moved)
+                pair_acc = (pair_acc + run_sum[:, None] * (pair_moved[:, None] - pair_moved[None, :])) \
+                    * rescale[:, None]
             centre = new_centre
             z = z - centre[:, None]
             e = tl.exp(z)
