@@ -81,8 +81,11 @@ class UntrustedConfigValueError(ValueError):
     """A config string that fairseq evaluates is not a literal, and no opt-in is set."""
 
 
-# The longest list or string that ``*`` may build in a config value.
-_CONFIG_VALUE_LIMIT = 1_000_000
+# The longest list, string or bytes that ``+`` or ``*`` may build in a config value, and the longest
+# config string evaluated: fairseq's values are a few dozen characters, and these bounds keep a crafted
+# one from exhausting memory or time.
+_CONFIG_VALUE_LIMIT = 10_000
+_CONFIG_SOURCE_LIMIT = 10_000
 _CONFIG_OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
 
 
@@ -100,11 +103,14 @@ def _literal(node: ast.AST) -> Any:
             return -operand if isinstance(node.op, ast.USub) else operand
     if isinstance(node, ast.BinOp) and type(node.op) in _CONFIG_OPERATORS:
         left, right = _literal(node.left), _literal(node.right)
+        sequences = (list, tuple, str, bytes)
         if isinstance(node.op, ast.Mult):
             sequence, count = (left, right) if isinstance(right, int) else (right, left)
-            if isinstance(sequence, (list, tuple, str)) and isinstance(count, int) \
-                    and len(sequence) * max(count, 0) > _CONFIG_VALUE_LIMIT:
-                raise ValueError(f"builds a sequence longer than {_CONFIG_VALUE_LIMIT:,}")
+            size = len(sequence) * max(count, 0) if isinstance(sequence, sequences) and isinstance(count, int) else 0
+        else:
+            size = len(left) + len(right) if isinstance(left, sequences) and isinstance(right, sequences) else 0
+        if size > _CONFIG_VALUE_LIMIT:
+            raise ValueError(f"builds a sequence longer than {_CONFIG_VALUE_LIMIT:,}")
         try:
             return _CONFIG_OPERATORS[type(node.op)](left, right)
         except TypeError as error:
@@ -118,6 +124,8 @@ def config_literal(text: str) -> Any:
     """The value of a fairseq config string such as ``"[(512, 3)] * 20"`` or ``"(0.9, 0.98)"``:
     numbers, strings, True/False/None, lists, tuples, sets and dicts of them, unary minus,
     and ``+ - *``.  Raises ValueError for anything else (a name, a call, an attribute)."""
+    if len(text) > _CONFIG_SOURCE_LIMIT:
+        raise ValueError(f"longer than {_CONFIG_SOURCE_LIMIT:,} characters")
     return _literal(ast.parse(text.strip(), mode="eval").body)
 
 
@@ -130,7 +138,7 @@ def config_eval(source, globals=None, locals=None):  # noqa: A002 (eval's own si
         if not isinstance(source, str):
             raise ValueError("not a string")
         return config_literal(source)
-    except (ValueError, SyntaxError, RecursionError) as error:
+    except (ValueError, SyntaxError, RecursionError, MemoryError, TypeError) as error:
         raise UntrustedConfigValueError(
             f"refused to evaluate the config value {source!r} ({error}): fairseq evaluates it as Python, "
             "and a checkpoint's config could run code that way, so rdrop_fairseq evaluates only literals "
@@ -369,16 +377,28 @@ def check(path) -> Tuple[str, str]:
 
 
 def _extract(archive_path: str, dest: str) -> str:
-    """Extract a tar archive into ``dest`` with tarfile's "data" filter (no absolute paths, no
-    ``..``, no links out, no devices); the folder that holds what it extracted."""
+    """Extract a tar archive into ``dest``; the folder that holds what it extracted.  Every member must
+    be a file or a folder with a relative name and no ``..``: a model archive needs no links, devices or
+    absolute paths, and refusing them keeps extraction inside ``dest`` even on Pythons whose tarfile
+    "data" filter (used as well, where there is one) can be bypassed."""
     with tarfile.open(archive_path, "r:*") as archive:
-        names = archive.getnames()
+        members = archive.getmembers()
+        for member in members:
+            parts = member.name.replace("\\", "/").split("/")
+            if not (member.isfile() or member.isdir()) or member.name.startswith("/") or ".." in parts:
+                raise ValueError(f"{archive_path}: refused to extract the model archive: its member "
+                                 f"{member.name!r} is not a plain file or folder inside the archive")
         try:
-            archive.extractall(dest, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                archive.extractall(dest, members=members, filter="data")
+            else:
+                archive.extractall(dest, members=members)
         except tarfile.FilterError as error:
             raise ValueError(f"{archive_path}: refused to extract the model archive: {error}") from None
+    names = [os.path.normpath(member.name) for member in members]
     top = os.path.join(dest, os.path.commonpath(names)) if names else dest
-    return top if os.path.isdir(top) else dest
+    inside = os.path.realpath(top).startswith(os.path.realpath(dest) + os.sep)
+    return top if inside and os.path.isdir(top) else dest
 
 
 def load_archive_file(archive_file):
@@ -397,7 +417,7 @@ def load_archive_file(archive_file):
     if os.path.isdir(resolved):
         return resolved
     dest = tempfile.mkdtemp(prefix="rdrop-model-archive-")
-    if resolved == archive_file:
+    if os.path.exists(str(archive_file)):  # the user's own archive (a str or a Path), not a download
         atexit.register(shutil.rmtree, dest, ignore_errors=True)
         logger.info("extracting the model archive %s into %s", archive_file, dest)
         return _extract(resolved, dest)

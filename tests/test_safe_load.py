@@ -5,6 +5,7 @@ import argparse
 import io
 import os
 import pickle
+import tarfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -423,7 +424,10 @@ def test_config_values_that_fairseq_evaluates_keep_their_values(text):
 
 
 @pytest.mark.parametrize("text", ["__import__('os').system('true')", "open", "().__class__", "[0] * 10 ** 9",
-                                  "'x' * 100_000_000", "lambda: 0", "[x for x in (1,)]"])
+                                  "'x' * 100_000_000", "lambda: 0", "[x for x in (1,)]",
+                                  # size and depth: a sum of allowed products, bytes, a long or deep string
+                                  " + ".join(["[0] * 9000"] * 20), "b'a' * 200_000_000", "-" * 100_000 + "1",
+                                  "[" * 100_000 + "]" * 100_000, "{[1]}"])
 def test_config_values_that_are_not_literals_are_refused(text):
     with pytest.raises(safe_load.UntrustedConfigValueError, match=f"{safe_load.TRUST_ENV}=1"):
         safe_load.config_eval(text)
@@ -473,8 +477,6 @@ def test_the_refusal_offers_the_task_option_only_where_a_command_line_task_has_i
 
 
 def model_archive(path, members):
-    import tarfile
-
     with tarfile.open(path, "w:gz") as archive:
         for name, content in members:
             info = tarfile.TarInfo(name)
@@ -501,3 +503,23 @@ def test_a_model_archive_is_extracted_safely_and_kept(tmp_path):
     with pytest.raises(ValueError, match="refused to extract"):
         file_utils.load_archive_file(str(evil))
     assert not escape.exists() and evil.is_file()
+    assert Path(file_utils.load_archive_file(good)).is_dir() and good.is_file()  # a Path is the user's too
+
+
+def test_a_model_archive_with_a_link_or_an_absolute_name_is_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("mine")
+    link = tarfile.TarInfo("model/link")  # a symlink chain is how tarfile's filter was bypassed
+    link.type, link.linkname = tarfile.SYMTYPE, "."
+    absolute = model_archive(tmp_path / "absolute.tar.gz", [(f"{victim}/model.pt", b"weights")])
+    linked = tmp_path / "linked.tar.gz"
+    with tarfile.open(linked, "w:gz") as archive:
+        archive.addfile(link)
+    for archive, member in ((absolute, f"{victim}/model.pt"), (linked, "model/link")):
+        dest = tmp_path / f"into-{archive.name}"
+        dest.mkdir()
+        with pytest.raises(ValueError, match=f"{archive.name}: refused .* {member!r} is not a plain file"):
+            safe_load._extract(str(archive), str(dest))
+        assert not any(dest.iterdir())
+    assert [p.name for p in victim.iterdir()] == ["keep"]
