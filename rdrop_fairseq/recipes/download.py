@@ -183,6 +183,35 @@ def _members(archive: Path) -> Iterable[Tuple[str, "callable"]]:
             pass
 
 
+class _WriteError(Exception):
+    """An OSError while writing what is extracted (a full disk, a file too large), told apart from
+    one while reading the archive, which means the archive is damaged."""
+
+
+class _Writer:
+    def __init__(self, path: Path):
+        try:
+            self._file = open(path, "wb")
+        except OSError as err:
+            raise _WriteError() from err
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            raise _WriteError() from err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._file.close()
+        except OSError as err:
+            if exc[0] is None:
+                raise _WriteError() from err
+
+
 def extract(archive: Path, patterns: Sequence[str], dest: Path) -> List[Path]:
     """Copy the members matching the ``fnmatch`` patterns, flattened to their base
     names, into ``dest``; each pattern must match.  Skipped when ``dest`` exists,
@@ -200,8 +229,10 @@ def extract(archive: Path, patterns: Sequence[str], dest: Path) -> List[Path]:
                 hits = [p for p in patterns if fnmatch.fnmatchcase(name, p)]
                 if hits:
                     unmatched.difference_update(hits)
-                    with opener() as src, open(staging / Path(name).name, "wb") as out:
+                    with opener() as src, _Writer(staging / Path(name).name) as out:
                         shutil.copyfileobj(src, out, CHUNK)
+        except _WriteError as err:  # the disk, not the archive: the download stays
+            raise err.__cause__ from None
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as err:
             raise CorruptArchiveError(f"{archive}: truncated or corrupt archive ({err}); "
                                       f"delete it and download it again") from err

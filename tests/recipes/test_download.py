@@ -1,3 +1,4 @@
+import builtins
 import hashlib
 import http.server
 import io
@@ -137,6 +138,30 @@ def test_an_archive_cut_after_its_last_member_is_detected(tmp_path, compression,
     archive.write_bytes(archive.read_bytes()[:-cut])
     with pytest.raises(CorruptArchiveError, match="truncated or corrupt"):
         extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]
+
+
+@pytest.mark.parametrize("fails_at", ["open", "write"])
+def test_a_disk_error_while_extracting_is_not_taken_for_a_corrupt_archive(tmp_path, monkeypatch, fails_at):
+    from rdrop_fairseq.recipes import download
+
+    archive = _tgz(tmp_path / "a.tgz", {"d/x.de": b"hallo\n", "d/x.en": b"hello\n"})
+
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        if "w" not in mode:  # the archive itself reads as ever
+            return builtins.open(path, mode, *args, **kwargs)
+        if fails_at == "open":
+            raise OSError(28, "No space left on device")
+        return FullDisk()
+
+    monkeypatch.setattr(download, "open", full_disk_open, raising=False)  # what the extracted files are written with
+    with pytest.raises(OSError, match="No space left") as raised:
+        extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out")
+    assert not isinstance(raised.value, CorruptArchiveError)  # so the caller keeps the download
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]
 
 
