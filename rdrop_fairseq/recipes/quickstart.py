@@ -171,9 +171,12 @@ def resolve_corpus(args) -> Path:
 
 
 def slice_corpus(raw: Path, dest: Path, src: str, tgt: str, train_pairs: int, heldout_pairs: int) -> Path:
-    """The first lines of each split, for a quick run; the full corpus when both are 0."""
+    """The first lines of each split, for a quick run, in ``dest`` named after the corpus content (two
+    corpora in folders of one name, or a corpus edited in place, get slices of their own); the full corpus
+    when both are 0."""
     if not train_pairs and not heldout_pairs:
         return raw
+    dest = dest.with_name(f"{dest.name}-{corpus_digest(raw, src, tgt)}")
     if (dest / "done").exists():
         return dest
     for split in SPLITS:
@@ -188,11 +191,17 @@ def slice_corpus(raw: Path, dest: Path, src: str, tgt: str, train_pairs: int, he
 def prepared_dir(args, setup: Setup, raw: Path) -> Path:
     """Cache folder named after everything that changes the binarised data: the corpus by its content, so
     that a copy elsewhere (or on another machine) finds the same cache."""
-    digest = hashlib.sha1(f"{setup.bpe_merges}|{setup.train_pairs}|{setup.heldout_pairs}".encode())
+    settings = f"{setup.bpe_merges}|{setup.train_pairs}|{setup.heldout_pairs}"
+    digest = corpus_digest(raw, args.src, args.tgt, settings)
+    return args.work_dir / "prepared" / f"{raw.name}-{args.src}{args.tgt}-{digest}"
+
+
+def corpus_digest(raw: Path, src: str, tgt: str, salt: str = "") -> str:
+    digest = hashlib.sha1(salt.encode())
     for split in SPLITS:
-        for lang in (args.src, args.tgt):
+        for lang in (src, tgt):
             digest.update((raw / f"{split}.{lang}").read_bytes())
-    return args.work_dir / "prepared" / f"{raw.name}-{args.src}{args.tgt}-{digest.hexdigest()[:10]}"
+    return digest.hexdigest()[:10]
 
 
 def train_command(bin_dir: Path, run_dir: Path, plan: Plan, alpha: float, args,
@@ -377,6 +386,7 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
     walls, max_update = {}, plan.max_update
     budget_s = (plan.minutes or 0.0) * 60 * 0.9
     shares = {"rdrop": 0.6, "baseline": 0.4}
+    inputs = run_inputs(bin_dir)
     for name in RUNS:
         alpha = plan.alpha if name == "rdrop" else 0.0
         run_dir = out_dir / name
@@ -384,7 +394,7 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
         if name == "baseline":
             stop_s *= 1.5  # a safety net only: the update count set by R-Drop decides
         cmd = train_command(bin_dir, run_dir, plan, alpha, args, max_update, stop_s / 3600)
-        walls[name] = finished_wall(run_dir, cmd)
+        walls[name] = finished_wall(run_dir, cmd, inputs)
         if walls[name] is not None:
             logger.info("%s: %s holds a finished run with these settings; reusing it (delete the folder to "
                         "train it again)", name, run_dir)
@@ -396,23 +406,48 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
             run_logged(cmd, run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
             walls[name] = time.time() - start
             with atomic_output(run_dir / FINISHED) as handle:
-                json.dump({"command": cmd[1:], "wall_s": walls[name]}, handle, indent=1)
+                json.dump({"command": cmd[1:], "inputs": inputs, "wall_s": walls[name]}, handle, indent=1)
         if name == "rdrop" and budget_s:  # the budget may have stopped it before --max-updates
             max_update = summarize(run_dir)["updates"]
             logger.info("R-Drop made %d updates; the baseline gets as many", max_update)
     return walls
 
 
-def finished_wall(run_dir: Path, cmd: Sequence[str]) -> Optional[float]:
+def run_inputs(bin_dir: Path) -> Dict[str, str]:
+    """What a run depends on beyond its command: the binarised data (rebuilt in the same folder when the
+    tokeniser or BPE changes), the plugin's code, torch and fairseq."""
+    data, plugin = hashlib.sha1(), hashlib.sha1()
+    for path in sorted(p for p in bin_dir.iterdir() if p.is_file()):
+        data.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(USER_DIR.rglob("*.py")):
+        if "recipes" not in path.relative_to(USER_DIR).parts:
+            plugin.update(str(path.relative_to(USER_DIR)).encode() + b"\0" + path.read_bytes())
+    return {"data": data.hexdigest(), "plugin": plugin.hexdigest(),
+            "torch": package_version("torch"), "fairseq": package_version("fairseq-fixed", "fairseq")}
+
+
+def package_version(*distributions: str) -> str:
+    from importlib import metadata
+
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
+
+
+def finished_wall(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, str]) -> Optional[float]:
     """The training time of the run in ``run_dir`` if it finished with the command ``cmd`` (the interpreter
-    aside: a new virtual environment trains the same run) and its best checkpoint is there, else None."""
+    aside: a new virtual environment trains the same run) and the same ``inputs``, and its best checkpoint
+    is there; else None."""
     if not (run_dir / "checkpoints" / "checkpoint_best.pt").is_file():
         return None
     try:
         record = json.loads((run_dir / FINISHED).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("command") != list(cmd[1:]):
+    if not isinstance(record, dict) or record.get("command") != list(cmd[1:]) or record.get("inputs") != inputs:
         return None
     return float(record.get("wall_s", 0.0))
 

@@ -195,6 +195,13 @@ def test_a_rerun_reuses_a_finished_run_with_the_same_settings_and_retrains_any_o
     (out / "baseline" / "checkpoints" / "checkpoint_best.pt").unlink()  # nothing to translate with
     train("--seed", "2")
     assert trained == [("baseline", "0.0")]
+    (tmp_path / "dict.en.txt").write_text("hello 1\n")  # the data rebuilt in the same folder
+    train("--seed", "2")
+    assert trained == [("rdrop", "2.0"), ("baseline", "0.0")]
+    assert train("--seed", "2") and trained == []
+    monkeypatch.setattr(quickstart, "package_version", lambda *names: "9.9")  # another torch or fairseq
+    train("--seed", "2")
+    assert trained == [("rdrop", "2.0"), ("baseline", "0.0")]
 
 
 def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, monkeypatch):
@@ -349,6 +356,22 @@ def test_slice_keeps_the_first_lines_of_each_split(tmp_path):
     assert (sliced / "train.en").read_text() == "train en 0\ntrain en 1\ntrain en 2\n"
     assert (sliced / "test.de").read_text() == "test de 0\ntest de 1\n"
     assert quickstart.slice_corpus(raw, tmp_path / "unused", "de", "en", 0, 0) == raw
+
+
+def test_a_slice_follows_the_corpus_content_not_its_folder_name(tmp_path):
+    def corpus(folder, word):
+        folder.mkdir(parents=True)
+        for split in ("train", "valid", "test"):
+            for lang in ("de", "en"):
+                (folder / f"{split}.{lang}").write_text("".join(f"{word} {i}\n" for i in range(4)))
+        return folder
+
+    first, second = corpus(tmp_path / "a" / "tmp", "hallo"), corpus(tmp_path / "b" / "tmp", "welt")
+    slices = [quickstart.slice_corpus(raw, tmp_path / "slices" / "tmp-2-2", "de", "en", 2, 2) for raw in (first, second)]
+    assert [(s / "train.de").read_text() for s in slices] == ["hallo 0\nhallo 1\n", "welt 0\nwelt 1\n"]
+    (first / "train.de").write_text("neu 0\nneu 1\nneu 2\n")  # edited in place
+    edited = quickstart.slice_corpus(first, tmp_path / "slices" / "tmp-2-2", "de", "en", 2, 2)
+    assert (edited / "train.de").read_text() == "neu 0\nneu 1\n"
 
 
 def test_missing_corpus_file_names_the_flag(tmp_path, capsys):
