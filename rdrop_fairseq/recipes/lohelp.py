@@ -264,6 +264,13 @@ def build_corpus(out_dir: Path, src: str = "de", tgt: str = "en", deb_dir: Optio
         logger.info("aligning help pages in %s", help_root)
         pairs = align(Path(help_root) / help_dir_name(src), Path(help_root) / help_dir_name(tgt))
     split = split_pairs(pairs, valid_size, test_size, key_side=0 if src == "en" else 1)
+    sizes = {name: len(split[name]) for name in ("train", "valid", "test")}
+    # held-out pairs that share a text with train move there, so a small or repetitive help tree can
+    # leave too little to score on; nothing is written then, so no later run takes it as built
+    if not sizes["train"] or sizes["valid"] < valid_size / 2 or sizes["test"] < test_size / 2:
+        raise RuntimeError(f"the help pages in {source} give too small a corpus: {sizes} pairs, for "
+                           f"--valid-size {valid_size} and --test-size {test_size} (at least half of each "
+                           "must stay held out)")
     stats = write_corpus(split, out_dir, src, tgt, source)
     logger.info("corpus %s: %s", out_dir, {k: stats[k]["pairs"] for k in ("train", "valid", "test")})
     return stats

@@ -154,6 +154,15 @@ def test_cli_reuses_a_built_corpus(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == {"train": {"pairs": 3}}
 
 
+def test_a_help_tree_too_small_for_the_held_out_sets_is_refused_and_nothing_is_written(help_tree, capsys):
+    out = help_tree / "corpus"
+    with pytest.raises(SystemExit) as exit_info:
+        lohelp.main([str(out), "--help-root", str(help_tree), "--valid-size", "2", "--test-size", "2"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "too small a corpus" in err and "--valid-size 2" in err and not out.exists()
+
+
 def test_cli_names_a_missing_help_root(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         lohelp.main([str(tmp_path / "out"), "--help-root", str(tmp_path / "nowhere")])
