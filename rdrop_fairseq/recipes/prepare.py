@@ -279,11 +279,15 @@ def file_identity(path: Path) -> Dict[str, Any]:
     return {"size": Path(path).stat().st_size, "sha256": pooch.file_hash(str(path), alg="sha256")}
 
 
-def _version(distribution: str) -> Optional[str]:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
+def package_version(*distributions: str) -> Optional[str]:
+    """The version of the first of ``distributions`` that is installed (fairseq comes as fairseq-fixed
+    too), None if none is."""
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def prepare_parallel(raw_dir: Path, out_dir: Path, src: str, tgt: str, bpe_merges: int = 8000,
@@ -319,10 +323,10 @@ def prepare_parallel(raw_dir: Path, out_dir: Path, src: str, tgt: str, bpe_merge
     run_steps(out_dir, [
         Step("tok", "tokenisation", ["tok/"],
              {"src": src, "tgt": tgt, "lowercase": lowercase, "max_train_pairs": max_train_pairs,
-              "sacremoses": _version("sacremoses"), "corpus": {n: file_identity(raw_dir / n) for n in names}},
+              "sacremoses": package_version("sacremoses"), "corpus": {n: file_identity(raw_dir / n) for n in names}},
              tokenize, [f"tok/{n}" for n in names]),
         Step("bpe", "BPE", ["bpe.codes", "bpe/"],
-             {"bpe_merges": bpe_merges, "subword_nmt": _version("subword-nmt")}, bpe, [f"bpe/{n}" for n in names]),
+             {"bpe_merges": bpe_merges, "subword_nmt": package_version("subword-nmt")}, bpe, [f"bpe/{n}" for n in names]),
         Step("bin", "binarisation", ["bin/"], {"joined_dictionary": True},
              lambda: binarize(bpe_dir, bin_dir, src, tgt, workers=workers),
              [f"bin/dict.{lang}.txt" for lang in (src, tgt)]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from rdrop_fairseq.recipes import lohelp, plot
-from rdrop_fairseq.recipes.prepare import SPLITS, atomic_output, read_lines, write_lines
+from rdrop_fairseq.recipes.prepare import SPLITS, atomic_output, package_version, read_lines, write_lines
 
 logger = logging.getLogger("rdrop_fairseq.recipes.quickstart")
 
@@ -413,7 +413,7 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
     return walls
 
 
-def run_inputs(bin_dir: Path) -> Dict[str, str]:
+def run_inputs(bin_dir: Path) -> Dict[str, Optional[str]]:
     """What a run depends on beyond its command: the binarised data (rebuilt in the same folder when the
     tokeniser or BPE changes), the plugin's code, torch and fairseq."""
     data, plugin = hashlib.sha1(), hashlib.sha1()
@@ -426,18 +426,7 @@ def run_inputs(bin_dir: Path) -> Dict[str, str]:
             "torch": package_version("torch"), "fairseq": package_version("fairseq-fixed", "fairseq")}
 
 
-def package_version(*distributions: str) -> str:
-    from importlib import metadata
-
-    for name in distributions:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "none"
-
-
-def finished_wall(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, str]) -> Optional[float]:
+def finished_wall(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]]) -> Optional[float]:
     """The training time of the run in ``run_dir`` if it finished with the command ``cmd`` (the interpreter
     aside: a new virtual environment trains the same run) and the same ``inputs``, and its best checkpoint
     is there; else None."""
