@@ -397,8 +397,7 @@ def _extract(archive_path: str, dest: str) -> str:
             raise ValueError(f"{archive_path}: refused to extract the model archive: {error}") from None
     names = [os.path.normpath(member.name) for member in members]
     top = os.path.join(dest, os.path.commonpath(names)) if names else dest
-    inside = os.path.realpath(top).startswith(os.path.realpath(dest) + os.sep)
-    return top if inside and os.path.isdir(top) else dest
+    return top if os.path.isdir(top) else dest
 
 
 def load_archive_file(archive_file):
