@@ -1,0 +1,134 @@
+"""The fused loss kernels compiled for CUDA GPUs on any machine, GPU or not: what each launch needs.
+
+Triton compiles for a named target without the device (``--arch 90``: H100/H200, ``80``: A100,
+``89``: L4/L40), with the ptxas it ships.  For each launch that ``rdrop_loss_triton`` makes, with its
+own block size and warps for the vocabulary and number of copies, and the argument types and
+16-divisibility that a launch on the benchmarks' interleaved (copies x 128, 32, V) scores would
+specialise, this prints the registers per thread, the stack and local memory per thread (register
+spills, which cost a memory-bound kernel its speed) and the shared memory a launch asks for.  It says nothing about time:
+that is ``benchmarks/step_cost.py`` and ``benchmarks/loss_kernel.py`` on a GPU.
+
+    python benchmarks/kernel_resources.py
+    python benchmarks/kernel_resources.py --arch 80 90 --dtype bf16 --copies 2 3 4 --vocab 32000
+    python benchmarks/kernel_resources.py --json resources.json   # the rows, for a script
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    sys.exit("error: kernel_resources.py compiles the kernels, which Triton's interpreter does not: unset TRITON_INTERPRET")
+try:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+except ImportError as error:
+    sys.exit(f"error: kernel_resources.py needs Triton ({error}); pip install -e '.[triton]'")
+
+# Without CUDA the kernels module would choose the interpreter; here nothing is launched.
+with mock.patch("torch.cuda.is_available", return_value=True):
+    from rdrop_fairseq.kernels import rdrop_loss_triton as kernels  # noqa: E402
+
+GROUPS, LENGTH = 128, 32  # one benchmark batch per copy: 4,096 target tokens
+TRITON_TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
+
+
+def launch_arguments(copies, vocab, dtype):
+    """Each kernel's non-constexpr arguments as a launch on interleaved scores passes them."""
+    stride_pos, stride_copy = vocab, LENGTH * vocab
+    scalars = dict(num_tokens=GROUPS * LENGTH, length=LENGTH, stride_group=copies * stride_copy,
+                   stride_copy=stride_copy, stride_pos=stride_pos, vocab=vocab, ignore_index=1,
+                   kl_weight=5.0 / (copies * (copies - 1)), eps_other=0.1 / (vocab - 1), eps_target=0.9)
+    scalars.update({f"grad_{name}": scalars[name] for name in ("stride_group", "stride_copy", "stride_pos")})
+    pointers = dict(scores_ptr=TRITON_TYPES[dtype], grad_ptr=TRITON_TYPES[dtype], target_ptr="i64")
+    return scalars, pointers
+
+
+def signature_of(kernel, constexprs, scalars, pointers):
+    """Types and divisibility hints as Triton's launcher derives them from the values."""
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        if name.endswith("_ptr"):
+            signature[name] = "*" + pointers.get(name, "fp32")
+            divisible = True  # the caching allocator's tensors start 16-byte aligned
+        elif isinstance(scalars[name], float):
+            signature[name], divisible = "fp32", False
+        else:
+            signature[name] = "i32" if -2**31 <= scalars[name] < 2**31 else "i64"
+            divisible = scalars[name] % 16 == 0
+        if divisible:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, attrs
+
+
+def resource_usage(cubin):
+    """Registers and the stack and local bytes (where ptxas puts what it spills) per thread in the cubin,
+    read by the cuobjdump that Triton ships."""
+    tool = getattr(getattr(getattr(triton, "knobs", None), "nvidia", None), "cuobjdump", None)
+    path = getattr(tool, "path", None) or str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        text = subprocess.run([path, "-res-usage", handle.name], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"REG:(\d+)\s+STACK:(\d+).*?LOCAL:(\d+)", text)
+    if not found:
+        raise RuntimeError(f"no resource usage in cuobjdump's output:\n{text}")
+    registers, stack, local = map(int, found.groups())
+    return registers, stack + local
+
+
+def compile_launch(kernel, arch, dtype, copies, vocab, block_size=0):
+    copies_pad, block, num_warps = kernels._launch_config(vocab, copies, block_size)
+    constexprs = dict(COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block, HAS_TARGET=True, FROM_LOGITS=True,
+                      WITH_KL=True)
+    signature, attrs = signature_of(kernel, constexprs, *launch_arguments(copies, vocab, dtype))
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    registers, local = resource_usage(compiled.asm["cubin"])
+    return dict(kernel=kernel.__name__.strip("_").replace("rdrop_", "").replace("_kernel", ""), arch=f"sm_{arch}",
+                dtype=dtype, copies=copies, vocab=vocab, block=block, warps=num_warps, registers=registers,
+                spill_bytes=local, shared_bytes=compiled.metadata.shared)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90], help="CUDA compute capabilities, e.g. 80 90")
+    parser.add_argument("--dtype", nargs="+", default=["bf16", "fp16", "fp32"], choices=sorted(TRITON_TYPES))
+    parser.add_argument("--copies", type=int, nargs="+", default=[2, 3])
+    # V sets BLOCK and warps, and whether Triton may assume rows 16-aligned (fairseq pads dictionaries to 8)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[1_000, 10_008, 32_000])
+    parser.add_argument("--block", type=int, default=0,
+                        help="a block of vocabulary entries in place of the kernels' own choice (a power of 2)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    args = parser.parse_args(argv)
+    if min(args.copies) < 2 or min(args.vocab) < 2:
+        parser.error("--copies and --vocab take values of 2 or more")
+    if args.block and args.block & (args.block - 1):
+        parser.error(f"--block {args.block} is not a power of 2")
+    rows = [compile_launch(kernel, arch, dtype, copies, vocab, args.block)
+            for arch in args.arch for kernel in (kernels._rdrop_forward_kernel, kernels._rdrop_backward_kernel)
+            for dtype in args.dtype for copies in args.copies for vocab in args.vocab]
+    print(f"## fused loss kernels, compiled by Triton {triton.__version__} (from the logits, with targets and KL)")
+    print("| kernel | arch | dtype | copies | V | BLOCK | warps | registers | spill bytes | shared bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(str(value) for value in row.values()) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

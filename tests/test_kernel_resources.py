@@ -1,0 +1,50 @@
+"""benchmarks/kernel_resources.py: the fused kernels compile for A100 and H100/H200 GPUs without one
+(the interpreter, which runs them everywhere else in CI, never compiles them), and no launch spills."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_resources.py"
+
+
+def run_script(tmp_path, *args):
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")  # compile for real, not from an earlier run
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_every_launch_compiles_for_sm80_and_sm90_without_spilling(tmp_path):
+    rows_file = tmp_path / "rows.json"
+    proc = run_script(tmp_path, "--arch", "80", "90", "--copies", "2", "3", "--vocab", "1000", "10008",
+                      "--json", str(rows_file))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    launches = {(row["kernel"], row["arch"], row["dtype"], row["copies"], row["vocab"]) for row in rows}
+    assert len(launches) == len(rows) == 2 * 2 * 3 * 2 * 2
+    assert {row["block"] for row in rows} == {1024, 4096, 2048} and {row["warps"] for row in rows} == {4, 8}
+    spilled = [row for row in rows if row["spill_bytes"]]
+    assert not spilled, spilled
+    assert all(0 < row["registers"] <= 255 for row in rows)
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| forward") or line.startswith("| backward")]
+    assert len(table) == len(rows)
+
+
+def test_refuses_the_interpreter_with_the_reason(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert proc.returncode != 0 and "unset TRITON_INTERPRET" in proc.stderr
+
+
+def test_a_launch_that_spills_is_seen(tmp_path):
+    # 4 copies of an 8k block are 128 fp32 scores per thread, and their KL temporaries: more than registers hold
+    rows_file = tmp_path / "rows.json"
+    proc = run_script(tmp_path, "--arch", "90", "--dtype", "fp32", "--copies", "4", "--vocab", "32000",
+                      "--block", "8192", "--json", str(rows_file))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    assert [row["block"] for row in rows] == [8192, 8192] and all(row["spill_bytes"] > 0 for row in rows)
