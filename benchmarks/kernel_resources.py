@@ -1,18 +1,20 @@
 """The fused loss kernels compiled for CUDA GPUs on any machine, GPU or not: what each launch needs.
 
 Triton compiles for a named target without the device (``--arch 90``: H100/H200, ``80``: A100,
-``89``: L4/L40), with the ptxas it ships.  For each launch that ``rdrop_loss_triton`` makes, with its
-own block size and warps for the vocabulary and number of copies, and the argument types and
-16-divisibility that a launch on the benchmarks' interleaved (copies x 128, 32, V) scores would
-specialise, this prints the registers per thread, the stack and local memory per thread (register
-spills, which cost a memory-bound kernel its speed) and the shared memory a launch asks for.  It says nothing about time:
-that is ``benchmarks/step_cost.py`` and ``benchmarks/loss_kernel.py`` on a GPU.
+``89``: L4/L40), with the ptxas it ships.  Each launch is compiled as ``rdrop_loss_triton`` makes it:
+its block size and warps for the vocabulary and number of copies, and the argument types and
+16-divisibility that interleaved (copies x 128, 32, V) scores give; by default on the criteria's
+route (from the logits, with targets and the KL term), with ``--all-routes`` on every other too.
+For each it prints the registers per thread, the stack bytes per thread (where ptxas puts spilled
+registers, which cost a memory-bound kernel its speed) and the shared memory it asks for.  It
+says nothing about time: that is ``benchmarks/step_cost.py`` and ``benchmarks/loss_kernel.py`` on a GPU.
 
     python benchmarks/kernel_resources.py
     python benchmarks/kernel_resources.py --arch 80 90 --dtype bf16 --copies 2 3 4 --vocab 32000
-    python benchmarks/kernel_resources.py --json resources.json   # the rows, for a script
+    python benchmarks/kernel_resources.py --all-routes --json resources.json   # the rows, for a script
 """
 import argparse
+import itertools
 import json
 import os
 import re
@@ -90,17 +92,19 @@ def resource_usage(cubin):
     return registers, stack + local
 
 
-def compile_launch(kernel, arch, dtype, copies, vocab, block_size=0):
+def compile_launch(kernel, arch, dtype, copies, vocab, block_size=0, variant=(True, True, True)):
     copies_pad, block, num_warps = kernels._launch_config(vocab, copies, block_size)
-    constexprs = dict(COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block, HAS_TARGET=True, FROM_LOGITS=True,
-                      WITH_KL=True)
+    has_target, from_logits, with_kl = variant
+    constexprs = dict(COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block, HAS_TARGET=has_target,
+                      FROM_LOGITS=from_logits, WITH_KL=with_kl)
     signature, attrs = signature_of(kernel, constexprs, *launch_arguments(copies, vocab, dtype))
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
-    registers, local = resource_usage(compiled.asm["cubin"])
-    return dict(kernel=kernel.__name__.strip("_").replace("rdrop_", "").replace("_kernel", ""), arch=f"sm_{arch}",
-                dtype=dtype, copies=copies, vocab=vocab, block=block, warps=num_warps, registers=registers,
-                spill_bytes=local, shared_bytes=compiled.metadata.shared)
+    registers, stack = resource_usage(compiled.asm["cubin"])
+    route = "+".join(name for name, on in zip(("target", "logits", "kl"), variant) if on) or "-"
+    return dict(kernel=kernel.__name__.strip("_").replace("rdrop_", "").replace("_kernel", ""), route=route,
+                arch=f"sm_{arch}", dtype=dtype, copies=copies, vocab=vocab, block=block, warps=num_warps,
+                registers=registers, stack_bytes=stack, shared_bytes=compiled.metadata.shared)
 
 
 def main(argv=None):
@@ -112,18 +116,22 @@ def main(argv=None):
     parser.add_argument("--vocab", type=int, nargs="+", default=[1_000, 10_008, 32_000])
     parser.add_argument("--block", type=int, default=0,
                         help="a block of vocabulary entries in place of the kernels' own choice (a power of 2)")
+    parser.add_argument("--all-routes", action="store_true",
+                        help="every launch the loss can make (with or without targets, from logits or "
+                             "log-probabilities, with or without the KL), not only the criteria's usual one")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     args = parser.parse_args(argv)
     if min(args.copies) < 2 or min(args.vocab) < 2:
         parser.error("--copies and --vocab take values of 2 or more")
     if args.block and args.block & (args.block - 1):
         parser.error(f"--block {args.block} is not a power of 2")
-    rows = [compile_launch(kernel, arch, dtype, copies, vocab, args.block)
+    routes = list(itertools.product((True, False), repeat=3)) if args.all_routes else [(True, True, True)]
+    rows = [compile_launch(kernel, arch, dtype, copies, vocab, args.block, route)
             for arch in args.arch for kernel in (kernels._rdrop_forward_kernel, kernels._rdrop_backward_kernel)
-            for dtype in args.dtype for copies in args.copies for vocab in args.vocab]
-    print(f"## fused loss kernels, compiled by Triton {triton.__version__} (from the logits, with targets and KL)")
-    print("| kernel | arch | dtype | copies | V | BLOCK | warps | registers | spill bytes | shared bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+            for route in routes for dtype in args.dtype for copies in args.copies for vocab in args.vocab]
+    print(f"## fused loss kernels, compiled by Triton {triton.__version__}")
+    print("| kernel | route | arch | dtype | copies | V | BLOCK | warps | registers | stack bytes | shared bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(value) for value in row.values()) + " |")
     if args.json:

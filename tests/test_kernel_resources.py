@@ -27,11 +27,21 @@ def test_every_launch_compiles_for_sm80_and_sm90_without_spilling(tmp_path):
     launches = {(row["kernel"], row["arch"], row["dtype"], row["copies"], row["vocab"]) for row in rows}
     assert len(launches) == len(rows) == 2 * 2 * 3 * 2 * 2
     assert {row["block"] for row in rows} == {1024, 4096, 2048} and {row["warps"] for row in rows} == {4, 8}
-    spilled = [row for row in rows if row["spill_bytes"]]
+    spilled = [row for row in rows if row["stack_bytes"]]
     assert not spilled, spilled
     assert all(0 < row["registers"] <= 255 for row in rows)
     table = [line for line in proc.stdout.splitlines() if line.startswith("| forward") or line.startswith("| backward")]
     assert len(table) == len(rows)
+
+
+def test_every_route_compiles(tmp_path):
+    rows_file = tmp_path / "rows.json"
+    proc = run_script(tmp_path, "--all-routes", "--dtype", "bf16", "--copies", "3", "--vocab", "10008",
+                      "--json", str(rows_file))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    assert len({(row["kernel"], row["route"]) for row in rows}) == len(rows) == 2 * 8
+    assert not [row for row in rows if row["stack_bytes"]]
 
 
 def test_refuses_the_interpreter_with_the_reason(tmp_path):
@@ -47,4 +57,4 @@ def test_a_launch_that_spills_is_seen(tmp_path):
                       "--block", "8192", "--json", str(rows_file))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(rows_file.read_text())
-    assert [row["block"] for row in rows] == [8192, 8192] and all(row["spill_bytes"] > 0 for row in rows)
+    assert [row["block"] for row in rows] == [8192, 8192] and all(row["stack_bytes"] > 0 for row in rows)
