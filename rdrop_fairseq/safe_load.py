@@ -15,7 +15,9 @@ builds the model, the criterion or the optimizer (``adaptive_softmax_cutoff``, f
 ``encoder_layers``, wav2vec's ``conv_feature_layers``, ...).  :func:`config_eval` takes
 ``eval``'s place in those modules (:mod:`rdrop_fairseq.compat`): it evaluates literals and
 ``+ - *`` on them, which is all fairseq's values need, and refuses anything else unless the
-user opted in.
+user opted in.  OmegaConf calls a resolver named in a config string (``${oc.env:VAR}``) when the
+value is read; fairseq saves configs resolved, so :func:`load` refuses a checkpoint whose config
+holds such a call.
 
 ``from_pretrained`` of a model archive (``.tar.gz``) extracts it with
 :func:`load_archive_file`, which refuses members that would land outside the folder it
@@ -293,13 +295,24 @@ def load(f, map_location=None):
     global _warned
     start = f.tell() if isinstance(f, io.IOBase) and f.seekable() else None
     try:
-        return _load_allowed(f, map_location)
+        state = _load_allowed(f, map_location)
     except pickle.UnpicklingError as error:
         if not _is_refusal(error):
             raise
         refused, name = _refused_global(error), _describe(f)
         if not _is_torch_file(f, start):
             raise pickle.UnpicklingError(f"{name}: not a checkpoint: neither a zip file nor a pickle") from None
+    else:
+        resolvers = [] if trusted() else _resolvers_in_config(state)
+        if resolvers:
+            raise UntrustedCheckpointError(
+                f"{_describe(f)}: refused to load: its config calls OmegaConf resolvers, which run when the "
+                f"value is read ({'; '.join(resolvers)}): oc.env, for one, would copy an environment variable "
+                "into the config, the logs and every checkpoint saved from it.  fairseq saves configs with "
+                f"their interpolations resolved, so no checkpoint it wrote holds one.  If you trust this file, "
+                f"{_opt_ins()}."
+            )
+        return state
     if not trusted():
         raise UntrustedCheckpointError(
             f"{name}: refused to load: it holds {refused}, which is not among the objects fairseq "
@@ -338,19 +351,40 @@ def _has_call(text: str) -> bool:
     return any(isinstance(node, ast.Call) for node in ast.walk(tree))
 
 
-def _code_in_config(state: Any, where: str = "") -> List[str]:
-    """``where = value`` for every string of the checkpoint's saved config that calls a function
-    if evaluated: fairseq evaluates some config strings (see :func:`config_eval`)."""
+def _config_strings(state: Any, where: str = ""):
+    """``(where, value)`` for every string of the checkpoint's saved config (``cfg``, or ``args``
+    before fairseq 0.10)."""
     if where == "":
-        return [found for key in ("cfg", "args") if isinstance(state, dict) and key in state
-                for found in _code_in_config(state[key], key)]
+        for key in ("cfg", "args"):
+            if isinstance(state, dict) and key in state:
+                yield from _config_strings(state[key], key)
+        return
     if isinstance(state, argparse.Namespace):
         state = vars(state)
     if isinstance(state, dict):
-        return [found for key, value in state.items() for found in _code_in_config(value, f"{where}.{key}")]
-    if isinstance(state, (list, tuple)):
-        return [found for i, value in enumerate(state) for found in _code_in_config(value, f"{where}[{i}]")]
-    return [f"{where} = {state!r}"] if isinstance(state, str) and _has_call(state) else []
+        for key, value in state.items():
+            yield from _config_strings(value, f"{where}.{key}")
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from _config_strings(value, f"{where}[{i}]")
+    elif isinstance(state, str):
+        yield where, state
+
+
+def _code_in_config(state: Any) -> List[str]:
+    """``where = value`` for every string of the checkpoint's saved config that calls a function
+    if evaluated: fairseq evaluates some config strings (see :func:`config_eval`)."""
+    return [f"{where} = {value!r}" for where, value in _config_strings(state) if _has_call(value)]
+
+
+# ``${name:...}``, unescaped: OmegaConf calls the resolver ``name`` when the value is read.
+_RESOLVER_CALL = re.compile(r"(?<!\\)\$\{\s*[A-Za-z_][\w.\-]*\s*:")
+
+
+def _resolvers_in_config(state: Any) -> List[str]:
+    """``where = value`` for every string of the checkpoint's saved config that calls an OmegaConf
+    resolver: fairseq makes an OmegaConf config of it, which resolves them when read."""
+    return [f"{where} = {value!r}" for where, value in _config_strings(state) if _RESOLVER_CALL.search(value)]
 
 
 def check(path) -> Tuple[str, str]:
@@ -363,10 +397,15 @@ def check(path) -> Tuple[str, str]:
         names = outside_allow_list(path)
         if names:
             return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
-        code = _code_in_config(_load_allowed(path, map_location="cpu"))
+        state = _load_allowed(path, map_location="cpu")
+        code = _code_in_config(state)
         if code:
             return "refused", (f"{path}: refused: its config holds code that fairseq would evaluate when it builds "
                                f"the model: {'; '.join(code)}")
+        resolvers = _resolvers_in_config(state)
+        if resolvers:
+            return "refused", (f"{path}: refused: its config calls OmegaConf resolvers, which run when the value "
+                               f"is read: {'; '.join(resolvers)}")
     except pickle.UnpicklingError as error:
         if _is_refusal(error):
             return "refused", f"{path}: refused: it holds {_refused_global(error)}, outside the allow-list"

@@ -465,6 +465,35 @@ def test_a_config_value_that_runs_code_is_refused_by_fairseq_generate_and_check_
     assert status == 1 and "refused" in out and "cfg.model.adaptive_softmax_cutoff" in out and not marker.exists()
 
 
+def crafted_task_note(checkpoint, out, value):
+    """``checkpoint`` with ``note = value`` in its saved task config, a dict that OmegaConf resolves
+    (the model's config is an argparse Namespace, which it keeps as it is)."""
+    state = full_load(checkpoint)
+    state["cfg"]["task"]["note"] = value
+    torch.save(state, out)
+    return out
+
+
+def test_a_config_value_that_calls_an_omegaconf_resolver_is_refused(run_dir, data, tmp_path, capsys, monkeypatch):
+    from fairseq import checkpoint_utils
+    from fairseq_cli import generate
+
+    monkeypatch.setenv("RDROP_TEST_SECRET", "s3cr3t")
+    reads_env = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "env.pt", "${oc.env:RDROP_TEST_SECRET}")
+    with pytest.raises(safe_load.UntrustedCheckpointError, match="calls OmegaConf resolvers") as raised:
+        generate.main(generate_config(data, reads_env))
+    assert "cfg.task.note = '${oc.env:RDROP_TEST_SECRET}'" in str(raised.value)
+    assert "s3cr3t" not in str(raised.value)
+    status, out, _ = check_checkpoint(capsys, reads_env)
+    assert status == 1 and "refused" in out and "cfg.task.note" in out
+    # an interpolation of another key, or an escaped one, calls nothing
+    for value, resolved in (("${task.source_lang}", "de"), (r"\${oc.env:RDROP_TEST_SECRET}", "${oc.env:RDROP_TEST_SECRET}")):
+        plain = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "plain.pt", value)
+        assert checkpoint_utils.load_checkpoint_to_cpu(str(plain))["cfg"]["task"]["note"] == resolved
+    monkeypatch.setenv(safe_load.TRUST_ENV, "1")
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(reads_env))["cfg"]["task"]["note"] == "s3cr3t"
+
+
 def test_the_refusal_offers_the_task_option_only_where_a_command_line_task_has_it(run_dir, tmp_path):
     checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "extra.pt", ExtraState(1))
     with pytest.raises(safe_load.UntrustedCheckpointError) as raised:
