@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU figures of the README, in one run on a CUDA machine: the fused kernels' tests compiled for it, a
-# flattened --fp16 checkpoint written on the GPU and read by the safe loader (tests/test_safe_load.py), the
-# loss alone (benchmarks/loss_kernel.py), one training step per shape (benchmarks/step_cost.py) and
-# fairseq-train throughput (benchmarks/train_throughput.py), each printed and kept in OUT_DIR (NAME.md the
-# tables, NAME.log the whole output); a benchmark that fails stops the report and shows the end of its log.
+# The GPU figures of the README, in one run on a CUDA machine: the fused kernels' tests compiled for it, their
+# registers and spills as its Triton compiles them (benchmarks/kernel_resources.py), a flattened --fp16
+# checkpoint written on the GPU and read by the safe loader (tests/test_safe_load.py), the loss alone
+# (benchmarks/loss_kernel.py), one training step per shape (benchmarks/step_cost.py) and fairseq-train
+# throughput (benchmarks/train_throughput.py), each printed and kept in OUT_DIR (NAME.md the tables, NAME.log
+# the whole output).  A benchmark that fails stops the report and shows the end of its log; a failing test or
+# resource count only warns, so that the timings after it are still made.
 #
 # Usage: benchmarks/gpu-report.sh [OUT_DIR]     (default: gpu-report)
 # Env:   PYTHON       interpreter with rdrop_fairseq's dependencies (default: python3)
@@ -36,16 +38,31 @@ keep() {
         exit "$status"
     fi
 }
+# note NAME CMD...: as keep, but a failure only warns: what it checks must not cost the timings after it.
+note() {
+    local name=$1 status=0
+    shift
+    "$@" >>"$out/$name.log" 2>&1 || status=$?
+    if ((status)); then
+        echo "warning: '$*' failed ($status), the report goes on; the end of $out/$name.log:" >&2
+        tail -n 30 "$out/$name.log" >&2
+    fi
+}
 tables() { grep -E '^(\||## )' "$out/$1.log" | tee "$out/$1.md" || true; }
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
 "$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/device.txt"
+rm -f "$out"/{kernel-tests,checkpoint-tests,kernel-resources,step-cost-bf16,step-cost-fp16,loss-kernel-bf16,loss-kernel-fp16,train-throughput}.log
 stamp kernel tests
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_rdrop_loss_triton.py 2>&1 | tail -n 3 | tee "$out/kernel-tests.txt"
+note kernel-tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_rdrop_loss_triton.py
+tail -n 3 "$out/kernel-tests.log" | tee "$out/kernel-tests.txt"
+stamp "kernel resources"
+arch=$("$PYTHON" -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())')
+note kernel-resources "$PYTHON" benchmarks/kernel_resources.py --arch "$arch" --dtype bf16 fp16 --copies 2
+tables kernel-resources
 stamp "checkpoint written on CUDA"
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_safe_load.py -k written_on_cuda 2>&1 | tail -n 3 \
-    | tee "$out/checkpoint-tests.txt"
-rm -f "$out"/{step-cost-bf16,step-cost-fp16,loss-kernel-bf16,loss-kernel-fp16,train-throughput}.log
+note checkpoint-tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_safe_load.py -k written_on_cuda
+tail -n 3 "$out/checkpoint-tests.log" | tee "$out/checkpoint-tests.txt"
 for shape in ${BF16_SHAPES-iwslt iwslt_full wmt wmt_full lm}; do
     stamp "step_cost $shape bf16"
     keep step-cost-bf16 "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype bf16 --repeats "$repeats"

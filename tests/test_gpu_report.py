@@ -10,8 +10,8 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu-report.sh"
 FAKE_PYTHON = r'''#!/usr/bin/env bash
 # Answers as a CUDA machine's python would, for what gpu-report.sh asks of it.
 case "$1" in
-    -c) echo "torch 9.9 triton 9.9" ;;
-    -m) echo "3 passed in 1.0s" ;;
+    -c) [[ $2 == *get_device_capability* ]] && echo 90 || echo "torch 9.9 triton 9.9" ;;
+    -m) [[ -n ${FAIL_TESTS:-} ]] && { echo "1 failed, 2 passed in 1.0s"; exit 1; }; echo "3 passed in 1.0s" ;;
     benchmarks/step_cost.py)
         shape=$3
         echo "noise before the table"
@@ -19,6 +19,7 @@ case "$1" in
         echo "## $shape: step cost"
         echo "| doubled | 1.0 | 1.000 |" ;;
     benchmarks/loss_kernel.py) echo "## loss $3"; echo "| fused | 0.2 |" ;;
+    benchmarks/kernel_resources.py) echo "## kernels $*"; echo "| forward | sm_$3 | 0 |" ;;
     *) echo "unexpected: $*" >&2; exit 9 ;;
 esac
 '''
@@ -45,6 +46,8 @@ def test_the_tables_of_every_benchmark_are_kept(tmp_path):
     assert bf16 == ["## iwslt: step cost", "| doubled | 1.0 | 1.000 |", "## wmt: step cost", "| doubled | 1.0 | 1.000 |"]
     assert (out / "step-cost-fp16.md").read_text().startswith("## wmt_full")
     assert (out / "loss-kernel-fp16.md").read_text() == "## loss fp16\n| fused | 0.2 |\n"
+    assert (out / "kernel-resources.md").read_text().splitlines()[1] == "| forward | sm_90 | 0 |"
+    assert "## kernels" in (out / "kernel-resources.log").read_text()
     assert "noise before the table" in (out / "step-cost-bf16.log").read_text()
     proc, out = run_report(tmp_path)  # a second run into the same folder keeps only its own tables
     assert (out / "step-cost-bf16.md").read_text().count("## iwslt") == 1
@@ -55,3 +58,11 @@ def test_a_failing_benchmark_stops_the_report_and_shows_why(tmp_path):
     assert proc.returncode == 3
     assert "step_cost.py --shape wmt" in proc.stderr and "CUDA out of memory" in proc.stderr
     assert not (out / "loss-kernel-bf16.log").exists()
+
+
+def test_a_failing_test_warns_and_the_timings_are_still_made(tmp_path):
+    proc, out = run_report(tmp_path, FAIL_TESTS="1")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning:" in proc.stderr and "1 failed" in (out / "kernel-tests.txt").read_text()
+    assert "1 failed" in (out / "checkpoint-tests.txt").read_text()
+    assert (out / "step-cost-fp16.md").read_text().startswith("## wmt_full")
