@@ -12,6 +12,7 @@
 #        REPEATS      steps timed per mode (default: 10)
 #        BF16_SHAPES  step_cost shapes in bf16 (default: iwslt iwslt_full wmt wmt_full lm)
 #        FP16_SHAPES  step_cost shapes in fp16 (default: iwslt_full wmt_full)
+#        BLOCKS       loss_kernel's --blocks: block sizes timed beside the kernels' own (default: 1024 2048 8192)
 #        CORPUS, WORK_DIR  train_throughput's --corpus and --work-dir (its defaults otherwise)
 #        THROUGHPUT_UPDATES  updates per throughput run (default: 150; 0 skips it)
 set -euo pipefail
@@ -20,6 +21,7 @@ CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 out=${1:-gpu-report}
 PYTHON=${PYTHON:-python3}
 repeats=${REPEATS:-10}
+BLOCKS=${BLOCKS-1024 2048 8192}
 mkdir -p "$out"
 if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     echo "error: no CUDA device visible to $PYTHON; this report is for a GPU (CPU figures: benchmarks/step_cost.py)" >&2
@@ -70,7 +72,7 @@ done
 tables step-cost-bf16
 for dtype in bf16 fp16; do
     stamp "loss_kernel $dtype"
-    keep "loss-kernel-$dtype" "$PYTHON" benchmarks/loss_kernel.py --dtype "$dtype"
+    keep "loss-kernel-$dtype" "$PYTHON" benchmarks/loss_kernel.py --dtype "$dtype" ${BLOCKS:+--blocks $BLOCKS}
     tables "loss-kernel-$dtype"
 done
 for shape in ${FP16_SHAPES-iwslt_full wmt_full}; do

@@ -8,9 +8,12 @@ For ``copies * N`` rows of logits it times, side by side in one process:
   triton    rdrop_loss_from_logits with RDROP_KERNEL=triton (the fused kernels)
 
 and prints the median milliseconds and the ratios to ``doubled``, with the bytes that
-one read of the logits moves, so the times can be set against the memory bandwidth.
+one read of the logits moves and the fused kernels' GB/s (two reads of the logits and one
+write of their gradient over the time), to set against the memory bandwidth.  ``--blocks``
+times the fused kernels at other block sizes too, to tune their choice on a GPU.
 
     python benchmarks/loss_kernel.py --dtype bf16          # CUDA
+    python benchmarks/loss_kernel.py --blocks 1024 2048 8192
 """
 import argparse
 import os
@@ -44,6 +47,15 @@ def plugin(kernel):
     return loss
 
 
+def fixed_block(block):
+    """The fused kernels with ``block`` vocabulary entries per step in place of their own choice."""
+    from rdrop_fairseq.kernels.rdrop_loss_triton import TritonRDropLossFunction
+
+    def loss(logits, target, epsilon):
+        return TritonRDropLossFunction.apply(logits, target, 2, 5.0, epsilon, PAD, True, block)[0]
+    return loss
+
+
 def timed(fn, logits, target, epsilon, repeats, device):
     times = []
     for i in range(repeats + 2):
@@ -59,34 +71,58 @@ def timed(fn, logits, target, epsilon, repeats, device):
     return statistics.median(times)
 
 
-def main():
+def modes_for(device, blocks=()):
+    modes = {"doubled": doubled, "torch": plugin("torch")}
+    if device == "cuda":
+        modes["triton"] = plugin("triton")
+        modes.update({f"triton_b{block}": fixed_block(block) for block in blocks})
+    return modes
+
+
+def header(modes):
+    fused = [name for name in modes if name.startswith("triton")]
+    columns = ["shape", "tokens per copy", "V", "logits (MB)", *(f"{name} (ms)" for name in modes),
+               *(f"{name} / doubled" for name in modes if name != "doubled"), *(f"{name} GB/s" for name in fused)]
+    return "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|"
+
+
+def measure(shape, tokens, vocab, modes, dtype, device, repeats):
+    """One table row: every mode timed on the same logits, in two interleaved rounds (the best median
+    of each)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(2 * tokens, vocab, generator=gen, device=device).mul_(3).to(dtype)
+    target = torch.randint(2, vocab, (tokens,), generator=gen, device=device)
+    target[::17] = PAD
+    results = {}
+    for _ in range(2):
+        for name, fn in modes.items():
+            results[name] = min(results.get(name, float("inf")), timed(fn, logits, target, 0.1, repeats, device))
+    logits_bytes = logits.numel() * logits.element_size()
+    cells = [shape, tokens, vocab, f"{logits_bytes / 1e6:.0f}", *(f"{t * 1e3:.3f}" for t in results.values()),
+             *(f"{t / results['doubled']:.2f}" for name, t in results.items() if name != "doubled"),
+             # the fused kernels read the logits in forward and in backward, and write their gradient once
+             *(f"{3 * logits_bytes / t / 1e9:.0f}" for name, t in results.items() if name.startswith("triton"))]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="bf16")
     parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+    parser.add_argument("--blocks", type=int, nargs="*", default=[], metavar="N",
+                        help="also time the fused kernels with N vocabulary entries per block (powers of 2), "
+                             "against their own choice (CUDA)")
+    args = parser.parse_args(argv)
+    bad = [block for block in args.blocks if block < 16 or block & (block - 1)]
+    if bad:
+        parser.error(f"--blocks takes powers of 2 from 16, not {bad}")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    modes = {"doubled": doubled, "torch": plugin("torch")}
-    if args.device == "cuda":
-        modes["triton"] = plugin("triton")
-    print(f"| shape | tokens per copy | V | logits (MB) | {' | '.join(f'{m} (ms)' for m in modes)} | "
-          f"{' | '.join(f'{m} / doubled' for m in modes if m != 'doubled')} |")
-    print("|---|---|---|---|" + "---|" * (2 * len(modes) - 1))
+    modes = modes_for(args.device, args.blocks)
+    print(header(modes))
     for shape in SHAPES if args.shape == "all" else [args.shape]:
-        tokens, vocab = SHAPES[shape]
-        gen = torch.Generator(device=args.device).manual_seed(0)
-        logits = torch.randn(2 * tokens, vocab, generator=gen, device=args.device).mul_(3).to(dtype)
-        target = torch.randint(2, vocab, (tokens,), generator=gen, device=args.device)
-        target[::17] = PAD
-        results = {}
-        for _ in range(2):  # two interleaved rounds; the best median of each mode
-            for name, fn in modes.items():
-                results[name] = min(results.get(name, float("inf")), timed(fn, logits, target, 0.1, args.repeats, args.device))
-        base = results["doubled"]
-        print(f"| {shape} | {tokens} | {vocab} | {logits.numel() * logits.element_size() / 1e6:.0f} | "
-              + " | ".join(f"{t * 1e3:.3f}" for t in results.values()) + " | "
-              + " | ".join(f"{t / base:.2f}" for m, t in results.items() if m != "doubled") + " |", flush=True)
+        print(measure(shape, *SHAPES[shape], modes, dtype, args.device, args.repeats), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""benchmarks/loss_kernel.py: the modes it times compute the same loss, and its table has a cell per
+column, the fused kernels' block sizes and bandwidth included (run here under Triton's interpreter)."""
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # before Triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+SPEC = importlib.util.spec_from_file_location(
+    "loss_kernel", Path(__file__).resolve().parents[1] / "benchmarks" / "loss_kernel.py")
+loss_kernel = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(loss_kernel)
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's masked lanes
+
+
+def test_a_fixed_block_gives_the_fused_kernels_value_and_gradient(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2 * 6, 50, generator=gen) * 3
+    target = torch.randint(2, 50, (6,), generator=gen)
+    target[2] = loss_kernel.PAD
+    monkeypatch.setenv("RDROP_KERNEL", "torch")
+    results = []
+    for loss in (loss_kernel.plugin("torch"), loss_kernel.fixed_block(16)):
+        leaf = logits.clone().requires_grad_()
+        value = loss(leaf, target, 0.1)
+        value.backward()
+        results.append((value.detach(), leaf.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_table_has_a_cell_for_every_column(monkeypatch):
+    monkeypatch.setattr(loss_kernel, "plugin", lambda kernel: loss_kernel.fixed_block(0))  # "auto": the kernels
+    modes = loss_kernel.modes_for("cuda", blocks=[16, 64])
+    assert list(modes) == ["doubled", "torch", "triton", "triton_b16", "triton_b64"]
+    header, rule = loss_kernel.header(modes).splitlines()
+    row = loss_kernel.measure("tiny", 8, 100, modes, torch.float32, "cpu", repeats=1)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert len(cells) == len(columns) == rule.count("---") == 4 + 5 + 4 + 3
+    assert columns[-3:] == ["triton GB/s", "triton_b16 GB/s", "triton_b64 GB/s"]
+    assert cells[:3] == ["tiny", "8", "100"] and all(float(cell) > 0 for cell in cells[4:13])
+    assert all(float(cell) >= 0 for cell in cells[13:])  # GB/s: about 0 for so few logits
