@@ -377,14 +377,38 @@ def _code_in_config(state: Any) -> List[str]:
     return [f"{where} = {value!r}" for where, value in _config_strings(state) if _has_call(value)]
 
 
-# ``${name:...}``, unescaped: OmegaConf calls the resolver ``name`` when the value is read.
-_RESOLVER_CALL = re.compile(r"(?<!\\)\$\{\s*[A-Za-z_][\w.\-]*\s*:")
+# OmegaConf < 2.1 (fairseq 0.12.2's pin) has no grammar and no nested interpolations: ``${name:...}``.
+_RESOLVER_CALL = re.compile(r"\$\{\s*[A-Za-z_][\w.\-]*\s*:")
+
+
+def _calls_resolver(value: str) -> bool:
+    """Whether OmegaConf would call a resolver to read ``value``: its own parser says, so that escapes
+    (``\\${`` is a literal, ``\\\\${`` a backslash and an interpolation) and resolver names built
+    from interpolations (``${oc.${part}:X}``) are read as OmegaConf reads them.  A value it cannot
+    parse counts as a call: OmegaConf would fail on it anyway."""
+    if "${" not in value:
+        return False
+    try:
+        from omegaconf import grammar_parser
+        from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
+    except ImportError:
+        return bool(_RESOLVER_CALL.search(value))
+    try:
+        nodes = [grammar_parser.parse(value)]
+    except Exception:
+        return True
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
+            return True
+        nodes.extend(node.getChildren() if hasattr(node, "getChildren") else ())
+    return False
 
 
 def _resolvers_in_config(state: Any) -> List[str]:
     """``where = value`` for every string of the checkpoint's saved config that calls an OmegaConf
     resolver: fairseq makes an OmegaConf config of it, which resolves them when read."""
-    return [f"{where} = {value!r}" for where, value in _config_strings(state) if _RESOLVER_CALL.search(value)]
+    return [f"{where} = {value!r}" for where, value in _config_strings(state) if _calls_resolver(value)]
 
 
 def check(path) -> Tuple[str, str]:

@@ -490,6 +490,11 @@ def test_a_config_value_that_calls_an_omegaconf_resolver_is_refused(run_dir, dat
     for value, resolved in (("${task.source_lang}", "de"), (r"\${oc.env:RDROP_TEST_SECRET}", "${oc.env:RDROP_TEST_SECRET}")):
         plain = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "plain.pt", value)
         assert checkpoint_utils.load_checkpoint_to_cpu(str(plain))["cfg"]["task"]["note"] == resolved
+    # an escaped backslash before it, and a resolver named by an interpolation, still call it
+    for value in (r"\\${oc.env:RDROP_TEST_SECRET}", "${oc.${task.source_lang}v:RDROP_TEST_SECRET}"):
+        crafted = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "bypass.pt", value)
+        with pytest.raises(safe_load.UntrustedCheckpointError, match="calls OmegaConf resolvers"):
+            checkpoint_utils.load_checkpoint_to_cpu(str(crafted))
     monkeypatch.setenv(safe_load.TRUST_ENV, "1")
     assert checkpoint_utils.load_checkpoint_to_cpu(str(reads_env))["cfg"]["task"]["note"] == "s3cr3t"
 
