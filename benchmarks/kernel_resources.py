@@ -4,7 +4,10 @@ Triton compiles for a named target without the device (``--arch 90``: H100/H200,
 ``89``: L4/L40), with the ptxas it ships.  Each launch is compiled as ``rdrop_loss_triton`` makes it:
 its block size and warps for the vocabulary and number of copies, and the argument types and
 16-divisibility that interleaved (copies x 128, 32, V) scores give; by default on the criteria's
-route (from the logits, with targets and the KL term), with ``--all-routes`` on every other too.
+route (from the logits, with targets, padding index 1 and the KL term), with ``--all-routes`` on the
+other seven combinations of targets, logits and KL too.  Not modelled: the one-position layouts of
+``rdrop_sentence_prediction`` and of ``rdrop_adaptive_loss``'s KL, and unaligned views
+(``--ignore-prefix-size``), which Triton specialises differently.
 For each it prints the registers per thread, the stack bytes per thread (where ptxas puts spilled
 registers, which cost a memory-bound kernel its speed) and the shared memory it asks for.  It
 says nothing about time: that is ``benchmarks/step_cost.py`` and ``benchmarks/loss_kernel.py`` on a GPU.
@@ -57,7 +60,8 @@ def launch_arguments(copies, vocab, dtype):
 
 
 def signature_of(kernel, constexprs, scalars, pointers):
-    """Types and divisibility hints as Triton's launcher derives them from the values."""
+    """Types and divisibility hints as Triton's launcher derives them from the values; ints equal to 1
+    join ``constexprs``."""
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name in constexprs:
@@ -68,6 +72,10 @@ def signature_of(kernel, constexprs, scalars, pointers):
             divisible = True  # the caching allocator's tensors start 16-byte aligned
         elif isinstance(scalars[name], float):
             signature[name], divisible = "fp32", False
+        elif scalars[name] == 1:  # the launcher makes an int argument equal to 1 a constant
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+            continue
         else:
             signature[name] = "i32" if -2**31 <= scalars[name] < 2**31 else "i64"
             divisible = scalars[name] % 16 == 0
@@ -76,7 +84,7 @@ def signature_of(kernel, constexprs, scalars, pointers):
     return signature, attrs
 
 
-def resource_usage(cubin):
+def resource_usage(cubin, name):
     """Registers and the stack and local bytes (where ptxas puts what it spills) per thread in the cubin,
     read by the cuobjdump that Triton ships."""
     tool = getattr(getattr(getattr(triton, "knobs", None), "nvidia", None), "cuobjdump", None)
@@ -85,7 +93,7 @@ def resource_usage(cubin):
         handle.write(cubin)
         handle.flush()
         text = subprocess.run([path, "-res-usage", handle.name], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"REG:(\d+)\s+STACK:(\d+).*?LOCAL:(\d+)", text)
+    found = re.search(rf"Function {re.escape(name)}:\s*REG:(\d+)\s+STACK:(\d+).*?LOCAL:(\d+)", text)
     if not found:
         raise RuntimeError(f"no resource usage in cuobjdump's output:\n{text}")
     registers, stack, local = map(int, found.groups())
@@ -97,10 +105,11 @@ def compile_launch(kernel, arch, dtype, copies, vocab, block_size=0, variant=(Tr
     has_target, from_logits, with_kl = variant
     constexprs = dict(COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block, HAS_TARGET=has_target,
                       FROM_LOGITS=from_logits, WITH_KL=with_kl)
+    constexprs = dict(constexprs)
     signature, attrs = signature_of(kernel, constexprs, *launch_arguments(copies, vocab, dtype))
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
-    registers, stack = resource_usage(compiled.asm["cubin"])
+    registers, stack = resource_usage(compiled.asm["cubin"], kernel.__name__)
     route = "+".join(name for name, on in zip(("target", "logits", "kl"), variant) if on) or "-"
     return dict(kernel=kernel.__name__.strip("_").replace("rdrop_", "").replace("_kernel", ""), route=route,
                 arch=f"sm_{arch}", dtype=dtype, copies=copies, vocab=vocab, block=block, warps=num_warps,
@@ -117,8 +126,8 @@ def main(argv=None):
     parser.add_argument("--block", type=int, default=0,
                         help="a block of vocabulary entries in place of the kernels' own choice (a power of 2)")
     parser.add_argument("--all-routes", action="store_true",
-                        help="every launch the loss can make (with or without targets, from logits or "
-                             "log-probabilities, with or without the KL), not only the criteria's usual one")
+                        help="also the other routes: with or without targets, from logits or log-probabilities, "
+                             "with or without the KL (on the same layout)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     args = parser.parse_args(argv)
     if min(args.copies) < 2 or min(args.vocab) < 2:
