@@ -28,28 +28,23 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; 
     exit 2
 fi
 stamp() { echo "[$(date +%T)] $*" >&2; }
-# keep NAME CMD...: run CMD, keep its whole output in $out/NAME.log and its tables in $out/NAME.md;
-# if it fails, show the end of the log, so that the report never stops without saying why.
-keep() {
-    local name=$1 status=0
-    shift
+# logged fail|warn NAME CMD...: run CMD, keep its whole output in $out/NAME.log; if it fails, show the end of
+# the log, so that the report never stops without saying why, and stop (fail) or go on (warn).
+logged() {
+    local on_failure=$1 name=$2 status=0
+    shift 2
     "$@" >>"$out/$name.log" 2>&1 || status=$?
     if ((status)); then
-        echo "error: '$*' failed ($status); the end of $out/$name.log:" >&2
+        local label="error"
+        [[ $on_failure == warn ]] && label="warning: the report goes on, but"
+        echo "$label: '$*' failed ($status); the end of $out/$name.log:" >&2
         tail -n 30 "$out/$name.log" >&2
-        exit "$status"
+        [[ $on_failure == warn ]] || exit "$status"
     fi
 }
-# note NAME CMD...: as keep, but a failure only warns: what it checks must not cost the timings after it.
-note() {
-    local name=$1 status=0
-    shift
-    "$@" >>"$out/$name.log" 2>&1 || status=$?
-    if ((status)); then
-        echo "warning: '$*' failed ($status), the report goes on; the end of $out/$name.log:" >&2
-        tail -n 30 "$out/$name.log" >&2
-    fi
-}
+keep() { logged fail "$@"; }
+# note: what it checks must not cost the timings after it
+note() { logged warn "$@"; }
 tables() { grep -E '^(\||## )' "$out/$1.log" | tee "$out/$1.md" || true; }
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
