@@ -1,7 +1,15 @@
-"""Corpus slices shared by the end-to-end tests: prepared once per test session."""
+"""Corpus slices shared by the end-to-end tests: prepared once per test session.
+
+Without CUDA the fused kernels run under Triton's interpreter, which Triton fixes when it is
+first imported: it is chosen here, before any test module is collected and might import Triton."""
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from rdrop_fairseq.recipes.prepare import binarize, prepare_parallel, read_lines, write_lines
 

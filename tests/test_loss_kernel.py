@@ -1,15 +1,12 @@
 """benchmarks/loss_kernel.py: the modes it times compute the same loss, and its table has a cell per
 column, the fused kernels' block sizes and bandwidth included (run here under Triton's interpreter)."""
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # before Triton is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton")
+pytest.importorskip("triton")  # without CUDA, conftest chose the interpreter
 
 SPEC = importlib.util.spec_from_file_location(
     "loss_kernel", Path(__file__).resolve().parents[1] / "benchmarks" / "loss_kernel.py")

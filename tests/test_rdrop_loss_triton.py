@@ -7,9 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":  # before Triton is imported: it decides then which of its functions are interpreted
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # without CUDA, conftest chose the interpreter
 pytest.importorskip("triton")
 
 from rdrop_fairseq import rdrop_loss as rdrop_loss_module  # noqa: E402
@@ -226,3 +224,22 @@ def test_minus_infinity_in_one_copy_only_is_capped_near_the_torch_function(maske
     # the kernels cap the gap of the centred scores, within log V of the capped log-probability gap
     torch.testing.assert_close(new[3].double(), ref[3], rtol=math.log(40) / 1e4, atol=0)
     torch.testing.assert_close(new_grad.double(), ref_grad, rtol=5e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter is chosen only without CUDA")
+def test_triton_imported_for_the_compiler_before_the_kernels_is_a_clear_error():
+    """Setting TRITON_INTERPRET=1 after Triton was imported leaves its library compiled-only, and
+    every kernel launch would fail deep in the interpreter: the kernels' module says why instead."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, triton\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "import rdrop_fairseq.kernels.rdrop_loss_triton\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "set TRITON_INTERPRET=1 at start-up" in proc.stderr.splitlines()[-1]

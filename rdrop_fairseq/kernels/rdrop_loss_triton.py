@@ -34,8 +34,19 @@ import sys
 
 import torch
 
+
+def _triton_imported_for_the_compiler() -> bool:
+    """Triton builds its library functions (tl.max, ...) for the interpreter or the compiler when it is
+    first imported; TRITON_INTERPRET=1 set later changes only the functions built after it."""
+    if "triton" not in sys.modules:
+        return False
+    from triton.language import standard
+    from triton.runtime.interpreter import InterpretedFunction
+    return not isinstance(standard.max, InterpretedFunction)
+
+
 if not torch.cuda.is_available():
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+    if _triton_imported_for_the_compiler():
         raise RuntimeError(
             "RDROP_KERNEL=triton without CUDA runs the kernels under Triton's interpreter, which must be "
             "chosen before Triton is imported: set TRITON_INTERPRET=1 at start-up, or use RDROP_KERNEL=torch"
