@@ -40,6 +40,11 @@ try:
 except ImportError as error:
     sys.exit(f"error: kernel_resources.py needs Triton ({error}); pip install -e '.[triton]'")
 
+from rdrop_fairseq.rdrop_loss import MIN_TRITON, version_numbers  # noqa: E402
+
+if version_numbers(triton.__version__) < MIN_TRITON:  # ASTSource took other arguments before
+    sys.exit(f"error: kernel_resources.py needs Triton >= {'.'.join(map(str, MIN_TRITON))}, "
+             f"as the kernels do; this is Triton {triton.__version__}")
 # Without CUDA the kernels module would choose the interpreter; here nothing is launched.
 with mock.patch("torch.cuda.is_available", return_value=True):
     from rdrop_fairseq.kernels import rdrop_loss_triton as kernels  # noqa: E402

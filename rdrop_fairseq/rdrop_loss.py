@@ -27,8 +27,10 @@ one for the gradient.  :func:`kernel_for` picks the implementation (``RDROP_KERN
 the torch Function here is the CPU path and the reference the kernels are tested against.
 """
 import functools
+import importlib.metadata
 import importlib.util
 import os
+import re
 from typing import Optional, Tuple
 
 import torch
@@ -231,6 +233,11 @@ def rdrop_loss_from_logits(
 
 KERNEL_ENV = "RDROP_KERNEL"
 KERNEL_CHOICES = ("auto", "triton", "torch")
+# The oldest Triton the fused kernels were checked with: run by its interpreter against the torch
+# Function, and compiled for sm_80 and sm_90 without spills (Triton 3.3 came with torch 2.7).
+MIN_TRITON = (3, 3)
+# Triton's interpreter before 3.7 cannot run a loop over a runtime bound with numpy 2.4 or later.
+MIN_TRITON_INTERPRETER_NUMPY_2_4 = (3, 7)
 
 
 def kernel_for(scores: Tensor) -> str:
@@ -239,31 +246,64 @@ def kernel_for(scores: Tensor) -> str:
     ``RDROP_KERNEL`` decides: ``torch`` is the chunked Function in this module, ``triton``
     the fused kernels of :mod:`rdrop_fairseq.kernels.rdrop_loss_triton` (on a machine
     without CUDA they run under Triton's interpreter), ``auto`` (the default) the fused
-    kernels for fp32/bf16/fp16 CUDA tensors when Triton is installed, else torch.
+    kernels for fp32/bf16/fp16 CUDA tensors when Triton >= 3.3 is installed, else torch.
     """
     choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"{KERNEL_ENV}={choice!r}: expected one of {', '.join(KERNEL_CHOICES)}")
+    version = _triton_version()
     if choice == "auto":
-        fused = scores.is_cuda and scores.dtype in (torch.float32, torch.bfloat16, torch.float16) and _has_triton()
+        fused = (scores.is_cuda and scores.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                 and version is not None and version >= MIN_TRITON)
         return "triton" if fused else "torch"
     if choice == "triton":
-        if not _has_triton():
+        if version is None:
             raise RuntimeError(f"{KERNEL_ENV}=triton but Triton is not installed: pip install 'rdrop-fairseq[triton]'")
+        if version < MIN_TRITON:
+            raise RuntimeError(f"{KERNEL_ENV}=triton needs Triton >= {_dotted(MIN_TRITON)}, the oldest its kernels "
+                               f"were checked with; this is Triton {_dotted(version)}: upgrade it, or use "
+                               f"{KERNEL_ENV}=torch")
         if scores.dtype == torch.float64:
             raise ValueError(f"{KERNEL_ENV}=triton computes in fp32; fp64 scores need {KERNEL_ENV}=torch")
         if not scores.is_cuda and torch.cuda.is_available():
             raise ValueError(f"{KERNEL_ENV}=triton needs CUDA tensors where CUDA is present (Triton's interpreter, "
                              f"for CPU tensors, is only chosen on machines without it); these are on "
                              f"{scores.device}: use {KERNEL_ENV}=auto or torch")
+        numpy_version = _numpy_version()
+        if not scores.is_cuda and version < MIN_TRITON_INTERPRETER_NUMPY_2_4 and numpy_version >= (2, 4):
+            raise RuntimeError(f"{KERNEL_ENV}=triton on a CPU runs Triton's interpreter, which before Triton "
+                               f"{_dotted(MIN_TRITON_INTERPRETER_NUMPY_2_4)} fails with numpy >= 2.4; this is "
+                               f"Triton {_dotted(version)} with numpy {_dotted(numpy_version)}: upgrade Triton, "
+                               f"or use {KERNEL_ENV}=torch")
     return choice
 
 
 @functools.lru_cache(maxsize=None)
-def _has_triton() -> bool:
-    # Found, not imported: without CUDA the kernels' module must choose Triton's
-    # interpreter before Triton is first imported.
-    return importlib.util.find_spec("triton") is not None
+def _triton_version() -> Optional[Tuple[int, ...]]:
+    """The installed Triton's release numbers, or None without Triton. Read from its metadata, not by
+    importing it: without CUDA the kernels' module must choose Triton's interpreter before Triton is
+    first imported."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    for distribution in ("triton", "pytorch-triton", "pytorch-triton-rocm"):
+        try:
+            return version_numbers(importlib.metadata.version(distribution))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return (999,)  # a build without metadata says nothing of its age: taken to be recent
+
+
+def _numpy_version() -> Tuple[int, ...]:
+    return version_numbers(importlib.metadata.version("numpy"))
+
+
+def version_numbers(version: str) -> Tuple[int, ...]:
+    """``"3.6.0+git1a2b"`` -> ``(3, 6, 0)``."""
+    return tuple(int(part) for part in re.match(r"\d+(?:\.\d+)*", version).group().split("."))
+
+
+def _dotted(release: Tuple[int, ...]) -> str:
+    return ".".join(map(str, release))
 
 
 def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, from_logits):

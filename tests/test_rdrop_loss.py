@@ -361,3 +361,55 @@ def test_regression_loss_matches_a_plain_reference():
     torch.testing.assert_close(predictions.grad, y.grad)
     with pytest.raises(ValueError, match="copies"):
         rdrop_regression_loss(predictions[:-1], target, copies, alpha)
+
+
+def cuda_scores(dtype=torch.float16):
+    """What kernel_for reads of a CUDA tensor, on a machine without CUDA."""
+    from types import SimpleNamespace
+    return SimpleNamespace(is_cuda=True, dtype=dtype, device=torch.device("cuda", 0))
+
+
+@pytest.mark.parametrize("version, chosen", [(None, "torch"), ((3, 2, 0), "torch"), ((3, 3, 1), "triton"),
+                                             ((3, 9, 0), "triton")])
+def test_auto_takes_the_fused_kernels_only_from_a_triton_they_were_checked_with(monkeypatch, version, chosen):
+    from rdrop_fairseq import rdrop_loss as module
+    monkeypatch.delenv("RDROP_KERNEL", raising=False)
+    monkeypatch.setattr(module, "_triton_version", lambda: version)
+    assert module.kernel_for(cuda_scores()) == chosen
+    assert module.kernel_for(cuda_scores(torch.float64)) == "torch"
+
+
+def test_forcing_triton_older_than_the_checked_one_names_both_versions(monkeypatch):
+    from rdrop_fairseq import rdrop_loss as module
+    monkeypatch.setenv("RDROP_KERNEL", "triton")
+    monkeypatch.setattr(module, "_triton_version", lambda: (3, 1, 0))
+    with pytest.raises(RuntimeError, match=r"RDROP_KERNEL=triton needs Triton >= 3\.3.*Triton 3\.1\.0"):
+        module.kernel_for(cuda_scores())
+    monkeypatch.setattr(module, "_triton_version", lambda: None)
+    with pytest.raises(RuntimeError, match="Triton is not installed"):
+        module.kernel_for(cuda_scores())
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, refused", [
+    ((3, 6, 0), (2, 4, 0), True), ((3, 6, 0), (2, 3, 5), False), ((3, 7, 1), (2, 4, 6), False)])
+def test_forcing_the_interpreter_where_it_cannot_run_is_refused(monkeypatch, triton_version, numpy_version, refused):
+    from rdrop_fairseq import rdrop_loss as module
+    monkeypatch.setenv("RDROP_KERNEL", "triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(module, "_triton_version", lambda: triton_version)
+    monkeypatch.setattr(module, "_numpy_version", lambda: numpy_version)
+    scores = torch.zeros(4, 10)
+    if refused:
+        with pytest.raises(RuntimeError, match=r"Triton 3\.7 fails with numpy >= 2\.4.*Triton 3\.6\.0 with numpy 2\.4"):
+            module.kernel_for(scores)
+    else:
+        assert module.kernel_for(scores) == "triton"
+    assert module.kernel_for(cuda_scores()) == "triton"  # compiled, not interpreted
+
+
+def test_triton_and_numpy_versions_are_read_as_release_numbers():
+    from rdrop_fairseq import rdrop_loss as module
+    assert module.version_numbers("3.6.0+git1a2b3c") == (3, 6, 0) and module.version_numbers("2.4.0rc1") == (2, 4, 0)
+    assert module.version_numbers("3.3.1") >= module.MIN_TRITON > module.version_numbers("3.2.0")
+    installed = module._triton_version()
+    assert installed is None or len(installed) >= 2
