@@ -233,8 +233,8 @@ def rdrop_loss_from_logits(
 
 KERNEL_ENV = "RDROP_KERNEL"
 KERNEL_CHOICES = ("auto", "triton", "torch")
-# The oldest Triton the fused kernels were checked with: run by its interpreter against the torch
-# Function, and compiled for sm_80 and sm_90 without spills (Triton 3.3 came with torch 2.7).
+# The oldest Triton the fused kernels were checked with (benchmarks/triton_versions.sh): run by its
+# interpreter against the torch Function, and compiled for sm_80 and sm_90 (it came with torch 2.7).
 MIN_TRITON = (3, 3)
 # Triton's interpreter before 3.7 cannot run a loop over a runtime bound with numpy 2.4 or later.
 MIN_TRITON_INTERPRETER_NUMPY_2_4 = (3, 7)
@@ -269,11 +269,10 @@ def kernel_for(scores: Tensor) -> str:
             raise ValueError(f"{KERNEL_ENV}=triton needs CUDA tensors where CUDA is present (Triton's interpreter, "
                              f"for CPU tensors, is only chosen on machines without it); these are on "
                              f"{scores.device}: use {KERNEL_ENV}=auto or torch")
-        numpy_version = _numpy_version()
-        if not scores.is_cuda and version < MIN_TRITON_INTERPRETER_NUMPY_2_4 and numpy_version >= (2, 4):
+        if not scores.is_cuda and version < MIN_TRITON_INTERPRETER_NUMPY_2_4 and _numpy_version() >= (2, 4):
             raise RuntimeError(f"{KERNEL_ENV}=triton on a CPU runs Triton's interpreter, which before Triton "
                                f"{_dotted(MIN_TRITON_INTERPRETER_NUMPY_2_4)} fails with numpy >= 2.4; this is "
-                               f"Triton {_dotted(version)} with numpy {_dotted(numpy_version)}: upgrade Triton, "
+                               f"Triton {_dotted(version)} with numpy {_dotted(_numpy_version())}: upgrade Triton, "
                                f"or use {KERNEL_ENV}=torch")
     return choice
 
@@ -293,6 +292,7 @@ def _triton_version() -> Optional[Tuple[int, ...]]:
     return (999,)  # a build without metadata says nothing of its age: taken to be recent
 
 
+@functools.lru_cache(maxsize=None)
 def _numpy_version() -> Tuple[int, ...]:
     return version_numbers(importlib.metadata.version("numpy"))
 

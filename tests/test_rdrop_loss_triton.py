@@ -2,6 +2,8 @@
 Triton's interpreter on a CPU (as in CI)."""
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -148,13 +150,17 @@ def test_cpu_tensors_are_refused_where_cuda_is_present(monkeypatch):
         rdrop_loss_module.kernel_for(logits.cpu())
 
 
+def run_without_triton_interpret(script, **env):
+    """``python -c script`` in a fresh process that has not chosen Triton's interpreter."""
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, **env}
+    return subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter is chosen only without CUDA")
 def test_forcing_triton_without_cuda_chooses_the_interpreter_itself(tmp_path):
     """A fresh process with RDROP_KERNEL=triton and no TRITON_INTERPRET: looking for Triton
     must not import it before the kernels' module has chosen the interpreter."""
-    import subprocess
-    import sys
-
     script = (
         "import torch\n"
         "from rdrop_fairseq import rdrop_loss as m\n"
@@ -167,10 +173,7 @@ def test_forcing_triton_without_cuda_chooses_the_interpreter_itself(tmp_path):
         "reference = m.rdrop_loss_from_logits(logits, target, 2, 5.0, 0.1, 1)[0].item()\n"
         "print(fused, reference, os.environ['TRITON_INTERPRET'])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["RDROP_KERNEL"] = "triton"
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_without_triton_interpret(script, RDROP_KERNEL="triton")
     assert proc.returncode == 0, proc.stderr[-2000:]
     fused, reference, interpret = proc.stdout.split()[-3:]
     assert interpret == "1" and float(fused) == pytest.approx(float(reference), rel=1e-5)
@@ -230,16 +233,11 @@ def test_minus_infinity_in_one_copy_only_is_capped_near_the_torch_function(maske
 def test_triton_imported_for_the_compiler_before_the_kernels_is_a_clear_error():
     """Setting TRITON_INTERPRET=1 after Triton was imported leaves its library compiled-only, and
     every kernel launch would fail deep in the interpreter: the kernels' module says why instead."""
-    import subprocess
-    import sys
-
     script = (
         "import os, triton\n"
         "os.environ['TRITON_INTERPRET'] = '1'\n"
         "import rdrop_fairseq.kernels.rdrop_loss_triton\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", script], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_without_triton_interpret(script)
     assert proc.returncode != 0
     assert "set TRITON_INTERPRET=1 at start-up" in proc.stderr.splitlines()[-1]
