@@ -9,7 +9,9 @@ other seven combinations of targets, logits and KL too.  Not modelled: the one-p
 ``rdrop_sentence_prediction`` and of ``rdrop_adaptive_loss``'s KL, and unaligned views
 (``--ignore-prefix-size``), which Triton specialises differently.
 For each it prints the registers per thread, the stack bytes per thread (where ptxas puts spilled
-registers, which cost a memory-bound kernel its speed) and the shared memory it asks for.  It
+registers, which cost a memory-bound kernel its speed), how many of the SASS's stack loads and stores
+sit inside a loop (where they cost every block of the vocabulary, not once per token) and the shared
+memory it asks for.  It
 says nothing about time: that is ``benchmarks/step_cost.py`` and ``benchmarks/loss_kernel.py`` on a GPU.
 
     python benchmarks/kernel_resources.py
@@ -89,20 +91,42 @@ def signature_of(kernel, constexprs, scalars, pointers):
     return signature, attrs
 
 
-def resource_usage(cubin, name):
-    """Registers and the stack and local bytes (where ptxas puts what it spills) per thread in the cubin,
-    read by the cuobjdump that Triton ships."""
+def cuobjdump(cubin, *options):
+    """The output of the cuobjdump that Triton ships, run on ``cubin``."""
     tool = getattr(getattr(getattr(triton, "knobs", None), "nvidia", None), "cuobjdump", None)
     path = getattr(tool, "path", None) or str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
         handle.write(cubin)
         handle.flush()
-        text = subprocess.run([path, "-res-usage", handle.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([path, *options, handle.name], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(cubin, name):
+    """Registers and the stack and local bytes (where ptxas puts what it spills) per thread in the cubin."""
+    text = cuobjdump(cubin, "-res-usage")
     found = re.search(rf"Function {re.escape(name)}:\s*REG:(\d+)\s+STACK:(\d+).*?LOCAL:(\d+)", text)
     if not found:
         raise RuntimeError(f"no resource usage in cuobjdump's output:\n{text}")
     registers, stack, local = map(int, found.groups())
     return registers, stack + local
+
+
+SASS_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
+
+
+def local_memory_ops_in_loops(sass):
+    """How many stack or local-memory loads and stores (STL, LDL) in the SASS sit inside a loop, that is,
+    between a backward branch and its target: a spill outside the loops over the vocabulary costs a few
+    cached accesses per token, one inside them costs every block."""
+    local_ops, loops = [], []
+    for address, instruction in SASS_INSTRUCTION.findall(sass):
+        address = int(address, 16)
+        branch = re.search(r"\bBRA\s+(0x[0-9a-f]+)", instruction)
+        if branch and int(branch.group(1), 16) < address:
+            loops.append((int(branch.group(1), 16), address))
+        if re.search(r"\b(STL|LDL)\b", instruction):
+            local_ops.append(address)
+    return sum(any(first <= address <= last for first, last in loops) for address in local_ops)
 
 
 def compile_launch(kernel, arch, dtype, copies, vocab, block_size=0, variant=(True, True, True)):
@@ -115,10 +139,12 @@ def compile_launch(kernel, arch, dtype, copies, vocab, block_size=0, variant=(Tr
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     registers, stack = resource_usage(compiled.asm["cubin"], kernel.__name__)
+    in_loops = local_memory_ops_in_loops(cuobjdump(compiled.asm["cubin"], "-sass")) if stack else 0
     route = "+".join(name for name, on in zip(("target", "logits", "kl"), variant) if on) or "-"
     return dict(kernel=kernel.__name__.strip("_").replace("rdrop_", "").replace("_kernel", ""), route=route,
                 arch=f"sm_{arch}", dtype=dtype, copies=copies, vocab=vocab, block=block, warps=num_warps,
-                registers=registers, stack_bytes=stack, shared_bytes=compiled.metadata.shared)
+                registers=registers, stack_bytes=stack, stack_ops_in_loops=in_loops,
+                shared_bytes=compiled.metadata.shared)
 
 
 def main(argv=None):
@@ -144,8 +170,9 @@ def main(argv=None):
             for arch in args.arch for kernel in (kernels._rdrop_forward_kernel, kernels._rdrop_backward_kernel)
             for route in routes for dtype in args.dtype for copies in args.copies for vocab in args.vocab]
     print(f"## fused loss kernels, compiled by Triton {triton.__version__}")
-    print("| kernel | route | arch | dtype | copies | V | BLOCK | warps | registers | stack bytes | shared bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | route | arch | dtype | copies | V | BLOCK | warps | registers | stack bytes "
+          "| stack ops in loops | shared bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(value) for value in row.values()) + " |")
     if args.json:

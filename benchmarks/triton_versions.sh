@@ -3,7 +3,8 @@
 #
 # The fused loss kernels under each Triton release, on this machine: the kernel tests (under Triton's
 # interpreter without CUDA) with this numpy and with numpy OLD_NUMPY, and the kernels compiled for ARCH by
-# benchmarks/kernel_resources.py (the most registers a launch takes, and how many launches have stack bytes: spills, or a local array).
+# benchmarks/kernel_resources.py (the most registers a launch takes, how many launches have stack bytes, and how
+# many of their stack loads and stores sit inside the loops over the vocabulary).
 # This is how rdrop_loss.MIN_TRITON and MIN_TRITON_INTERPRETER_NUMPY_2_4 were found. Each release is
 # installed once, with pip --target, into its own folder; nothing is installed into the environment.
 #
@@ -48,7 +49,7 @@ old_numpy_dir="$root/numpy-$OLD_NUMPY"
 install "numpy==$OLD_NUMPY" "$old_numpy_dir" || old_numpy_dir=
 
 echo "## the fused kernels under each Triton release ($("$PYTHON" -c 'import torch; print("torch", torch.__version__)'))"
-echo "| Triton | kernel tests, numpy $numpy_now | kernel tests, numpy $OLD_NUMPY | compiled for sm_${ARCH// /, sm_} | most registers | launches with stack bytes |"
+echo "| Triton | kernel tests, numpy $numpy_now | kernel tests, numpy $OLD_NUMPY | compiled for sm_${ARCH// /, sm_} | most registers | launches with stack bytes (their stack ops in loops) |"
 echo "|---|---|---|---|---|---|"
 for version in "$@"; do
     folder="$root/triton-$version"
@@ -73,7 +74,8 @@ import json, sys
 rows = json.load(open(sys.argv[1]))
 registers = max(row["registers"] for row in rows)
 spills = sum(1 for row in rows if row["stack_bytes"])
-print(f"yes, {len(rows)} launches | {registers} | {spills}")
+in_loops = sum(row["stack_ops_in_loops"] for row in rows)
+print(f"yes, {len(rows)} launches | {registers} | {spills}" + (f" ({in_loops} in loops)" if spills else ""))
 ' "$rows")
     else
         summary="no: $(tail -n 1 "$root/logs/resources-$version.log" | cut -c1-120 | tr '|' '/') | | "

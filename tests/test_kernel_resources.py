@@ -60,3 +60,30 @@ def test_a_launch_that_spills_is_seen(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(rows_file.read_text())
     assert [row["block"] for row in rows] == [8192, 8192] and all(row["stack_bytes"] > 0 for row in rows)
+    assert all(row["stack_ops_in_loops"] > 0 for row in rows)
+
+
+# As cuobjdump -sass prints a kernel whose two spilled values are stored before the loop over the
+# vocabulary and loaded after it, with one more load in the loop (Triton 3.6's m = 3, V = 1,000 forward
+# launch has the first two and not the third).
+SASS = """
+        /*0300*/                   IMAD.MOV.U32 R2, RZ, RZ, R12 ;
+        /*0310*/                   STL [R1+0x4], R2 ;
+        /*0370*/                   STL [R1], R2 ;
+        /*0720*/                   FADD R16, RZ, R16 ;
+        /*0800*/                   LDL.64 R22, [R1] ;
+        /*38e0*/              @!P2 BRA 0x720 ;
+        /*38f0*/                   LDL.LU R20, [R1+0x4] ;
+        /*4750*/                   EXIT ;
+        /*4760*/                   BRA 0x4760;
+"""
+
+
+def test_counts_the_stack_ops_inside_loops_only(tmp_path):
+    code = "import sys; sys.path.insert(0, 'benchmarks'); import kernel_resources; " \
+           f"print(kernel_resources.local_memory_ops_in_loops({SASS!r}))"
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=SCRIPT.parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["1"]
