@@ -18,7 +18,9 @@ usage: scripts/train-cnndm.sh [options] [-- extra fairseq-train args]
                                                      CHECKPOINT_ROOT defaults to checkpoints)
   --restore-file FILE the pre-trained model.pt      (env BART_PATH; default: bart.large fetched into
                                                      $MODELS_DIR, default models, with
-                                                     python -m rdrop_fairseq.recipes.datasets.pretrained)
+                                                     python -m rdrop_fairseq.recipes.datasets.pretrained;
+                                                     it starts a run whose save dir has no checkpoint_last.pt;
+                                                     a re-run resumes from there)
   --alpha A           R-Drop KL weight              (env ALPHA; default 0.7, the authors' value)
   --baseline          stock task and criterion (translation, label_smoothed_cross_entropy)
   --double-batch      baseline with --max-tokens doubled (paper App. C.1)
@@ -76,7 +78,8 @@ TRAIN_ARGS=(
     --skip-invalid-size-inputs-valid-test --find-unused-parameters --seed "${SEED:-1}"
     --save-dir "$SAVE_DIR" --no-epoch-checkpoints --log-format json --log-interval "${LOG_INTERVAL:-100}"
 )
-[[ -n $RESTORE ]] && TRAIN_ARGS+=(--restore-file "$RESTORE" --reset-optimizer --reset-dataloader --reset-meters)
+# The pre-trained model starts the run only while the save dir has no checkpoint_last.pt: a re-run resumes.
+[[ -n $RESTORE ]] && TRAIN_ARGS+=(--finetune-from-model "$RESTORE")
 variant_args rdrop_translation rdrop_label_smoothed_cross_entropy translation label_smoothed_cross_entropy
 [[ $SMOKE == 1 ]] && TRAIN_ARGS+=("${SMOKE_TRANSLATION_MODEL[@]}")
 [[ $CPU == 1 ]] && TRAIN_ARGS+=(--cpu)

@@ -19,7 +19,9 @@ usage: scripts/train-glue.sh --task NAME [options] [-- extra fairseq-train args]
                                                      CHECKPOINT_ROOT defaults to checkpoints)
   --restore-file FILE the pre-trained model.pt      (env ROBERTA_PATH; default: roberta.large fetched
                                                      into $MODELS_DIR, default models, with
-                                                     python -m rdrop_fairseq.recipes.datasets.pretrained)
+                                                     python -m rdrop_fairseq.recipes.datasets.pretrained;
+                                                     it starts a run whose save dir has no checkpoint_last.pt;
+                                                     a re-run resumes from there)
   --alpha A           R-Drop weight                 (env ALPHA; default 1.0; the paper searched 0.1, 0.5, 1.0)
   --baseline          stock task and criterion (sentence_prediction)
   --double-batch      baseline with the batch doubled (paper App. C.1): BATCH_SIZE, MAX_TOKENS and
@@ -111,7 +113,8 @@ TRAIN_ARGS=(
     --max-update "$TOTAL_NUM_UPDATE" --max-epoch "$MAX_EPOCH" --seed "${SEED:-1}" --find-unused-parameters
     --save-dir "$SAVE_DIR" --no-epoch-checkpoints --log-format json --log-interval "${LOG_INTERVAL:-100}"
 )
-[[ -n $RESTORE ]] && TRAIN_ARGS+=(--restore-file "$RESTORE" --reset-optimizer --reset-dataloader --reset-meters)
+# The pre-trained model starts the run only while the save dir has no checkpoint_last.pt: a re-run resumes.
+[[ -n $RESTORE ]] && TRAIN_ARGS+=(--finetune-from-model "$RESTORE")
 case $GLUE_TASK in
     STS-B) TRAIN_ARGS+=(--regression-target --best-checkpoint-metric loss) ;;
     *) TRAIN_ARGS+=(--best-checkpoint-metric accuracy --maximize-best-checkpoint-metric) ;;

@@ -250,7 +250,7 @@ def test_help(script):
 def test_smoke_and_distributed_commands():
     argv = dry_run("train-glue.sh", "--task", "SST-2", "--smoke")
     assert "--cpu" in argv and int(flag(argv, "--max-update")) <= 10 and flag(argv, "--encoder-layers") == "1"
-    assert "smoke" in flag(argv, "--save-dir") and flag(argv, "--restore-file") is None
+    assert "smoke" in flag(argv, "--save-dir") and flag(argv, "--finetune-from-model") is None
     argv = dry_run("train-glue.sh", "--task", "SST-2", WORLD_SIZE=2, RANK=1, LOCAL_RANK=1, MASTER_ADDR="h",
                    MASTER_PORT=9)
     assert (flag(argv, "--distributed-world-size"), flag(argv, "--distributed-rank")) == ("2", "1")
@@ -261,8 +261,10 @@ def test_printed_command_names_the_pretrained_model_a_run_fetches(tmp_path, scri
     models = tmp_path / "my models"
     task = ["--task", "RTE"] if script == "train-glue.sh" else []
     argv = dry_run(script, *task, MODELS_DIR=str(models))
-    assert flag(argv, "--restore-file") == str(pretrained.model_path(models, model))
-    assert "--reset-optimizer" in argv and not models.exists()
+    assert flag(argv, "--finetune-from-model") == str(pretrained.model_path(models, model))
+    # the reset flags would make fairseq refuse --finetune-from-model, and --restore-file would restart a re-run
+    assert not [arg for arg in argv if arg.startswith("--reset-") or arg == "--restore-file"]
+    assert not models.exists()
     pretrained.main([model, "--out", str(models), "--path-only"])
     assert capsys.readouterr().out.splitlines()[-1] == str(pretrained.model_path(models, model))
 
@@ -290,7 +292,14 @@ def test_finetune_and_evaluate_classification_then_regression(cola, stsb, tmp_pa
     proc = run_script("train-glue.sh", "--task", "STS-B", "--smoke", "--data", stsb, "--save-dir", run,
                       "--restore-file", model_pt, env=script_env(FP16="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Loaded checkpoint " + str(model_pt) in proc.stderr + proc.stdout
+    assert "loading pretrained model from " + str(model_pt) in proc.stderr + proc.stdout
+    # Run again, as after an interruption: it resumes from its own last checkpoint, not from the pre-trained model.
+    proc = run_script("train-glue.sh", "--task", "STS-B", "--smoke", "--data", stsb, "--save-dir", run,
+                      "--restore-file", model_pt, env=script_env(FP16="0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr + proc.stdout
+    assert f"Loaded checkpoint {run / 'checkpoint_last.pt'} (epoch 1 @ 4 updates)" in log
+    assert "loading pretrained model" not in log
     quoted = tmp_path / "it's STS-B"  # the data path reaches fairseq inside a Python dict literal
     quoted.symlink_to(stsb)
     proc = run_script("evaluate-glue.sh", "--task", "STS-B", "--data", quoted, "--save-dir", run, "--cpu")
