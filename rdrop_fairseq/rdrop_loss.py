@@ -88,6 +88,13 @@ class RDropLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, from_logits):
+        # Computed in fp32 by design: autocast (fairseq's --amp) would run vecdot in half precision.
+        with torch.autocast(scores.device.type, enabled=False):
+            return RDropLossFunction._forward(ctx, scores, target, copies, alpha, epsilon, ignore_index,
+                                              chunk_tokens, from_logits)
+
+    @staticmethod
+    def _forward(ctx, scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, from_logits):
         vocab = scores.size(-1)
         x_all = _copies_view(scores, copies)
         groups, _, length, _ = x_all.shape
@@ -134,6 +141,7 @@ class RDropLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
+        refuse_double_backward()
         scores, target, keep, log_norm = ctx.saved_tensors
         copies, alpha, epsilon, chunk_tokens = ctx.hparams
         from_logits = log_norm is not None
@@ -173,6 +181,24 @@ class RDropLossFunction(torch.autograd.Function):
             if not write_direct:
                 grad_all[gs, :, ts] = g
         return grad, None, None, None, None, None, None, None
+
+
+def refuse_double_backward():
+    """The gradient is written by hand, with no graph of its own: under ``create_graph=True`` (when
+    autograd runs a backward with grad mode on) a second derivative would silently come out as zero."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("the R-Drop loss is differentiable once: its backward cannot build a graph "
+                           "(create_graph=True, double backward)")
+
+
+def _check_targets(target: Tensor, vocab: int, ignore_index: Optional[int]) -> None:
+    """A target outside the vocabulary fails here (asynchronously on a GPU, like an out-of-range gather)
+    instead of reading another token's scores."""
+    valid = (target >= 0) & (target < vocab)
+    if ignore_index is not None:
+        valid |= target == ignore_index
+    torch._assert_async(valid.all(), f"R-Drop loss: a target id is outside the vocabulary [0, {vocab}) "
+                                     f"and is not the ignore_index {ignore_index}")
 
 
 def _keep_mask(target, ignore_index, shape, device):
@@ -313,6 +339,8 @@ def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, f
         raise ValueError(f"{scores.size(0)} rows cannot be split into {copies} copies")
     if target is not None and target.numel() * copies != scores[..., 0].numel():
         raise ValueError("target must have one entry per token of one copy")
+    if target is not None:
+        _check_targets(target, scores.size(-1), ignore_index)
     if kernel_for(scores) == "triton":
         from .kernels.rdrop_loss_triton import TritonRDropLossFunction
 

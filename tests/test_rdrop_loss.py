@@ -413,3 +413,28 @@ def test_triton_and_numpy_versions_are_read_as_release_numbers():
     assert module.version_numbers("3.3.1") >= module.MIN_TRITON > module.version_numbers("3.2.0")
     installed = module._triton_version()
     assert installed is None or len(installed) >= 2
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_autocast_does_not_lower_the_precision_of_the_sums(monkeypatch, entry):
+    # fairseq's --amp runs the criterion under autocast, which would run vecdot in half precision
+    monkeypatch.setenv("RDROP_KERNEL", "torch")
+    logits, target = make_case(tokens=64, vocab=500, dtype=torch.float32, seed=3)
+    logits[64:] = logits[:64] + 0.01 * torch.randn_like(logits[:64])  # copies that nearly agree
+    plain = loss_of(entry, logits, target, 2, 5.0, 0.1, PAD)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = loss_of(entry, logits, target, 2, 5.0, 0.1, PAD)
+    for p, a in zip(plain, autocast):
+        torch.testing.assert_close(a, p, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("bad", [11, -3])
+def test_a_target_outside_the_vocabulary_is_an_error(monkeypatch, entry, bad):
+    monkeypatch.setenv("RDROP_KERNEL", "torch")
+    logits, target = make_case()
+    target[5] = bad  # a negative id would otherwise be read as id 0
+    with pytest.raises(RuntimeError, match=r"outside the vocabulary \[0, 11\) and is not the ignore_index 1"):
+        loss_of(entry, logits, target, 2, 5.0, 0.1, PAD)
+    target[5] = -100
+    assert torch.isfinite(loss_of(entry, logits, target, 2, 5.0, 0.1, -100)[0])

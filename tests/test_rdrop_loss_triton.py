@@ -241,3 +241,40 @@ def test_triton_imported_for_the_compiler_before_the_kernels_is_a_clear_error():
     proc = run_without_triton_interpret(script)
     assert proc.returncode != 0
     assert "set TRITON_INTERPRET=1 at start-up" in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_finite_gaps_beyond_the_cap_are_kept(from_logits):
+    # Only infinite gaps (-inf in one copy) are capped, as in the torch Function: a finite gap of 2e4
+    # between the copies is a finite KL and gradient, not the cap's.
+    logits, target = make_case(vocab=40, seed=7)
+    logits.view(2, 2, 3, -1)[:, 1, :, 5] = -2e4
+    scores = logits if from_logits else F.log_softmax(logits.double(), -1).float()
+    (ref, ref_grad), (new, new_grad) = (
+        reference(scores, target, 2, 5.0, 0.1, from_logits),
+        run(TritonRDropLossFunction, scores, target, 2, 5.0, 0.1, from_logits),
+    )
+    assert ref[3] > 500
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n.double(), r, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(new_grad.double(), ref_grad, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("function", [TritonRDropLossFunction, RDropLossFunction])
+def test_double_backward_is_refused_not_silently_wrong(function):
+    logits, target = make_case()
+    leaf = logits.clone().requires_grad_()
+    last = (0, True) if function is RDropLossFunction else (True, BLOCK)
+    loss = function.apply(leaf, target, 2, 5.0, 0.1, PAD, *last)[0]
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(loss, leaf, create_graph=True)
+    assert torch.isfinite(torch.autograd.grad(loss, leaf)[0]).all()
+
+
+@pytest.mark.parametrize("bad", [70, 1000, -2])
+def test_a_target_outside_the_vocabulary_is_an_error(monkeypatch, bad):
+    monkeypatch.setenv("RDROP_KERNEL", "triton")
+    logits, target = make_case()
+    target[1, 2] = bad
+    with pytest.raises(RuntimeError, match=r"outside the vocabulary \[0, 70\) and is not the ignore_index 1"):
+        rdrop_loss_from_logits(logits, target, 2, 5.0, 0.1, PAD)

@@ -9,8 +9,11 @@ in blocks:
   rescaled whenever a running max moves.  At the end, with ``S = sum_v exp(y)``,
   ``KL(P_i || P_j) = A_ij / S_i - log S_i + log S_j``.  No two log-normalisers are
   subtracted, so a constant offset between the copies' logits (which changes nothing)
-  costs no precision.  It keeps ``c``, ``log S`` and one KL row sum per (token, copy) for
-  backward.
+  costs no precision.  The three terms still cancel where the copies nearly agree: the
+  KL's error is about 1e-7 per token, which is a large part of the KL of copies that
+  differ by 1e-3 (the logged ``kl_loss``; the gradient is made from the differences
+  themselves and keeps its precision).  It keeps ``c``, ``log S`` and one KL row sum per
+  (token, copy) for backward.
 * backward: writes the whole gradient of a token in one pass: with ``x = y - log S``,
   ``p = exp(x)`` and ``s = alpha / (m (m - 1))``, the KL part for log-probabilities is
   ``s sum_{j != i} [p_i (x_i - x_j) + p_i - p_j]``, the smoothed NLL part is ``-eps_i``
@@ -24,15 +27,23 @@ kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which is how th
 check them against the torch Function.
 
 Where one copy alone has -inf (its P is 0 where another's is not) the KL is infinite, and
-both this and the torch Function cap the infinite gap at 1e4.  The forward pass here caps
-``y_i - y_j`` rather than ``x_i - x_j``, so the KL and its gradient there are within about
-1e-3 of the torch Function's rather than equal: tracking the capped mass exactly would cost
-every element more work for a case that R-Drop's copies of one model do not produce.
+both this and the torch Function cap the infinite gap at 1e4 (finite gaps are kept, however
+large).  The forward pass here caps ``y_i - y_j`` rather than ``x_i - x_j``, so the KL and
+its gradient there differ from the torch Function's by an amount that grows with the spread
+of the logits (about 1e-3 of the KL and 1% of the gradient at logits of scale 30) rather than
+being equal: tracking the capped mass exactly would cost every element more work for a case
+that R-Drop's copies of one model do not produce.
+
+A target outside the vocabulary is an error (``rdrop_loss._check_targets``), and the loss is
+differentiable once: a backward with ``create_graph=True`` is refused.
 """
+import contextlib
 import os
 import sys
 
 import torch
+
+from ..rdrop_loss import refuse_double_backward
 
 
 def _triton_imported_for_the_compiler() -> bool:
@@ -64,7 +75,8 @@ LOG_GAP_LIMIT = tl.constexpr(1.0e4)
 def _gap(a, b):
     gap = a - b
     gap = tl.where(gap != gap, 0.0, gap)
-    return tl.minimum(tl.maximum(gap, -LOG_GAP_LIMIT), LOG_GAP_LIMIT)
+    gap = tl.where(gap == float("inf"), LOG_GAP_LIMIT, gap)
+    return tl.where(gap == float("-inf"), -LOG_GAP_LIMIT, gap)
 
 
 @triton.jit
@@ -157,7 +169,9 @@ def _rdrop_forward_kernel(
     centre = tl.where(live, centre, 0.0)
     nll = tl.zeros((COPIES_PAD,), tl.float32)
     if HAS_TARGET:
-        z_target = tl.load(scores_ptr + base + tgt, mask=live, other=0.0).to(tl.float32)
+        # _apply has checked the targets; this keeps a bad one from reading another token's scores
+        in_row = tl.where((tgt >= 0) & (tgt < vocab), tgt, 0)
+        z_target = tl.load(scores_ptr + base + in_row, mask=live, other=0.0).to(tl.float32)
         nll = tl.where(live, log_sum - (z_target - centre), 0.0)
     smooth = tl.where(live, vocab * log_sum - score_sum, 0.0)
     kl_row = tl.zeros((COPIES_PAD,), tl.float32)
@@ -241,6 +255,11 @@ def _launch_config(vocab, copies, block_size):
     return copies_pad, block, num_warps
 
 
+def _on_device_of(tensor):
+    """Triton launches on the current CUDA device, which need not be the tensor's."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
 class TritonRDropLossFunction(torch.autograd.Function):
     """The fused kernels with :class:`rdrop_fairseq.rdrop_loss.RDropLossFunction`'s interface."""
 
@@ -259,13 +278,14 @@ class TritonRDropLossFunction(torch.autograd.Function):
         token_terms = scores.new_empty((3, num_tokens), dtype=torch.float32)
         copies_pad, block, num_warps = _launch_config(vocab, copies, block_size)
         if num_tokens:
-            _rdrop_forward_kernel[(num_tokens,)](
-                scores, target_flat if has_target else centre, centre, log_sum, kl_row, token_terms,
-                num_tokens, length, stride_group, stride_copy, stride_pos, vocab,
-                -1 if ignore_index is None else ignore_index,
-                COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block,
-                HAS_TARGET=has_target, FROM_LOGITS=from_logits, WITH_KL=with_kl, num_warps=num_warps,
-            )
+            with _on_device_of(scores):
+                _rdrop_forward_kernel[(num_tokens,)](
+                    scores, target_flat if has_target else centre, centre, log_sum, kl_row, token_terms,
+                    num_tokens, length, stride_group, stride_copy, stride_pos, vocab,
+                    -1 if ignore_index is None else ignore_index,
+                    COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block,
+                    HAS_TARGET=has_target, FROM_LOGITS=from_logits, WITH_KL=with_kl, num_warps=num_warps,
+                )
         eps_other = epsilon / (vocab - 1) if vocab > 1 else 0.0
         nll, smooth_sum, kl = token_terms.sum(1).unbind()
         kl = kl / (copies * (copies - 1)) if copies > 1 else kl.zero_()
@@ -280,6 +300,7 @@ class TritonRDropLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
+        refuse_double_backward()
         scores, target_flat, centre, log_sum, kl_row = ctx.saved_tensors
         copies, alpha, epsilon, ignore_index, from_logits, block_size = ctx.hparams
         vocab = scores.size(-1)
@@ -290,16 +311,17 @@ class TritonRDropLossFunction(torch.autograd.Function):
         eps_other = epsilon / (vocab - 1) if vocab > 1 else 0.0
         copies_pad, block, num_warps = _launch_config(vocab, copies, block_size)
         if groups * length:
-            _rdrop_backward_kernel[(groups * length,)](
-                scores, grad, target_flat if has_target else centre, centre, log_sum, kl_row,
-                grad_loss.detach().float().contiguous(),
-                length, stride_group, stride_copy, stride_pos,
-                grad_stride_group, grad_stride_copy, grad_stride_pos,
-                vocab, -1 if ignore_index is None else ignore_index,
-                alpha / (copies * (copies - 1)) if copies > 1 else 0.0,
-                eps_other if has_target else 0.0, (1.0 - epsilon - eps_other) if has_target else 0.0,
-                COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block,
-                HAS_TARGET=has_target, FROM_LOGITS=from_logits, WITH_KL=alpha != 0 and copies > 1,
-                num_warps=num_warps,
-            )
+            with _on_device_of(scores):
+                _rdrop_backward_kernel[(groups * length,)](
+                    scores, grad, target_flat if has_target else centre, centre, log_sum, kl_row,
+                    grad_loss.detach().float().contiguous(),
+                    length, stride_group, stride_copy, stride_pos,
+                    grad_stride_group, grad_stride_copy, grad_stride_pos,
+                    vocab, -1 if ignore_index is None else ignore_index,
+                    alpha / (copies * (copies - 1)) if copies > 1 else 0.0,
+                    eps_other if has_target else 0.0, (1.0 - epsilon - eps_other) if has_target else 0.0,
+                    COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block,
+                    HAS_TARGET=has_target, FROM_LOGITS=from_logits, WITH_KL=alpha != 0 and copies > 1,
+                    num_warps=num_warps,
+                )
         return grad, None, None, None, None, None, None, None
