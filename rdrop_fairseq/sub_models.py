@@ -16,6 +16,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from fairseq.modules import AdaptiveSoftmax, FairseqDropout, LayerDropModuleList, MultiheadAttention
+from fairseq.modules.quant_noise import quant_noise as _quant_noise
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,9 @@ class SubModelPasses:
 
         One pass over the repeated batch, except where a copy must differ from the
         others in more than its dropout masks: with per-copy dropout rates, and with
-        active LayerDrop, which draws the dropped layers once per pass.  Each copy then
-        gets a pass of its own.  The other entries of the output are those of the first
-        pass in that case.
+        active LayerDrop or quant-noise, which draw the dropped layers or weight blocks
+        once per pass.  Each copy then gets a pass of its own.  The other entries of the
+        output are those of the first pass in that case.
         """
         if copies == 1:
             return model(**net_input)
@@ -76,13 +77,28 @@ class SubModelPasses:
                 with dropout_rate(model, rate):
                     outputs.append(model(**net_input))
             return interleave_outputs(outputs)
-        if has_active_layerdrop(model):
+        layerdrop, quant_noise = has_active_layerdrop(model), has_active_quant_noise(model)
+        if layerdrop and _ddp_finding_unused_parameters(model):
+            raise ValueError(
+                "R-Drop with LayerDrop needs --ddp-backend legacy_ddp: it makes one forward pass per "
+                "sub-model, and PyTorch's DistributedDataParallel with --find-unused-parameters (which "
+                "LayerDrop needs under --ddp-backend pytorch_ddp) counts only the last pass's layers as "
+                "used, then fails when the others receive gradients"
+            )
+        if layerdrop:
             self._log_once(
                 "layerdrop",
                 "LayerDrop is active: R-Drop makes one forward pass per sub-model, so that "
                 "each sub-model drops its own layers (one pass over the repeated batch would "
                 "share them and the sub-models would differ only in their dropout masks)",
             )
+        if quant_noise:
+            self._log_once(
+                "quant-noise",
+                "quant-noise is active: R-Drop makes one forward pass per sub-model, so that each "
+                "sub-model draws its own noised weight blocks",
+            )
+        if layerdrop or quant_noise:
             return interleave_outputs([model(**net_input) for _ in range(copies)])
         return model(**repeat_batch(net_input, copies))
 
@@ -90,6 +106,15 @@ class SubModelPasses:
         if key not in self._logged:
             self._logged.append(key)
             logger.info(message)
+
+
+def _ddp_finding_unused_parameters(model: nn.Module) -> bool:
+    """Whether ``model`` is (fairseq's proxy around) PyTorch's DDP with ``find_unused_parameters``."""
+    while isinstance(model, nn.Module):
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return bool(model.find_unused_parameters)
+        model = model._modules.get("module")
+    return False
 
 
 def interleave_outputs(outputs: Sequence[tuple]) -> tuple:
@@ -128,6 +153,16 @@ def has_active_layerdrop(model: nn.Module) -> bool:
     """Whether a forward pass of ``model`` now drops layers at random (fairseq's LayerDrop)."""
     return any(
         isinstance(module, LayerDropModuleList) and module.training and module.p > 0
+        for module in model.modules()
+    )
+
+
+def has_active_quant_noise(model: nn.Module) -> bool:
+    """Whether a forward pass of ``model`` now noises weight blocks at random (``--quant-noise-pq``, whose
+    pre-forward hook fairseq installs only with p > 0 and which acts only in training)."""
+    return any(
+        module.training and any(getattr(hook, "__module__", None) == _quant_noise.__module__
+                                for hook in module._forward_pre_hooks.values())
         for module in model.modules()
     )
 

@@ -242,6 +242,26 @@ def test_layerdrop_step_equals_eq4(dictionaries):
     assert len(outputs) == 3 and all(out.size(0) == sample["target"].size(0) for out in outputs)
 
 
+def test_quant_noise_gives_each_sub_model_its_own_noised_weights(dictionaries, caplog):
+    """--quant-noise-pq draws its blocks once per forward pass, as LayerDrop draws layers: without any
+    dropout, one pass over the repeated batch would give identical copies and a zero KL."""
+    torch.manual_seed(1)
+    _, task, model, criterion = build(dictionaries, *TRANSLATION_CRITERION, model_args=[
+        "--arch", "transformer", *TRANSFORMER, *NO_DROPOUT, "--quant-noise-pq", "0.5",
+        "--quant-noise-pq-block-size", "8"])
+    outputs, handle = outputs_of_passes(model)
+    model.train()
+    with caplog.at_level(logging.INFO):
+        _, _, log = criterion(model, translation_sample(task.target_dictionary))
+    assert len(outputs) == 2 and float(log["kl_loss"]) > 1e-4
+    assert caplog.text.count("quant-noise is active") == 1 and "no dropout" not in caplog.text
+    model.eval()
+    outputs.clear()
+    criterion(model, translation_sample(task.target_dictionary))
+    handle.remove()
+    assert len(outputs) == 1  # validation: one ordinary pass
+
+
 def test_without_active_layerdrop_one_pass_serves_all_copies(dictionaries):
     torch.manual_seed(1)
     _, task, model, criterion = build(dictionaries, *TRANSLATION_CRITERION,

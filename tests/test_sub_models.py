@@ -98,6 +98,42 @@ def test_active_layerdrop_detection():
     assert not has_active_layerdrop(nn.Sequential(LayerDropModuleList(0.0, [nn.Linear(2, 2)])))
 
 
+class _LayerDropNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        from fairseq.modules import LayerDropModuleList
+
+        self.layers = LayerDropModuleList(0.5, [nn.Linear(4, 4) for _ in range(3)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return (x,)
+
+
+@pytest.mark.parametrize("find_unused_parameters", [True, False])
+def test_layerdrop_under_ddp_finding_unused_parameters_is_refused_naming_the_backend(tmp_path, find_unused_parameters):
+    # DDP with find_unused_parameters keeps only the last forward pass's set of used parameters; the
+    # passes of R-Drop with LayerDrop use different layers, and the first backward fails in DDP.
+    import torch.distributed as dist
+    from fairseq.distributed import ModuleProxyWrapper
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = ModuleProxyWrapper(DistributedDataParallel(_LayerDropNet(), find_unused_parameters=find_unused_parameters))
+        wrapped.train()
+        x = torch.randn(3, 4)
+        if find_unused_parameters:
+            with pytest.raises(ValueError, match="--ddp-backend legacy_ddp"):
+                SubModelPasses().forward(wrapped, {"x": x}, 2)
+        else:
+            assert SubModelPasses().forward(wrapped, {"x": x}, 2)[0].shape == (6, 4)
+        assert SubModelPasses().forward(wrapped.eval(), {"x": x}, 2)[0].shape == (6, 4)  # no LayerDrop in eval
+    finally:
+        dist.destroy_process_group()
+
+
 # --rdrop-dropout-rates on fairseq models whose attention, activation (and pooler) dropout
 # equal --dropout: only the main dropout takes the sub-model's rate.
 SAME_RATES = ["--dropout", "0.1", "--attention-dropout", "0.1", "--activation-dropout", "0.1"]

@@ -8,7 +8,7 @@ from fairseq.models import BaseFairseqModel, FairseqDecoder
 from fairseq.models.transformer import TransformerModelBase
 
 from ..rdrop_loss import rdrop_loss, rdrop_loss_from_logits
-from ..sub_models import SubModelPasses, has_active_dropout, has_active_layerdrop
+from ..sub_models import SubModelPasses, has_active_dropout, has_active_layerdrop, has_active_quant_noise
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class RDropCriterionMixin:
             if not (
                 has_active_dropout(model)
                 or has_active_layerdrop(model)
+                or has_active_quant_noise(model)
                 or self.sub_model_passes.dropout_rates
             ):
                 logger.warning(
