@@ -12,8 +12,9 @@ usage() {
 usage: scripts/evaluate-lm.sh --save-dir DIR [options] [-- extra fairseq-eval-lm args]
 
   --save-dir DIR     the training run's checkpoints (env SAVE_DIR)
-  --adaptive         adaptive-input model: --max-tokens 3072 --tokens-per-sample 3072
-                     --context-window 2560 --softmax-batch 1024 (fairseq's wiki103 recipe);
+  --adaptive         adaptive-input model: --sample-break-mode complete --max-tokens 3072
+                     --tokens-per-sample 3072 --context-window 2560 --softmax-batch 1024
+                     (fairseq's evaluation of its wiki103 adaptive-input model);
                      otherwise --batch-size 2 --tokens-per-sample 512 --context-window 400
   --data DIR         binarised WikiText-103         (env DATA; default $DATA_ROOT/data-bin/wikitext-103)
   --checkpoint FILE  checkpoint to score            (env CHECKPOINT; default <save dir>/checkpoint_best.pt)
@@ -56,7 +57,7 @@ need_command fairseq-eval-lm
 
 EVAL_ARGS=("$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --gen-subset "$SUBSET")
 if [[ $ADAPTIVE == 1 ]]; then
-    EVAL_ARGS+=(--max-tokens 3072 --tokens-per-sample "${TOKENS_PER_SAMPLE:-3072}"
+    EVAL_ARGS+=(--sample-break-mode complete --max-tokens 3072 --tokens-per-sample "${TOKENS_PER_SAMPLE:-3072}"
         --context-window "${CONTEXT_WINDOW:-2560}" --softmax-batch 1024)
 else
     EVAL_ARGS+=(--batch-size 2 --tokens-per-sample "${TOKENS_PER_SAMPLE:-512}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train an R-Drop language model on WikiText-103 (alpha 1.0; paper §3.4), or its baselines.
 #
-#   scripts/train-wikitext103.sh [--arch transformer_lm|transformer_lm_gpt | --adaptive] [--data DIR]
+#   scripts/train-wikitext103.sh [--arch transformer_lm_gpt|transformer_lm | --adaptive] [--data DIR]
 #                                [--save-dir DIR] [--alpha A] [--baseline | --double-batch]
 #                                [--smoke] [--cpu] [--print-args] [-- FAIRSEQ_TRAIN_ARGS...]
 #
@@ -12,7 +12,8 @@ usage() {
     cat <<'USAGE'
 usage: scripts/train-wikitext103.sh [options] [-- extra fairseq-train args]
 
-  --arch NAME       transformer_lm (default) or transformer_lm_gpt (env ARCH)
+  --arch NAME       transformer_lm_gpt (default: the paper's Transformer, as the authors trained it) or
+                    transformer_lm (fairseq's smaller recipe model) (env ARCH)
   --adaptive        adaptive-input model: transformer_lm_wiki103 with rdrop_adaptive_loss and
                     fairseq's wiki103 adaptive-input recipe (nag, cosine, 3072 tokens per sample)
   --data DIR        binarised WikiText-103        (env DATA; default $DATA_ROOT/data-bin/wikitext-103,
@@ -26,12 +27,13 @@ usage: scripts/train-wikitext103.sh [options] [-- extra fairseq-train args]
   --cpu             train on CPU (also env CPU=1)
   --print-args      print the fairseq-train command instead of running it (also env DRY_RUN=1)
 
-Hyperparameters (env), transformer_lm: LR=5e-4 WARMUP=4000 DROPOUT=0.1 WEIGHT_DECAY=0.01
-  TOKENS_PER_SAMPLE=512 MAX_TOKENS=2048 UPDATE_FREQ=16 MAX_UPDATE=50000 SEED=1
+Hyperparameters (env), the authors' (and fairseq's, but for MAX_TOKENS 2048): LR=5e-4 WARMUP=4000 DROPOUT=0.1
+  WEIGHT_DECAY=0.01 TOKENS_PER_SAMPLE=512 MAX_TOKENS=2000 UPDATE_FREQ=16 MAX_UPDATE=50000 SEED=1
   --adaptive: LR=1.0 WARMUP=16000 TOKENS_PER_SAMPLE=3072 MAX_TOKENS=3072 UPDATE_FREQ=3 MAX_UPDATE=286000
   (the adaptive recipe's dropouts come with its arch; override them after --)
   SAVE_INTERVAL_UPDATES=0 (off) LOG_INTERVAL=100 FP16=auto (on with CUDA; 1|0)
-UPDATE_FREQ assumes one GPU (adaptive: eight); divide it by the number of GPUs to keep the batch.
+UPDATE_FREQ assumes eight GPUs, as the authors' runs (and fairseq's adaptive recipe) had: the batch is
+  8 x MAX_TOKENS x UPDATE_FREQ, so on N GPUs set UPDATE_FREQ to 16 x 8 / N (adaptive: 3 x 8 / N).
 Distributed: torchrun --no-python ... scripts/train-wikitext103.sh (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*),
   or under SLURM srun with DISTRIBUTED_PORT=<port>.  Without them fairseq uses every visible GPU.
 USAGE
@@ -54,7 +56,7 @@ if [[ $ADAPTIVE == 1 ]]; then
     [[ -z ${ARCH:-} || $ARCH == transformer_lm_wiki103 ]] || die "--adaptive trains transformer_lm_wiki103; drop --arch/ARCH=$ARCH"
     ARCH=transformer_lm_wiki103
 else
-    ARCH=${ARCH:-transformer_lm}
+    ARCH=${ARCH:-transformer_lm_gpt}
 fi
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/wikitext-103}
 SAVE_DIR=${SAVE_DIR:-$(default_save_dir "wikitext103-$ARCH")}
@@ -78,7 +80,7 @@ if [[ $ADAPTIVE == 1 ]]; then
     )
     variant_args rdrop_language_modeling rdrop_adaptive_loss language_modeling adaptive_loss
 else
-    MAX_TOKENS=$(variant_max_tokens "${MAX_TOKENS:-2048}")
+    MAX_TOKENS=$(variant_max_tokens "${MAX_TOKENS:-2000}")
     TRAIN_ARGS+=(
         --share-decoder-input-output-embed --dropout "${DROPOUT:-0.1}"
         --optimizer adam --adam-betas '(0.9, 0.98)' --weight-decay "${WEIGHT_DECAY:-0.01}" --clip-norm 0.0

@@ -67,3 +67,25 @@ def test_evaluate_lm_reports_perplexity(lm_run, lm_bin):
 def test_evaluate_lm_names_a_missing_checkpoint(lm_bin, tmp_path):
     with pytest.raises(AssertionError, match="--checkpoint: no such file"):
         run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path)
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--adaptive"], "--sample-break-mode complete --max-tokens 3072 --tokens-per-sample 3072 --context-window 2560 "
+                     "--softmax-batch 1024"),
+    ([], "--batch-size 2 --tokens-per-sample 512 --context-window 400"),
+])
+def test_evaluate_lm_runs_fairseqs_evaluation_of_each_model(tmp_path, lm_bin, flags, expected):
+    # A stand-in fairseq-eval-lm records its arguments: the settings, not a model, are under test here.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "fairseq-eval-lm"
+    stub.write_text('#!/usr/bin/env bash\necho "$*" > "$(dirname "$0")/args"\n'
+                    'echo "Loss (base 2): 4.0000, Perplexity: 16.00"\n')
+    stub.chmod(0o755)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint_best.pt").write_bytes(b"")
+    import os
+    run_script("evaluate-lm.sh", *flags, "--data", lm_bin, "--save-dir", tmp_path / "run",
+               PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert expected in (bin_dir / "args").read_text()
+    assert json.loads((tmp_path / "run" / "perplexity-test.json").read_text())["perplexity"] == 16.0

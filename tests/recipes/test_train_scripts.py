@@ -221,9 +221,12 @@ def test_adaptive_input_variant():
         ("transformer_lm_wiki103", "rdrop_adaptive_loss", "legacy_ddp")
     assert (flag(argv, "--tokens-per-sample"), flag(argv, "--optimizer")) == ("3072", "nag")
     assert flag(dry_run("train-wikitext103.sh", "--adaptive", "--baseline"), "--criterion") == "adaptive_loss"
-    gpt = dry_run("train-wikitext103.sh", "--arch", "transformer_lm_gpt")
-    assert (flag(gpt, "--arch"), flag(gpt, "--tokens-per-sample")) == ("transformer_lm_gpt", "512")
-    assert flag(gpt, "--save-dir") != flag(dry_run("train-wikitext103.sh"), "--save-dir")
+    # The paper's Transformer as its authors trained it: GPT-sized, 2,000 tokens a GPU, update-freq 16 on 8 GPUs
+    gpt = dry_run("train-wikitext103.sh")
+    assert (flag(gpt, "--arch"), flag(gpt, "--tokens-per-sample"), flag(gpt, "--max-tokens"), flag(gpt, "--update-freq")) \
+        == ("transformer_lm_gpt", "512", "2000", "16")
+    small = dry_run("train-wikitext103.sh", "--arch", "transformer_lm")
+    assert flag(small, "--arch") == "transformer_lm" and flag(small, "--save-dir") != flag(gpt, "--save-dir")
 
 
 def test_torchrun_environment_becomes_fairseq_distributed_flags():
