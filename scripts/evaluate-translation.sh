@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Score a translation run: average its last N checkpoints, fairseq-generate the test set, report BLEU.
+# Score a translation run: average its last N checkpoints (IWSLT14: take its best), fairseq-generate the test
+# set, report BLEU.
 #
 #   scripts/evaluate-translation.sh --setup iwslt14|wmt14 [--data DIR] --save-dir DIR [--average N]
 #                                   [--checkpoint FILE] [--subset test] [--cpu] [-- FAIRSEQ_GENERATE_ARGS...]
@@ -16,13 +17,15 @@ usage: scripts/evaluate-translation.sh --setup iwslt14|wmt14 --save-dir DIR [opt
   --data DIR         binarised data                 (env DATA; default $DATA_ROOT/data-bin/<iwslt14.de-en|wmt14.en-de>)
   --save-dir DIR     the training run's checkpoints (env SAVE_DIR)
   --average N        average the last N update checkpoints (checkpoint_<epoch>_<update>.pt,
-                     written by --save-interval-updates) (env AVERAGE; default 5); 1 scores checkpoint_best.pt
+                     written by --save-interval-updates), or 1: score checkpoint_best.pt (env AVERAGE;
+                     default: iwslt14 1, the best by validation BLEU as the authors scored it; wmt14 5)
   --checkpoint FILE  score this checkpoint instead
   --subset NAME      split to translate             (env SUBSET; default test)
   --cpu              generate on CPU (also env CPU=1)
 
 Env: BEAM, LENPEN, MAX_TOKENS (default 8192), RESULTS_DIR (default the save dir),
-     REMOVE_BPE (default subword_nmt; sentencepiece for data prepared with it).
+     REMOVE_BPE (default subword_nmt; sentencepiece for data prepared with it, whose untokenised
+     output is Moses-tokenised for the tokenized BLEU).
 Output: detokenized sacreBLEU with its signature, and the tokenized BLEU of the paper.
 USAGE
 }
@@ -30,7 +33,7 @@ USAGE
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 SETUP=${SETUP:-}
-AVERAGE=${AVERAGE:-5}
+AVERAGE=${AVERAGE:-}
 SUBSET=${SUBSET:-test}
 CPU=${CPU:-0}
 need_0_or_1 CPU "$CPU"
@@ -54,11 +57,11 @@ done
 case $SETUP in
     iwslt14)
         SRC=de; TGT=en; DATA_NAME=iwslt14.de-en; SCORE_ARGS=(--lowercase)
-        : "${BEAM:=5}" "${LENPEN:=1}"
+        : "${BEAM:=5}" "${LENPEN:=1}" "${AVERAGE:=1}"
         ;;
     wmt14)
         SRC=en; TGT=de; DATA_NAME=wmt14.en-de; SCORE_ARGS=(--compound-split)
-        : "${BEAM:=4}" "${LENPEN:=0.6}"
+        : "${BEAM:=4}" "${LENPEN:=0.6}" "${AVERAGE:=5}"
         ;;
     '') usage >&2; die "--setup is required (iwslt14 or wmt14)" ;;
     *) die "--setup must be iwslt14 or wmt14, not '$SETUP'" ;;
@@ -92,4 +95,5 @@ fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$out.part"
 mv "$out.part" "$out"
 grep -E '^Generate .* BLEU4 = ' "$out" >&2 || true
 echo "checkpoint: $CHECKPOINT"
+[[ ${REMOVE_BPE:-subword_nmt} == sentencepiece ]] && SCORE_ARGS+=(--raw-text)
 python -m rdrop_fairseq.recipes.bleu "$out" --lang "$TGT" "${SCORE_ARGS[@]}" --json "$RESULTS_DIR/bleu-$SUBSET.json"

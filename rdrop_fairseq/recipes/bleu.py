@@ -3,14 +3,21 @@
     python -m rdrop_fairseq.recipes.bleu generate-test.txt --lang de --compound-split [--json bleu.json]
 
 It reads the hypotheses (``H-<id>``) and references (``T-<id>``) of the output,
-which ``--remove-bpe`` left Moses-tokenised, and reports
+which ``--remove-bpe`` left Moses-tokenised (or, with ``--raw-text``, untokenised:
+sentencepiece data), and reports
 
 * detokenised sacreBLEU with its signature: hypotheses and references are
-  Moses-detokenised (sacremoses) and scored with sacreBLEU's own tokeniser;
+  Moses-detokenised (sacremoses; raw text is taken as it is) and scored with sacreBLEU's
+  own tokeniser.  The references are the ``T-`` lines, that is the preprocessed test
+  set (for IWSLT14 lowercased, hence the signature's ``case:lc``; an out-of-vocabulary
+  word reads ``<unk>``), not the official reference files: the number is close to, not
+  the same as, sacreBLEU against those;
 * tokenised BLEU, the number of the paper's tables: BLEU over the whitespace
   tokens (sacreBLEU with ``tokenize='none'``, unsmoothed like fairseq-score), after
   ``--compound-split`` (WMT en-de: the ``##AT##-##AT##`` rule of
-  ``get_ende_bleu.sh``) or ``--lowercase`` (IWSLT14).
+  ``get_ende_bleu.sh``) or ``--lowercase`` (IWSLT14).  Raw text is Moses-tokenised
+  first, as ``get_ende_bleu.sh`` does, so that the compound split and the tokens are
+  those of tokenised text.
 """
 import argparse
 import json
@@ -58,6 +65,14 @@ def detokenize(lines: Sequence[str], lang: str) -> List[str]:
     return [detok.detokenize(line.split()) for line in lines]
 
 
+def moses_tokenize(lines: Sequence[str], lang: str) -> List[str]:
+    """tokenizer.perl -l LANG (escaping included), as get_ende_bleu.sh runs it on both sides."""
+    from sacremoses import MosesTokenizer
+
+    tok = MosesTokenizer(lang=lang)
+    return [tok.tokenize(line, return_str=True) for line in lines]
+
+
 def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str], compound_split: bool = False,
                    lowercase: bool = False):
     import sacrebleu
@@ -70,20 +85,24 @@ def tokenized_bleu(hyps: Sequence[str], refs: Sequence[str], compound_split: boo
                                  smooth_method="none")
 
 
-def detokenized_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str):
-    """(score, signature) of sacreBLEU on Moses-detokenised text."""
+def detokenized_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str, lowercase: bool = False,
+                     raw_text: bool = False):
+    """(score, signature) of sacreBLEU on Moses-detokenised (or raw) text."""
     from sacrebleu.metrics import BLEU
 
-    metric = BLEU()
-    score = metric.corpus_score(detokenize(hyps, lang), [detokenize(refs, lang)])
+    if not raw_text:
+        hyps, refs = detokenize(hyps, lang), detokenize(refs, lang)
+    metric = BLEU(lowercase=lowercase)
+    score = metric.corpus_score(list(hyps), [list(refs)])
     return score, str(metric.get_signature())
 
 
 def score_generate_output(path: Path, lang: str, compound_split: bool = False,
-                          lowercase: bool = False) -> dict:
+                          lowercase: bool = False, raw_text: bool = False) -> dict:
     hyps, refs = read_generate_output(path)
-    tok = tokenized_bleu(hyps, refs, compound_split, lowercase)
-    detok, signature = detokenized_bleu(hyps, refs, lang)
+    tokens = (moses_tokenize(hyps, lang), moses_tokenize(refs, lang)) if raw_text else (hyps, refs)
+    tok = tokenized_bleu(*tokens, compound_split, lowercase)
+    detok, signature = detokenized_bleu(hyps, refs, lang, lowercase, raw_text)
     return {
         "sentences": len(hyps),
         "sacrebleu": round(detok.score, 2),
@@ -92,6 +111,7 @@ def score_generate_output(path: Path, lang: str, compound_split: bool = False,
         "tokenized_bleu_detail": str(tok),
         "compound_split": compound_split,
         "lowercase": lowercase,
+        "raw_text": raw_text,
     }
 
 
@@ -101,13 +121,17 @@ def main(argv=None):
     parser.add_argument("generate_output", type=Path, help="stdout of fairseq-generate --remove-bpe")
     parser.add_argument("--lang", required=True, help="target language, for Moses detokenisation")
     parser.add_argument("--compound-split", action="store_true", help="WMT en-de: ##AT##-##AT## compound splitting")
-    parser.add_argument("--lowercase", action="store_true", help="case-insensitive tokenised BLEU (IWSLT14)")
+    parser.add_argument("--lowercase", action="store_true",
+                        help="case-insensitive BLEU, for text lowercased before training (IWSLT14)")
+    parser.add_argument("--raw-text", action="store_true",
+                        help="the output is untokenised (sentencepiece data): Moses-tokenise it for tokenised BLEU")
     parser.add_argument("--json", type=Path, help="also write the scores to this file")
     args = parser.parse_args(argv)
     if not args.generate_output.is_file():
         parser.error(f"no such file: {args.generate_output}")
     try:
-        result = score_generate_output(args.generate_output, args.lang, args.compound_split, args.lowercase)
+        result = score_generate_output(args.generate_output, args.lang, args.compound_split, args.lowercase,
+                                       args.raw_text)
     except ValueError as err:
         parser.error(str(err))
     print(f"sacreBLEU (detokenized) = {result['sacrebleu']:.2f}  signature: {result['sacrebleu_signature']}")

@@ -97,3 +97,37 @@ def test_cli_prints_signature_and_writes_json(tmp_path, capsys):
     assert result["sacrebleu"] != result["tokenized_bleu"]
     assert f"{result['tokenized_bleu']:.2f}" in printed
     assert not list(tmp_path.glob("*.part"))
+
+
+RAW_PAIRS = [
+    ("Die Kosten-Nutzen-Analyse kam nach Haus.", "Die Kosten-Nutzen-Analyse kam nach Hause."),
+    ("Ist das gut, oder nicht?", "Ist das gut, oder?"),
+    ("Er sagte: \"Ja & nein.\"", "Er sagte: \"Ja & nein.\""),
+]
+
+
+def test_raw_text_is_moses_tokenised_for_the_tokenised_bleu(tmp_path):
+    # sentencepiece data leaves fairseq-generate's output untokenised: without tokenising it, "Haus." and
+    # "Hause." would be single tokens and the compound split would apply to raw words.
+    raw, tokenised = tmp_path / "raw.txt", tmp_path / "tok.txt"
+    write_generate_output(raw, RAW_PAIRS)
+    tokenize = bleu.moses_tokenize
+    write_generate_output(tokenised, [(tokenize([h], "de")[0], tokenize([r], "de")[0]) for h, r in RAW_PAIRS])
+    from_raw = bleu.score_generate_output(raw, "de", compound_split=True, raw_text=True)
+    from_tokens = bleu.score_generate_output(tokenised, "de", compound_split=True)
+    assert from_raw["tokenized_bleu"] == from_tokens["tokenized_bleu"]
+    assert from_raw["tokenized_bleu"] != bleu.score_generate_output(raw, "de", compound_split=True)["tokenized_bleu"]
+    assert "&amp;" in tokenize([RAW_PAIRS[2][0]], "de")[0]  # escaped, as tokenizer.perl does
+    # sacreBLEU takes the raw text as it is
+    import sacrebleu
+
+    hyps, refs = zip(*RAW_PAIRS)
+    assert from_raw["sacrebleu"] == round(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score, 2)
+    assert from_raw["raw_text"] and not from_tokens["raw_text"]
+
+
+def test_lowercased_text_is_scored_and_signed_case_insensitive(tmp_path):
+    gen = tmp_path / "gen.txt"
+    write_generate_output(gen, PAIRS)
+    result = bleu.score_generate_output(gen, "en", lowercase=True)
+    assert result["sacrebleu_signature"].startswith("nrefs:1|case:lc|")

@@ -1,6 +1,7 @@
 """scripts/evaluate-translation.sh and scripts/evaluate-lm.sh on the smoke runs of
 tests/recipes/test_train_scripts.py (shared through pytest's session temp dir)."""
 import json
+import os
 import subprocess
 
 import pytest
@@ -29,7 +30,8 @@ def test_evaluate_translation_averages_generates_and_scores(setup, run, tokenize
     proc = evaluate_translation(setup, translation_bin, save_dir, "--average", "2")
     assert "averaged 2 checkpoints: checkpoint_1_2.pt checkpoint_1_4.pt" in proc.stdout
     assert (save_dir / "checkpoint.avg2.pt").is_file()
-    assert "sacreBLEU (detokenized) = " in proc.stdout and "signature: nrefs:1|case:mixed|eff:no|tok:13a" in proc.stdout
+    case = {"iwslt14": "lc", "wmt14": "mixed"}[setup]  # IWSLT14's text is lowercased before training
+    assert "sacreBLEU (detokenized) = " in proc.stdout and f"signature: nrefs:1|case:{case}|eff:no|tok:13a" in proc.stdout
     assert "tokenized BLEU" in proc.stdout
     beam = {"iwslt14": 5, "wmt14": 4}[setup]
     assert f"Generate test with beam={beam}: BLEU4" in proc.stderr
@@ -69,6 +71,14 @@ def test_evaluate_lm_names_a_missing_checkpoint(lm_bin, tmp_path):
         run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path)
 
 
+def stand_in(bin_dir, name, body):
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / name
+    stub.write_text(f'#!/usr/bin/env bash\necho "$*" > "$(dirname "$0")/{name}.args"\n{body}\n')
+    stub.chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
 @pytest.mark.parametrize("flags,expected", [
     (["--adaptive"], "--sample-break-mode complete --max-tokens 3072 --tokens-per-sample 3072 --context-window 2560 "
                      "--softmax-batch 1024"),
@@ -76,16 +86,26 @@ def test_evaluate_lm_names_a_missing_checkpoint(lm_bin, tmp_path):
 ])
 def test_evaluate_lm_runs_fairseqs_evaluation_of_each_model(tmp_path, lm_bin, flags, expected):
     # A stand-in fairseq-eval-lm records its arguments: the settings, not a model, are under test here.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    stub = bin_dir / "fairseq-eval-lm"
-    stub.write_text('#!/usr/bin/env bash\necho "$*" > "$(dirname "$0")/args"\n'
-                    'echo "Loss (base 2): 4.0000, Perplexity: 16.00"\n')
-    stub.chmod(0o755)
+    path = stand_in(tmp_path / "bin", "fairseq-eval-lm", 'echo "Loss (base 2): 4.0000, Perplexity: 16.00"')
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoint_best.pt").write_bytes(b"")
-    import os
-    run_script("evaluate-lm.sh", *flags, "--data", lm_bin, "--save-dir", tmp_path / "run",
-               PATH=f"{bin_dir}:{os.environ['PATH']}")
-    assert expected in (bin_dir / "args").read_text()
+    run_script("evaluate-lm.sh", *flags, "--data", lm_bin, "--save-dir", tmp_path / "run", PATH=path)
+    assert expected in (tmp_path / "bin" / "fairseq-eval-lm.args").read_text()
     assert json.loads((tmp_path / "run" / "perplexity-test.json").read_text())["perplexity"] == 16.0
+
+
+@pytest.mark.parametrize("remove_bpe,raw_text", [("subword_nmt", False), ("sentencepiece", True)])
+def test_evaluate_translation_defaults_for_iwslt14(tmp_path, translation_bin, remove_bpe, raw_text):
+    # IWSLT14 is scored on its best checkpoint by validation BLEU, as the authors did; sentencepiece output is
+    # untokenised and is Moses-tokenised for the tokenized BLEU. A stand-in fairseq-generate prints one pair.
+    line = "das ist ein gutes beispiel ."
+    path = stand_in(tmp_path / "bin", "fairseq-generate", f"printf 'T-0\\t{line}\\nH-0\\t-0.1\\t{line}\\n'")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint_best.pt").write_bytes(b"")
+    proc = run_script("evaluate-translation.sh", "--setup", "iwslt14", "--data", translation_bin, "--save-dir", run,
+                      PATH=path, REMOVE_BPE=remove_bpe)
+    assert f"checkpoint: {run / 'checkpoint_best.pt'}" in proc.stdout
+    assert f"--remove-bpe {remove_bpe}" in (tmp_path / "bin" / "fairseq-generate.args").read_text()
+    result = json.loads((run / "bleu-test.json").read_text())
+    assert result["raw_text"] is raw_text and result["lowercase"] and result["tokenized_bleu"] == 100
