@@ -27,9 +27,15 @@
   not a multiple of ``required_batch_size_multiple`` (8 by default), so
   fairseq-generate skipped the last ``n % 8`` sentences of a test set (the longest)
   and validation the last ones of the valid set.  The batch is kept, as in fairseq 0.12.2.
+* ``--no-repeat-ngram-size`` (``NGramRepeatBlock``) blocks repeated n-grams only through
+  fairseq's CUDA extension, which a pip install does not build: its Python fallback
+  compares the last columns of the whole token buffer, padding beyond the current step,
+  and so blocks nothing (fairseq issue #4709).  The fallback is
+  :func:`block_repeated_ngrams`, which does what the extension does.
 """
 import functools
 import importlib
+import math
 import types
 
 import numpy as np
@@ -150,9 +156,32 @@ def _patch_batch_by_size():
         data_utils.batch_by_size = _keeps_the_last_batch(data_utils.batch_by_size)
 
 
+def block_repeated_ngrams(tokens, lprobs, n: int, step: int):
+    """Forbid, in each row of ``lprobs``, the tokens that would repeat an ``n``-gram of the row's
+    hypothesis so far, ``tokens[:, :step + 1]`` (its start symbol included)."""
+    if n < 1 or step + 1 < n:
+        return lprobs
+    seen = tokens[:, :step + 1].unfold(1, n, 1)  # (rows, step + 2 - n, n): every n-gram so far
+    suffix = tokens[:, step + 2 - n:step + 1].unsqueeze(1)  # the n - 1 tokens a new n-gram starts with
+    rows, starts = (seen[:, :, :-1] == suffix).all(dim=-1).nonzero(as_tuple=True)
+    lprobs[rows, seen[rows, starts, -1]] = -math.inf
+    return lprobs
+
+
+def _no_repeat_ngram(self, tokens, lprobs, bsz, beam_size, step):
+    return block_repeated_ngrams(tokens, lprobs, self.no_repeat_ngram_size, step)
+
+
+def _patch_ngram_blocking():
+    from fairseq.ngram_repeat_block import NGramRepeatBlock
+
+    NGramRepeatBlock._no_repeat_ngram = _no_repeat_ngram
+
+
 def apply():
     _patch_numpy_compat()
     _patch_checkpoint_loading()
     _patch_config_eval()
     _patch_nan_detector()
     _patch_batch_by_size()
+    _patch_ngram_blocking()

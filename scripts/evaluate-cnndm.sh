@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
-# Score a CNN/DM run: summarise the test set with the generation settings of fairseq's
-# examples/bart/summarize.py (beam 4, lenpen 2.0, max_len_b 140, min_len 55,
-# no_repeat_ngram_size 3) and report ROUGE with the rouge-score package.
+# Score a CNN/DM run: summarise the test articles as fairseq's examples/bart/summarize.py does,
+# through BARTHubInterface (<s> article </s> in, <s> forced as the first summary token) with its
+# settings (beam 4, lenpen 2.0, max_len_b 140, min_len 55, no_repeat_ngram_size 3), and report
+# ROUGE against the untokenised references with the rouge-score package.
 #
-#   scripts/evaluate-cnndm.sh --save-dir DIR [--data DIR] [--gpt2-dir DIR] [--checkpoint FILE]
-#                             [--subset test] [--cpu] [-- FAIRSEQ_GENERATE_ARGS...]
+#   scripts/evaluate-cnndm.sh --save-dir DIR [--data DIR] [--text-dir DIR] [--gpt2-dir DIR]
+#                             [--checkpoint FILE] [--subset test] [--cpu] [-- SUMMARIZE_ARGS...]
 #
-# Writes into the save dir (or RESULTS_DIR): generate-<subset>.txt and rouge-<subset>.json.
+# Writes into the save dir (or RESULTS_DIR): <subset>.hypo and rouge-<subset>.json.
 set -euo pipefail
 
 usage() {
     cat <<'USAGE'
-usage: scripts/evaluate-cnndm.sh --save-dir DIR [options] [-- extra fairseq-generate args]
+usage: scripts/evaluate-cnndm.sh --save-dir DIR [options] [-- extra python -m rdrop_fairseq.recipes.summarize args]
 
-  --data DIR         binarised CNN/DM               (env DATA; default $DATA_ROOT/data-bin/cnn_dm)
+  --data DIR         binarised CNN/DM, for its dictionaries
+                                                    (env DATA; default $DATA_ROOT/data-bin/cnn_dm)
+  --text-dir DIR     untokenised {test,val}.{source,target}: the articles summarised and the references
+                                                    (env TEXT_DIR; default $DATA_ROOT/cnn_dm)
   --gpt2-dir DIR     encoder.json and vocab.bpe that encoded the data
                                                     (env GPT2_DIR; default $DATA_ROOT/cnn_dm/gpt2)
   --save-dir DIR     the fine-tuning run's checkpoints (env SAVE_DIR)
   --checkpoint FILE  score this checkpoint          (default <save-dir>/checkpoint_best.pt)
-  --subset NAME      split to summarise             (env SUBSET; default test)
+  --subset NAME      split to summarise: test, or valid (val.*)  (env SUBSET; default test)
   --cpu              generate on CPU (also env CPU=1)
 
-Env: BEAM=4 LENPEN=2.0 MAX_LEN_B=140 MIN_LEN=55 NO_REPEAT_NGRAM_SIZE=3 BATCH_SIZE=32,
-     RESULTS_DIR (default the save dir).
-Output: mean F1 of ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum (files2rouge's ROUGE-L), x100.
+Decoding: BARTModel.from_pretrained(...).sample(...), as examples/bart/summarize.py: each article
+is <s> + its GPT-2 BPE (cut to the model's 1,024 positions) + </s>; every summary starts with a
+forced <s>, which min_len and max_len_b count.  Trigram blocking works without fairseq's CUDA extension.
+Env: BEAM=4 LENPEN=2.0 MAX_LEN_B=140 MIN_LEN=55 NO_REPEAT_NGRAM_SIZE=3 BATCH_SIZE=32 (articles),
+     FP16=auto (auto|1|0; auto: half precision on a GPU, as summarize.py), RESULTS_DIR (default the save dir).
+Output: RESULTS_DIR/<subset>.hypo (one summary per line) and rouge-<subset>.json: mean F1 of ROUGE-1,
+ROUGE-2, ROUGE-L and ROUGE-Lsum (files2rouge's ROUGE-L), x100, against the untokenised <split>.target.
 USAGE
 }
 
@@ -38,6 +46,7 @@ while (($#)); do
     case $1 in
         -h | --help) usage; exit 0 ;;
         --data) need_value "$@"; DATA=$2; shift 2 ;;
+        --text-dir) need_value "$@"; TEXT_DIR=$2; shift 2 ;;
         --gpt2-dir) need_value "$@"; GPT2_DIR=$2; shift 2 ;;
         --save-dir) need_value "$@"; SAVE_DIR=$2; shift 2 ;;
         --checkpoint) need_value "$@"; CHECKPOINT=$2; shift 2 ;;
@@ -49,24 +58,36 @@ while (($#)); do
 done
 
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/cnn_dm}
+TEXT_DIR=${TEXT_DIR:-${DATA_ROOT:-data}/cnn_dm}
 GPT2_DIR=${GPT2_DIR:-${DATA_ROOT:-data}/cnn_dm/gpt2}
+case $SUBSET in
+    test) TEXT_SPLIT=test ;;
+    valid | val) TEXT_SPLIT=val ;;
+    *) die "--subset must be test or valid, not '$SUBSET'" ;;
+esac
 need_data_dir "$DATA"
+for side in source target; do
+    [[ -f $TEXT_DIR/$TEXT_SPLIT.$side ]] || die "--text-dir: $TEXT_DIR has no $TEXT_SPLIT.$side (scripts/prepare-cnndm.sh writes the untokenised text to DATA_ROOT/cnn_dm)"
+done
 [[ -f $GPT2_DIR/encoder.json && -f $GPT2_DIR/vocab.bpe ]] || die "--gpt2-dir: $GPT2_DIR has no encoder.json and vocab.bpe (scripts/prepare-cnndm.sh writes them to DATA_ROOT/cnn_dm/gpt2)"
 need_save_dir
 need_checkpoint
-need_command fairseq-generate
 
-GENERATE_ARGS=(
-    "$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --gen-subset "$SUBSET"
-    --task translation --source-lang source --target-lang target --truncate-source
+mkdir -p "$RESULTS_DIR"
+out=$RESULTS_DIR/$SUBSET.hypo
+SUMMARIZE_ARGS=(
+    --checkpoint "$CHECKPOINT" --data "$DATA" --gpt2-dir "$GPT2_DIR"
+    --source "$TEXT_DIR/$TEXT_SPLIT.source" --out "$out"
     --beam "${BEAM:-4}" --lenpen "${LENPEN:-2.0}" --max-len-b "${MAX_LEN_B:-140}" --min-len "${MIN_LEN:-55}"
     --no-repeat-ngram-size "${NO_REPEAT_NGRAM_SIZE:-3}" --batch-size "${BATCH_SIZE:-32}"
 )
-[[ $CPU == 1 ]] && GENERATE_ARGS+=(--cpu)
-mkdir -p "$RESULTS_DIR"
-out=$RESULTS_DIR/generate-$SUBSET.txt
-print_command fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
-fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$out.part"
-mv "$out.part" "$out"
+if [[ $CPU == 1 ]]; then
+    SUMMARIZE_ARGS+=(--cpu)
+elif want_fp16 auto; then
+    SUMMARIZE_ARGS+=(--fp16)
+fi
+print_command python -m rdrop_fairseq.recipes.summarize "${SUMMARIZE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
+# summarize writes $out under a temporary name and renames it once every summary is there.
+python -m rdrop_fairseq.recipes.summarize "${SUMMARIZE_ARGS[@]}" "${EXTRA_ARGS[@]}"
 echo "checkpoint: $CHECKPOINT"
-python -m rdrop_fairseq.recipes.rouge "$out" --gpt2-dir "$GPT2_DIR" --json "$RESULTS_DIR/rouge-$SUBSET.json"
+python -m rdrop_fairseq.recipes.rouge "$out" --references "$TEXT_DIR/$TEXT_SPLIT.target" --json "$RESULTS_DIR/rouge-$SUBSET.json"

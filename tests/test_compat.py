@@ -1,6 +1,7 @@
-"""fairseq main's batching and checkpoint loading, as the plugin leaves them."""
+"""fairseq main's batching, checkpoint loading and n-gram blocking, as the plugin leaves them."""
 import io
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from fairseq.data import data_utils
 
 import rdrop_fairseq  # noqa: F401  (applies the compat patches)
+from rdrop_fairseq import compat
 
 
 @pytest.mark.parametrize("max_tokens,max_sentences", [(None, 128), (12000, None), (3000, 100)])
@@ -89,3 +91,25 @@ def test_every_fairseq_module_that_evaluates_config_strings_evaluates_literals_o
         except ImportError:
             continue
         assert module.eval is safe_load.config_eval, name
+
+
+def test_block_repeated_ngrams_matches_a_plain_loop():
+    rng = random.Random(0)
+    for _ in range(300):
+        n, step = rng.randint(1, 4), rng.randint(0, 10)
+        tokens = torch.tensor([[rng.randrange(4) for _ in range(12)] for _ in range(3)])
+        lprobs = compat.block_repeated_ngrams(tokens, torch.zeros(3, 4), n, step)
+        for row, scores in zip(tokens.tolist(), lprobs):
+            seq = row[:step + 1]
+            banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i:i + n - 1] == seq[len(seq) - n + 1:]}
+            assert set(torch.nonzero(scores.isinf()).flatten().tolist()) == banned, (n, step, seq)
+
+
+def test_fairseqs_ngram_blocker_without_its_cuda_extension_blocks_repeats():
+    from fairseq.ngram_repeat_block import NGramRepeatBlock
+
+    blocker = NGramRepeatBlock(2, use_extension=False)
+    tokens = torch.full((1, 8), 1)  # padding beyond the step, as the generator's buffer holds it
+    tokens[0, :4] = torch.tensor([2, 5, 6, 5])  # at step 3, "5 6" was seen: after "5", 6 is banned
+    lprobs = blocker(tokens, torch.zeros(1, 9), 1, 1, 3)
+    assert lprobs[0].isinf().nonzero().flatten().tolist() == [6]

@@ -1,23 +1,27 @@
-"""ROUGE of a ``fairseq-generate`` output on GPT-2 BPE data with the ``rouge-score`` package
-(Google's reimplementation; no Perl, no files2rouge).
+"""ROUGE of summaries with the ``rouge-score`` package (Google's reimplementation; no Perl,
+no files2rouge).
 
+    python -m rdrop_fairseq.recipes.rouge test.hypo --references data/cnn_dm/test.target [--json rouge.json]
     python -m rdrop_fairseq.recipes.rouge generate-test.txt --gpt2-dir data/cnn_dm/gpt2 [--json rouge.json]
 
-It reads the hypotheses (``H-<id>``) and references (``T-<id>``), GPT-2 BPE ids as
-fairseq-generate prints them without ``--bpe``, decodes them with the GPT-2 files
-that encoded the data, and reports the mean F1 (x100) of ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum, with the
-Porter stemmer as files2rouge uses it.  ROUGE-Lsum, the summary-level LCS that
-files2rouge reports as ROUGE-L, needs one sentence per line: the texts are split
+The first form scores a file of summaries, one per line (``python -m
+rdrop_fairseq.recipes.summarize``'s output), against the reference file of the same
+number of lines (the untokenised ``test.target``).  The second reads a ``fairseq-generate``
+output on GPT-2 BPE data: its hypotheses (``H-<id>``) and references (``T-<id>``), GPT-2
+BPE ids as fairseq-generate prints them without ``--bpe``, decoded with the GPT-2 files
+that encoded the data.  Either reports the mean F1 (x100) of ROUGE-1, ROUGE-2, ROUGE-L and
+ROUGE-Lsum, with the Porter stemmer as files2rouge uses it.  ROUGE-Lsum, the summary-level
+LCS that files2rouge reports as ROUGE-L, needs one sentence per line: the texts are split
 after ``.``, ``!`` and ``?``.
 """
 import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from .bleu import read_generate_output
-from .prepare import print_json
+from .prepare import print_json, read_lines
 
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -49,16 +53,33 @@ def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, flo
     return {name: round(100 * total / max(len(hypotheses), 1), 2) for name, total in totals.items()}
 
 
+def read_pair(hypotheses: Path, references: Path) -> Tuple[List[str], List[str]]:
+    """The lines of a summary file and of its reference file, which must have as many."""
+    hyps, refs = read_lines(hypotheses), read_lines(references)
+    if len(hyps) != len(refs):
+        raise ValueError(f"{hypotheses} has {len(hyps)} lines but {references} has {len(refs)}: "
+                         "one summary per reference, in the same order")
+    return hyps, refs
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rdrop_fairseq.recipes.rouge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("generate_output", type=Path, help="fairseq-generate output with H- and T- lines")
-    parser.add_argument("--gpt2-dir", type=Path, required=True, help="folder with encoder.json and vocab.bpe")
+    parser.add_argument("hypotheses", type=Path,
+                        help="summaries, one per line (with --references), or a fairseq-generate output (with "
+                             "--gpt2-dir)")
+    references = parser.add_mutually_exclusive_group(required=True)
+    references.add_argument("--references", type=Path, help="reference summaries, one per line")
+    references.add_argument("--gpt2-dir", type=Path,
+                            help="for a fairseq-generate output: the folder with encoder.json and vocab.bpe")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     args = parser.parse_args(argv)
     try:
-        hypotheses, references = (decode(lines, args.gpt2_dir / "encoder.json", args.gpt2_dir / "vocab.bpe")
-                                  for lines in read_generate_output(args.generate_output))
+        if args.references is not None:
+            hypotheses, references = read_pair(args.hypotheses, args.references)
+        else:
+            hypotheses, references = (decode(lines, args.gpt2_dir / "encoder.json", args.gpt2_dir / "vocab.bpe")
+                                      for lines in read_generate_output(args.hypotheses))
     except (OSError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)

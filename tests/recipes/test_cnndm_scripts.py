@@ -1,13 +1,16 @@
 """scripts/{prepare,train,evaluate}-cnndm.sh end to end on fixture archives in the upstream
-formats (story tarballs, abisee's URL lists, GPT-2 files), with a tiny BART; and the
-ROUGE scoring against the rouge-score package."""
+formats (story tarballs, abisee's URL lists, GPT-2 files), with a tiny BART; the decoding of
+the evaluation (BARTHubInterface's, as examples/bart/summarize.py); and the ROUGE scoring
+against the rouge-score package."""
 import json
+import os
+import random
 
 import pytest
 
 from fixtures_glue_cnndm import build_cnn_dm, gpt2_hashes, write_gpt2_files
 from fixtures_upstream import run_script
-from rdrop_fairseq.recipes import prepare, rouge
+from rdrop_fairseq.recipes import prepare, rouge, summarize
 from rdrop_fairseq.recipes.datasets import cnn_dm
 from test_train_scripts import dry_run, flag, script_env
 
@@ -63,18 +66,202 @@ def test_recipe_hyperparameters_and_authors_alpha():
     assert (flag(baseline, "--task"), flag(baseline, "--criterion")) == ("translation", "label_smoothed_cross_entropy")
 
 
-def test_finetune_and_rouge_of_a_tiny_bart(prepared, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_bart(prepared, tmp_path_factory):
+    """A tiny BART fine-tuned with R-Drop for two updates: its save dir and the training output."""
     data, _, _ = prepared
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("cnndm-run") / "run"
     proc = run_script("train-cnndm.sh", "--smoke", "--data", data / "data-bin" / "cnn_dm", "--save-dir", run,
                       env=script_env(FP16="0", TOTAL_NUM_UPDATE="2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert '"kl_loss"' in proc.stderr + proc.stdout
+    return run, proc.stderr + proc.stdout
+
+
+def test_finetune_and_rouge_of_a_tiny_bart(prepared, tiny_bart):
+    data, _, _ = prepared
+    run, train_output = tiny_bart
+    assert '"kl_loss"' in train_output
     proc = run_script("evaluate-cnndm.sh", "--data", data / "data-bin" / "cnn_dm", "--save-dir", run, "--cpu",
                       env=script_env(DATA_ROOT=data, BEAM="1", MIN_LEN="1", MAX_LEN_B="8"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "-m rdrop_fairseq.recipes.summarize" in proc.stderr and "--min-len 1" in proc.stderr
+    summaries = prepare.read_lines(run / "test.hypo")
+    references = prepare.read_lines(data / "cnn_dm" / "test.target")
+    assert len(summaries) == len(references) == 2
+    assert not list(run.glob("*.part"))
     scores = json.loads((run / "rouge-test.json").read_text())
-    assert scores["sentences"] == 2 and set(rouge.METRICS) <= set(scores)
+    assert scores == {"sentences": 2, **rouge.rouge(summaries, references)}
+
+
+def test_evaluate_names_the_missing_text(prepared, tiny_bart, tmp_path):
+    data, _, _ = prepared
+    run, _ = tiny_bart
+    common = ["--data", data / "data-bin" / "cnn_dm", "--gpt2-dir", data / "cnn_dm" / "gpt2", "--save-dir", run]
+    proc = run_script("evaluate-cnndm.sh", *common, "--text-dir", tmp_path, "--cpu", env=script_env())
+    assert proc.returncode == 2 and f"--text-dir: {tmp_path} has no test.source" in proc.stderr
+    proc = run_script("evaluate-cnndm.sh", *common, "--subset", "train", "--cpu", env=script_env())
+    assert proc.returncode == 2 and "--subset must be test or valid" in proc.stderr
+
+
+def _watch_generation(bart, monkeypatch, prefer_eos=False):
+    """Record what the hub interface hands fairseq's generator and what comes back:
+    ``steps`` holds, per batch, the source rows without padding, the prefix tokens and the best
+    hypotheses; ``decoder_inputs`` the tokens fed to the decoder at each step.  With
+    ``prefer_eos``, </s> becomes the likeliest token everywhere: a summary then ends as soon as
+    min_len lets it."""
+    seen = {"steps": [], "decoder_inputs": []}
+    task, decoder = bart.task, bart.model.decoder
+    pad, eos = task.source_dictionary.pad(), task.target_dictionary.eos()
+    inference_step, decoder_forward = task.inference_step, decoder.forward
+
+    def watched_step(generator, models, sample, prefix_tokens=None, **kwargs):
+        hypos = inference_step(generator, models, sample, prefix_tokens=prefix_tokens, **kwargs)
+        seen["steps"].append(([row[row.ne(pad)].tolist() for row in sample["net_input"]["src_tokens"]],
+                              prefix_tokens, [h[0]["tokens"].tolist() for h in hypos]))
+        return hypos
+
+    def watched_forward(prev_output_tokens, *args, **kwargs):
+        seen["decoder_inputs"].append(prev_output_tokens.clone())
+        return decoder_forward(prev_output_tokens, *args, **kwargs)
+
+    def eos_first(module, inputs, output):
+        output = output.clone()
+        output[..., eos] += 1000.0
+        return output
+
+    monkeypatch.setattr(task, "inference_step", watched_step)
+    monkeypatch.setattr(decoder, "forward", watched_forward)
+    if prefer_eos:  # the model is this test's own: the hook goes with it
+        decoder.output_projection.register_forward_hook(eos_first)
+    return seen
+
+
+def test_summaries_are_decoded_as_bart_hub_interface_does(prepared, tiny_bart, tmp_path, monkeypatch):
+    """As BARTHubInterface.sample (summarize.py): the model reads <s> + the article's GPT-2 BPE +
+    </s>, made from the raw test.source; <s> is forced as the first summary token and counts
+    towards min_len; the summaries are written in the articles' order."""
+    import torch
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    data, _, gpt2 = prepared
+    run, _ = tiny_bart
+    text, bin_dir = data / "cnn_dm", data / "data-bin" / "cnn_dm"
+    loaded, load = [], summarize.load_bart
+
+    def load_and_watch(*args, **kwargs):
+        bart = load(*args, **kwargs)
+        loaded.append((bart, _watch_generation(bart, monkeypatch, prefer_eos=True)))
+        return bart
+
+    monkeypatch.setattr(summarize, "load_bart", load_and_watch)
+    min_len, beam, out = 6, 2, tmp_path / "test.hypo"
+    summarize.main(["--checkpoint", str(run / "checkpoint_best.pt"), "--data", str(bin_dir),
+                    "--gpt2-dir", str(text / "gpt2"), "--source", str(text / "test.source"), "--out", str(out),
+                    "--cpu", "--beam", str(beam), "--min-len", str(min_len), "--max-len-b", "20"])
+    (bart, seen), = loaded
+    dictionary = bart.task.source_dictionary
+    bos, eos = dictionary.bos(), dictionary.eos()
+    encoder = get_encoder(str(gpt2["encoder.json"]), str(gpt2["vocab.bpe"]))
+    articles = prepare.read_lines(text / "test.source")
+    expected_sources = [[bos] + [dictionary.index(str(i)) for i in encoder.encode(a.strip())] + [eos]
+                        for a in articles]
+    hypothesis_of = {}
+    for sources, prefix, hypos in seen["steps"]:
+        assert prefix is not None and prefix.tolist() == [[bos]] * len(sources)  # <s> forced first
+        hypothesis_of.update((tuple(src), hypo) for src, hypo in zip(sources, hypos))
+    assert sorted(hypothesis_of) == sorted(map(tuple, expected_sources))  # <s> article </s>, nothing cut
+    hypotheses = [hypothesis_of[tuple(src)] for src in expected_sources]
+    for hypo in hypotheses:
+        # the forced <s>, then min_len - 1 tokens: <s> is one of the min_len before </s> may come
+        assert hypo[0] == bos and hypo[-1] == eos and len(hypo) - 1 == min_len, hypo
+    # the decoder starts from </s> (fairseq's start symbol) and is then fed the forced <s> (in each
+    # sentence's live beam: the others hold -inf scores after the forced step)
+    for x in seen["decoder_inputs"]:
+        assert (x[:, 0] == eos).all()
+        assert x.size(1) < 2 or (x.view(-1, beam, x.size(1))[:, :, 1] == bos).any(dim=1).all()
+    assert max(x.size(1) for x in seen["decoder_inputs"]) == min_len + 1
+    assert prepare.read_lines(out) == [summarize.one_line(bart.decode(torch.tensor(h))) for h in hypotheses]
+    assert not list(tmp_path.glob("*.part"))
+
+
+class RunsCommand:
+    """Unpickling it runs a command: a crafted checkpoint's move, harmless here (it touches a file)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_a_crafted_checkpoint_is_refused(prepared, tiny_bart, tmp_path, monkeypatch, capsys):
+    """The checkpoint goes through rdrop_fairseq's safe loading, as fairseq-generate's did."""
+    import torch
+
+    from rdrop_fairseq import safe_load
+
+    data, _, _ = prepared
+    run, _ = tiny_bart
+    monkeypatch.delenv(safe_load.TRUST_ENV, raising=False)
+    monkeypatch.setattr(safe_load, "_trusted_by_flag", False)
+    state = torch.load(run / "checkpoint_best.pt", map_location="cpu", weights_only=False)
+    state["extra_state"]["injected"] = RunsCommand(tmp_path / "pwned")
+    torch.save(state, tmp_path / "crafted.pt")
+    out = tmp_path / "test.hypo"
+    with pytest.raises(SystemExit) as exit_info:
+        summarize.main(["--checkpoint", str(tmp_path / "crafted.pt"), "--data", str(data / "data-bin" / "cnn_dm"),
+                        "--gpt2-dir", str(data / "cnn_dm" / "gpt2"), "--source", str(data / "cnn_dm" / "test.source"),
+                        "--out", str(out), "--cpu"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "posix.system" in err and f"{safe_load.TRUST_ENV}=1" in err, err
+    assert not (tmp_path / "pwned").exists() and not out.exists()
+
+
+def _repeated_ngrams(tokens, n):
+    ngrams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(ngrams) - len(set(ngrams))
+
+
+def test_no_repeat_ngram_size_blocks_repeats(prepared, tiny_bart, monkeypatch):
+    """fairseq's Python fallback of NGramRepeatBlock (no CUDA extension) blocked nothing; with
+    rdrop_fairseq.compat's the summaries have no repeated trigram, while the same model repeats
+    them without blocking."""
+    data, _, _ = prepared
+    run, _ = tiny_bart
+    bart = summarize.load_bart(run / "checkpoint_best.pt", data / "data-bin" / "cnn_dm", data / "cnn_dm" / "gpt2",
+                               cpu=True)
+    seen = _watch_generation(bart, monkeypatch)
+    articles = prepare.read_lines(data / "cnn_dm" / "test.source")
+    eos = bart.task.target_dictionary.eos()
+    repeats = {}
+    for size in (0, 3):
+        seen["steps"].clear()
+        list(summarize.summarize(bart, articles, beam=2, min_len=20, max_len_b=30, no_repeat_ngram_size=size))
+        # the generator's sequences start with </s>, which the n-grams include
+        repeats[size] = [_repeated_ngrams([eos] + hypo, 3) for _, _, hypos in seen["steps"] for hypo in hypos]
+    assert len(repeats[3]) == 2 and repeats[3] == [0, 0] and max(repeats[0]) > 0, repeats
+
+
+def test_rouge_of_summary_and_reference_files(tmp_path, capsys):
+    from rouge_score import rouge_scorer
+
+    refs = ["The cat sat on the mat. It was happy!", "Rain fell in the north."]
+    hyps = ["The cat sat on a mat. It was glad!", "Snow fell in the south today."]
+    (tmp_path / "test.hypo").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    (tmp_path / "test.target").write_text("".join(r + "\n" for r in refs), encoding="utf-8")
+    rouge.main([str(tmp_path / "test.hypo"), "--references", str(tmp_path / "test.target"),
+                "--json", str(tmp_path / "r.json")])
+    scores = json.loads((tmp_path / "r.json").read_text())
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    assert scores["rouge1"] == pytest.approx(100 * sum(scorer.score(r, h)["rouge1"].fmeasure
+                                                       for r, h in zip(refs, hyps)) / 2, abs=0.01)
+    assert scores["sentences"] == 2 and scores == {"sentences": 2, **rouge.rouge(hyps, refs)}
+    (tmp_path / "test.hypo").write_text(hyps[0] + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        rouge.main([str(tmp_path / "test.hypo"), "--references", str(tmp_path / "test.target")])
+    assert exit_info.value.code == 1
+    assert f"{tmp_path / 'test.hypo'} has 1 lines but {tmp_path / 'test.target'} has 2" in capsys.readouterr().err
 
 
 def test_rouge_decodes_the_ids_and_matches_rouge_score(prepared, tmp_path):
