@@ -154,6 +154,26 @@ def _numpy_reconstruct() -> Callable:
     return core.multiarray._reconstruct
 
 
+def _no_objects(dtype: "np.dtype") -> "np.dtype":
+    if dtype.hasobject:
+        raise pickle.UnpicklingError(f"an array of Python objects (dtype {dtype}), read from raw pointers")
+    return dtype
+
+
+def _dtype(*args) -> "np.dtype":
+    """``numpy.dtype`` for a checkpoint: numbers and bools; an object dtype would let the file's bytes
+    be read as pointers."""
+    return _no_objects(np.dtype(*args))
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct`` (an empty array that BUILD then fills from the file's bytes), for
+    plain arrays of numbers only."""
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"an array rebuilt as {subtype!r}, not numpy.ndarray")
+    return _numpy_reconstruct()(subtype, shape, _no_objects(np.dtype(dtype)))
+
+
 @functools.lru_cache(maxsize=1)
 def checkpoint_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
     """What fairseq checkpoints hold beyond what ``weights_only`` allows by default.
@@ -162,7 +182,6 @@ def checkpoint_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
     none calls code the file chooses."""
     from fairseq.logging import meters
 
-    reconstruct = _numpy_reconstruct()
     old_meters = (meters.AverageMeter, meters.TimeMeter, meters.StopwatchMeter)
     return [
         # Measured (torch.serialization.get_unsafe_globals_in_checkpoint on checkpoints of
@@ -171,10 +190,15 @@ def checkpoint_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
         argparse.Namespace,
         # Measured: the validation meters of --eval-bleu keep n-gram counts as numpy
         # arrays.  Files written under numpy 1 name numpy.core.
-        (reconstruct, "numpy._core.multiarray._reconstruct"),
-        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        # A file may call what it names with arguments of its own: numpy.dtype("O") and then
+        # numpy.ndarray(shape, dtype, buffer) would make an array whose elements are pointers
+        # read from the file.  So the dtypes it can make are of numbers and bools only (and
+        # load() refuses an array or dtype that still says it holds objects); an array over a
+        # buffer of numbers is only data, whose size numpy checks against the buffer.
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
         np.ndarray,
-        np.dtype,
+        (_dtype, "numpy.dtype"),
         # A dtype is rebuilt as an instance of its own class (numpy.dtypes.Int64DType
         # for the counts above): those of bool and numbers, never object dtypes.
         *sorted({type(np.dtype(code)) for code in "?bhilqBHILQefd"}, key=str),
@@ -247,7 +271,8 @@ def _allowed(entries):
 
 def _refused_global(error: Exception) -> str:
     message = str(error)
-    match = re.search(r"GLOBAL (\S+)", message) or re.search(r"got <class '([^']+)'>", message)
+    match = (re.search(r"GLOBAL (\S+)", message) or re.search(r"got <class '([^']+)'>", message)
+             or re.search(r"WeightsUnpickler error:\s*(an array [^\n]+)", message))
     if match:
         return match.group(1)
     match = re.search(r"Unsupported operand (\d+)", message)  # e.g. protocol 0's INST, or not a pickle
@@ -303,6 +328,13 @@ def load(f, map_location=None):
         if not _is_torch_file(f, start):
             raise pickle.UnpicklingError(f"{name}: not a checkpoint: neither a zip file nor a pickle") from None
     else:
+        objects = [] if trusted() else _object_arrays(state)
+        if objects:
+            raise UntrustedCheckpointError(
+                f"{_describe(f)}: refused to load: it holds numpy arrays whose dtype says they hold Python "
+                f"objects ({', '.join(objects[:3])}), which would read pointers from the file.  No checkpoint "
+                f"fairseq writes holds one.  If you trust this file, {_opt_ins()}."
+            )
         resolvers = [] if trusted() else _resolvers_in_config(state)
         if resolvers:
             raise UntrustedCheckpointError(
@@ -332,6 +364,28 @@ def load(f, map_location=None):
     return torch.load(f, map_location=map_location, weights_only=False)
 
 
+def _object_arrays(state: Any) -> List[str]:
+    """Where the loaded checkpoint holds a numpy array or dtype that claims to hold objects (the
+    allow-list's constructors refuse object dtypes; this also catches a dtype flagged so by its state)."""
+    found, stack, seen = [], [("", state)], set()
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, (np.ndarray, np.dtype)):
+            if (value.dtype if isinstance(value, np.ndarray) else value).hasobject:
+                found.append(where or "the file")
+            continue
+        if torch.is_tensor(value) or isinstance(value, (str, bytes, int, float, bool, type(None))) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
+            stack.extend((f"{where}[{key!r}]", item) for key, item in value.items())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+        elif hasattr(value, "__dict__"):  # argparse.Namespace, fairseq's meters
+            stack.extend((f"{where}.{key}", item) for key, item in vars(value).items())
+    return found
+
+
 def outside_allow_list(path) -> Optional[List[str]]:
     """Every global that the checkpoint at ``path`` names beyond the allow-list, read
     statically (nothing is unpickled); None for a file in torch's legacy format (torch <= 1.5,
@@ -351,30 +405,31 @@ def _has_call(text: str) -> bool:
     return any(isinstance(node, ast.Call) for node in ast.walk(tree))
 
 
-def _config_strings(state: Any, where: str = ""):
-    """``(where, value)`` for every string of the checkpoint's saved config (``cfg``, or ``args``
-    before fairseq 0.10)."""
+def _config_strings(state: Any, where: str = "", legacy: bool = False):
+    """``(where, value, legacy)`` for every string of the checkpoint's saved config (``cfg``, or
+    ``args`` before fairseq 0.10); ``legacy`` for the strings of an ``argparse.Namespace``, which
+    fairseq converts to an OmegaConf config (``convert_namespace_to_omegaconf``)."""
     if where == "":
         for key in ("cfg", "args"):
             if isinstance(state, dict) and key in state:
-                yield from _config_strings(state[key], key)
+                yield from _config_strings(state[key], key, key == "args")
         return
     if isinstance(state, argparse.Namespace):
-        state = vars(state)
+        state, legacy = vars(state), True
     if isinstance(state, dict):
         for key, value in state.items():
-            yield from _config_strings(value, f"{where}.{key}")
+            yield from _config_strings(value, f"{where}.{key}", legacy)
     elif isinstance(state, (list, tuple)):
         for i, value in enumerate(state):
-            yield from _config_strings(value, f"{where}[{i}]")
+            yield from _config_strings(value, f"{where}[{i}]", legacy)
     elif isinstance(state, str):
-        yield where, state
+        yield where, state, legacy
 
 
 def _code_in_config(state: Any) -> List[str]:
     """``where = value`` for every string of the checkpoint's saved config that calls a function
     if evaluated: fairseq evaluates some config strings (see :func:`config_eval`)."""
-    return [f"{where} = {value!r}" for where, value in _config_strings(state) if _has_call(value)]
+    return [f"{where} = {value!r}" for where, value, _ in _config_strings(state) if _has_call(value)]
 
 
 # OmegaConf < 2.1 (fairseq 0.12.2's pin) has no grammar and no nested interpolations: ``${name:...}``.
@@ -405,10 +460,37 @@ def _calls_resolver(value: str) -> bool:
     return False
 
 
+def _may_interpolate_once_converted(value: str) -> bool:
+    """Whether a legacy ``args`` string could become an interpolation on its way to OmegaConf:
+    fairseq evaluates the strings of fields that are not strings as Python literals (where
+    ``'$' '{'`` and ``'\\x24{'`` are ``${``), and passes lists to Hydra as overrides (where an
+    escaped ``\\${`` is a backslash and a live interpolation).  So any ``$`` there, before or
+    after evaluation, counts."""
+    if "$" in value:
+        return True
+    if "\\" not in value:
+        return False
+    try:
+        parsed = config_literal(value)
+    except (ValueError, SyntaxError, RecursionError, MemoryError, TypeError):
+        return False
+    stack = [parsed]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "$" in item:
+            return True
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend([*item.keys(), *item.values()])
+    return False
+
+
 def _resolvers_in_config(state: Any) -> List[str]:
     """``where = value`` for every string of the checkpoint's saved config that calls an OmegaConf
     resolver: fairseq makes an OmegaConf config of it, which resolves them when read."""
-    return [f"{where} = {value!r}" for where, value in _config_strings(state) if _calls_resolver(value)]
+    return [f"{where} = {value!r}" for where, value, legacy in _config_strings(state)
+            if _calls_resolver(value) or (legacy and _may_interpolate_once_converted(value))]
 
 
 def check(path) -> Tuple[str, str]:
@@ -426,6 +508,9 @@ def check(path) -> Tuple[str, str]:
         if code:
             return "refused", (f"{path}: refused: its config holds code that fairseq would evaluate when it builds "
                                f"the model: {'; '.join(code)}")
+        objects = _object_arrays(state)
+        if objects:
+            return "refused", f"{path}: refused: it holds numpy arrays of Python objects ({', '.join(objects[:3])})"
         resolvers = _resolvers_in_config(state)
         if resolvers:
             return "refused", (f"{path}: refused: its config calls OmegaConf resolvers, which run when the value "

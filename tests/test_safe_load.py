@@ -557,3 +557,69 @@ def test_a_model_archive_with_a_link_or_an_absolute_name_is_refused(tmp_path):
             safe_load._extract(str(archive), str(dest))
         assert not any(dest.iterdir())
     assert [p.name for p in victim.iterdir()] == ["keep"]
+
+
+class _ObjectDType:
+    """Pickles as numpy.dtype("O"), naming only the allow-listed numpy.dtype."""
+
+    def __reduce__(self):
+        return (np.dtype, ("O",))
+
+
+class _ArrayFromBytes:
+    """Pickles as numpy.ndarray(shape, dtype, buffer): an array over bytes of the file."""
+
+    def __init__(self, raw, dtype):
+        self.raw, self.dtype = raw, dtype
+
+    def __reduce__(self):
+        return (np.ndarray, ((len(self.raw) // 8,), self.dtype, self.raw))
+
+
+@pytest.mark.parametrize("payload,refused", [
+    # an object array whose element is 8 bytes of the file, read as a pointer (a crash, or worse)
+    (_ArrayFromBytes(b"A" * 8, _ObjectDType()), "an array of Python objects"),
+    (_ObjectDType(), "an array of Python objects"),
+])
+def test_numpy_objects_the_file_builds_itself_are_refused(run_dir, tmp_path, capsys, payload, refused):
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "numpy.pt", payload)
+    assert safe_load.outside_allow_list(checkpoint) == []  # it names only numpy.dtype and numpy.ndarray
+    with pytest.raises(safe_load.UntrustedCheckpointError) as raised:
+        safe_load.load(checkpoint)
+    assert refused in str(raised.value), str(raised.value)
+    status, out, _ = check_checkpoint(capsys, checkpoint)
+    assert status == 1 and "refused" in out
+
+
+def test_an_object_array_is_found_wherever_the_state_holds_it():
+    state = {"model": {"w": torch.zeros(2)}, "extra_state": {"meters": [argparse.Namespace(counts=np.zeros(2))]}}
+    assert safe_load._object_arrays(state) == []
+    state["extra_state"]["meters"][0].counts = np.array([None, 1], dtype=object)
+    assert safe_load._object_arrays(state) == ["['extra_state']['meters'][0].counts"]
+
+
+@pytest.mark.parametrize("value", [
+    "['$' '{oc.env:RDROP_TEST_SECRET}']",  # Python's implicit concatenation, once evaluated as a literal
+    "['\\x24{oc.env:RDROP_TEST_SECRET}']",  # an escape, once evaluated
+    ["\\${oc.env:RDROP_TEST_SECRET}"],  # escaped for OmegaConf, not once Hydra reads the list as an override
+])
+def test_legacy_args_that_become_a_resolver_call_once_converted_are_refused(run_dir, tmp_path, capsys, monkeypatch,
+                                                                            value):
+    # fairseq < 0.10 saved an argparse Namespace ("args"), which fairseq converts to an OmegaConf config:
+    # it evaluates the strings of non-string fields and passes lists to Hydra, then resolves the result.
+    from fairseq import checkpoint_utils
+
+    monkeypatch.setenv("RDROP_TEST_SECRET", "s3cr3t")
+    state = full_load(run_dir / "checkpoint_last.pt")
+    state.pop("cfg", None)
+    state["args"] = argparse.Namespace(task="translation", arch="transformer", criterion="hubert", log_keys=value,
+                                       data=str(tmp_path), source_lang="de", target_lang="en")
+    legacy = tmp_path / "legacy.pt"
+    torch.save(state, legacy)
+    with pytest.raises(safe_load.UntrustedCheckpointError, match="calls OmegaConf resolvers") as raised:
+        checkpoint_utils.load_checkpoint_to_cpu(str(legacy))
+    assert "args.log_keys" in str(raised.value) and "s3cr3t" not in str(raised.value)
+    status, out, _ = check_checkpoint(capsys, legacy)
+    assert status == 1 and "refused" in out
+    monkeypatch.setenv(safe_load.TRUST_ENV, "1")  # what the check stops: the secret in the config
+    assert "s3cr3t" in str(checkpoint_utils.load_checkpoint_to_cpu(str(legacy))["cfg"]["criterion"]["log_keys"])
