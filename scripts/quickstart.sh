@@ -4,9 +4,10 @@
 #
 # Usage: scripts/quickstart.sh [--max-updates N | --minutes M] [--rdrop-alpha A] [--corpus DIR --src de --tgt en]
 #            [--work-dir DIR] [--train-pairs N] [--out-dir DIR] [--smoke] [--eval-bleu] [--cpu] [--seed N]
-# Env:   PYTHON  interpreter to run it with (default: python, else python3).  When it lacks rdrop_fairseq's
-#                dependencies, they are installed once into a virtual environment in the checkout (.venv),
-#                which later runs reuse.
+# Env:   PYTHON  interpreter to run it with (default: the first of python and python3 that has rdrop_fairseq's
+#                dependencies).  When it lacks them (unset: when both do), they are installed once into a
+#                virtual environment in the checkout (.venv, made with python3 where it is there), which later
+#                runs reuse once that installation has finished; an unfinished one is installed into again.
 #        RDROP_QUICKSTART_TORCH  what that installation asks pip for torch (default torch==2.13.0)
 # On a CPU: a 2+2-layer transformer on 2,000 pairs, 2,200 updates per run.  With CUDA: the paper's
 # transformer_iwslt_de_en (alpha 5, fp16) on the whole corpus, 4,000 updates per run.
@@ -30,8 +31,10 @@ REPO="$(CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
 # Run from a checkout without installing the package.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 VENV="${RDROP_QUICKSTART_VENV:-$REPO/.venv}"
-# Modules of setup.py's install_requires that the quickstart imports; finding them is enough (no import:
-# torch and fairseq take seconds to load).
+# written into $VENV once an installation there has finished: a later run reuses $VENV only when it is there
+MARKER="$VENV/.quickstart-installed"
+# Modules of setup.py's install_requires that the quickstart imports; finding them is enough to choose an
+# interpreter (no import: torch and fairseq take seconds to load); an installation imports them once.
 NEEDED_MODULES=(torch fairseq numpy sacrebleu sacremoses subword_nmt pooch matplotlib)
 
 # has_dependencies PY: whether interpreter PY finds every module the quickstart needs.
@@ -50,41 +53,86 @@ venv_pip() {
     fi
 }
 
-# install_into_venv PY: make $VENV with PY and install torch and this checkout (as .ci/run does).
+# install_into_venv PY LACKING: make $VENV with PY (or repair it) and install torch and this checkout (as .ci/run does);
+# $MARKER is written only once all of it, and an import of every needed module, succeeded.
 install_into_venv() {
-    local torch_spec
+    local torch_spec output
     read -ra torch_spec <<<"${RDROP_QUICKSTART_TORCH:-torch==2.13.0}"
-    echo "quickstart: $1 lacks rdrop_fairseq's dependencies (${NEEDED_MODULES[*]});"
-    echo "quickstart: installing them into the virtual environment $VENV (once; later runs reuse it)"
+    echo "quickstart: $2 rdrop_fairseq's dependencies (${NEEDED_MODULES[*]});"
+    if [[ -f $MARKER ]]; then
+        echo "quickstart: the virtual environment $VENV has lost some of them; installing them into it again"
+    elif [[ -e $VENV ]]; then
+        echo "quickstart: the virtual environment $VENV has no record of a finished installation ($MARKER): an"
+        echo "quickstart: earlier one was interrupted, or something else made it; installing into it again"
+    else
+        echo "quickstart: installing them into the virtual environment $VENV (once; later runs reuse it)"
+    fi
+    rm -f "$MARKER"
     "$1" -m venv "$VENV" || die "cannot make a virtual environment with $1 -m venv (Debian/Ubuntu: \
 apt-get install python3-venv), or install the dependencies yourself: pip install -e $REPO"
     venv_pip install -q --upgrade pip setuptools wheel
     # torch first, so that what pip picks for it (see RDROP_QUICKSTART_TORCH) is not overridden below
     venv_pip install -q "${torch_spec[@]}"
     venv_pip install -q -e "$REPO"
-    has_dependencies "$VENV/bin/python" || die "the installation into $VENV left some of ${NEEDED_MODULES[*]} \
-missing; see pip's messages above"
+    # an import, not only a look-up: a package that pip left half unpacked is found but does not import
+    if ! output=$("$VENV/bin/python" -c 'import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)' "${NEEDED_MODULES[@]}" 2>&1); then
+        printf '%s\n' "$output" | tail -n 20 >&2
+        die "the installation into $VENV left some of ${NEEDED_MODULES[*]} missing or broken; see the \
+messages above (delete $VENV to start it afresh)"
+    fi
+    date -u +'installed %Y-%m-%dT%H:%M:%SZ' >"$MARKER"
     echo "quickstart: installed; running with $VENV/bin/python"
 }
 
-default_python() {
-    if [[ -z ${PYTHON:-} ]]; then
-        PYTHON=python
-        command -v python >/dev/null 2>&1 || PYTHON=python3
-    fi
+# venv_ready: whether $VENV holds a finished installation (its marker) that still finds every module.
+venv_ready() {
+    [[ -x $VENV/bin/python && -f $MARKER ]] && has_dependencies "$VENV/bin/python"
 }
 
-# choose_python: set PYTHON to an interpreter that has the dependencies, installing them if none has.
-choose_python() {
-    default_python
-    command -v "$PYTHON" >/dev/null 2>&1 || die "interpreter not found: PYTHON=$PYTHON"
-    if has_dependencies "$PYTHON"; then
+# candidate_pythons: set CANDIDATES to $PYTHON when it is set, else to those of python and python3 on PATH.
+candidate_pythons() {
+    local name
+    CANDIDATES=()
+    if [[ -n ${PYTHON:-} ]]; then
+        CANDIDATES=("$PYTHON")
         return
     fi
-    if [[ -x $VENV/bin/python ]] && has_dependencies "$VENV/bin/python"; then
-        echo "quickstart: $PYTHON lacks rdrop_fairseq's dependencies; using $VENV/bin/python"
+    for name in python python3; do
+        if command -v "$name" >/dev/null 2>&1; then
+            CANDIDATES+=("$name")
+        fi
+    done
+}
+
+# choose_python: set PYTHON to the first candidate that has the dependencies, else to $VENV's interpreter,
+# installing them there unless an earlier run did.
+choose_python() {
+    local candidate builder lacking
+    candidate_pythons
+    if [[ -n ${PYTHON:-} ]]; then
+        command -v "$PYTHON" >/dev/null 2>&1 || die "interpreter not found: PYTHON=$PYTHON"
+    elif (( ${#CANDIDATES[@]} == 0 )); then
+        die "neither python nor python3 is on PATH; set PYTHON to an interpreter"
+    fi
+    for candidate in "${CANDIDATES[@]}"; do
+        if has_dependencies "$candidate"; then
+            PYTHON=$candidate
+            return
+        fi
+    done
+    if (( ${#CANDIDATES[@]} == 1 )); then
+        lacking="${CANDIDATES[0]} lacks"
     else
-        install_into_venv "$PYTHON"
+        lacking="${CANDIDATES[0]} and ${CANDIDATES[1]} lack"
+    fi
+    if venv_ready; then
+        echo "quickstart: $lacking rdrop_fairseq's dependencies; using $VENV/bin/python"
+    else
+        # the environment is made with python3 where both are there: python may be Python 2
+        builder=${CANDIDATES[${#CANDIDATES[@]} - 1]}
+        install_into_venv "$builder" "$lacking"
     fi
     PYTHON="$VENV/bin/python"
 }
@@ -93,12 +141,15 @@ case "${1:-}" in
     -h|--help)
         usage
         echo
-        default_python
-        for candidate in "$PYTHON" "$VENV/bin/python"; do
+        candidate_pythons
+        for candidate in "${CANDIDATES[@]}"; do
             if has_dependencies "$candidate"; then
                 exec "$candidate" -m rdrop_fairseq.recipes.quickstart --help
             fi
         done
+        if venv_ready; then
+            exec "$VENV/bin/python" -m rdrop_fairseq.recipes.quickstart --help
+        fi
         echo "(the full list of options needs the dependencies: run the quickstart once to install them)"
         exit 0
         ;;

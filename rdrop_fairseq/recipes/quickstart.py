@@ -14,21 +14,28 @@
    identical settings and a fixed number of updates: R-Drop, then the baseline
    (alpha 0).  With --minutes, R-Drop trains within 60% of that budget instead and
    the baseline for as many updates; a run with fewer updates than the default is
-   flagged as not settling the comparison.  A run that trained to its end is
+   flagged as not settling the comparison, and so are two runs with different
+   update counts (the baseline's own time limit, a safety net, can stop it first
+   on a busy machine).  A run that trained to its end is
    kept: a rerun with the same settings reuses it, so an interrupted quickstart
    goes on from the run it stopped in.
 3. For each run picks fairseq-generate's --lenpen on the valid set, translates the
    test set with it and scores it with sacreBLEU on detokenised output (with the
-   paired bootstrap), prints a table and draws the curves.
+   paired bootstrap), prints a table and draws the curves.  The results and curves
+   of an earlier invocation are removed before training: OUT_DIR shows those of
+   the last invocation that got to its end, or none.
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,9 +49,8 @@ logger = logging.getLogger("rdrop_fairseq.recipes.quickstart")
 USER_DIR = Path(__file__).resolve().parents[1]  # the plugin, rdrop_fairseq/
 RUNS = ("rdrop", "baseline")  # R-Drop first: under --minutes it sets the update count
 FINISHED = "finished.json"  # written when a run trains to its end: a rerun with its settings reuses it
-NO_APT_HINT = ("pass a parallel corpus instead: --corpus DIR --src de --tgt en, where DIR holds "
-               "{train,valid,test}.{de,en} (one sentence per line, before BPE), e.g. the folder "
-               "data/iwslt14.de-en/tmp written by scripts/prepare-iwslt14.sh")
+# where a copy of the LibreOffice help corpus may lie beside the checkout (../shared/corpora/lohelp-de-en)
+SHARED_CORPORA = USER_DIR.parents[1] / "shared" / "corpora"
 # fairseq-generate's --lenpen values tried on the valid set, the same for both runs
 LENPENS = (0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
 
@@ -136,13 +142,40 @@ def plan_run(device: Device, args) -> Plan:
                 minutes=None if args.smoke else args.minutes)
 
 
-def shortfall_warning(updates: int, setup: Setup) -> Optional[str]:
-    """What to say when a run ended with fewer updates than the default one makes."""
-    if updates >= setup.updates:
+RUN_LABELS = {"rdrop": "R-Drop", "baseline": "the baseline"}
+
+
+def shortfall_warning(updates: Dict[str, int], setup: Setup) -> Optional[str]:
+    """What to say when any run (``updates``: each run's count) ended with fewer updates than the default
+    run makes."""
+    short = [(name, count) for name, count in updates.items() if count < setup.updates]
+    if not short:
         return None
-    return (f"R-Drop made {updates} updates, fewer than the {setup.updates} of the default run. R-Drop needs "
-            "more updates than the baseline to pay off (the paper and its authors say so), so this short run "
-            f"does not settle the comparison: run without --minutes and --max-updates for {setup.updates}.")
+    made = " and ".join(f"{RUN_LABELS.get(name, name)} made {count} updates" for name, count in short)
+    reason = ("R-Drop needs more updates than the baseline to pay off (the paper and its authors say so)"
+              if "rdrop" in dict(short) else "A baseline stopped early is not the baseline of the default run")
+    return (f"{made[0].upper()}{made[1:]}, fewer than the {setup.updates} of the default run. {reason}, so this "
+            f"short run does not settle the comparison: run without --minutes and --max-updates for "
+            f"{setup.updates}.")
+
+
+def unequal_updates_warning(updates: Dict[str, int]) -> Optional[str]:
+    """What to say when the two runs ended with different numbers of updates: under --minutes the baseline
+    has a time limit of its own, which a slow or busy machine can reach before R-Drop's update count."""
+    if len(set(updates.values())) <= 1:
+        return None
+    counts = ", ".join(f"{RUN_LABELS.get(name, name)} {count}" for name, count in updates.items())
+    return (f"The two runs made different numbers of updates ({counts}), so the table compares unequal runs, "
+            "not the same number of updates each: the one with fewer stopped early (under --minutes, at its own "
+            "time limit, on a slow or busy machine). Run with --max-updates instead of --minutes for runs of "
+            "equal length.")
+
+
+def update_warnings(results: Dict[str, Dict[str, float]], setup: Setup) -> List[str]:
+    """The warnings about the runs' update counts: a run shorter than the default, runs of unequal length."""
+    updates = {name: int(results[name]["updates"]) for name in RUNS if name in results}
+    return [warning for warning in (shortfall_warning(updates, setup), unequal_updates_warning(updates))
+            if warning]
 
 
 def default_work_dir() -> Path:
@@ -166,8 +199,22 @@ def resolve_corpus(args) -> Path:
     try:
         lohelp.build_corpus(out, args.src, args.tgt, deb_dir=args.work_dir / "debs")
     except RuntimeError as err:
-        raise RuntimeError(f"cannot build the LibreOffice help corpus ({err}); {NO_APT_HINT}") from err
+        raise RuntimeError(f"cannot build the LibreOffice help corpus ({err}); "
+                           f"{no_apt_hint(args.src, args.tgt)}") from err
     return out
+
+
+def no_apt_hint(src: str, tgt: str) -> str:
+    """What to do without apt-get: pass a corpus that is already there with --corpus, naming the copy of the
+    LibreOffice help corpus beside the checkout (in SHARED_CORPORA) when it holds these languages."""
+    hint = (f"pass a parallel corpus you already have instead: --corpus DIR --src {src} --tgt {tgt}, where DIR "
+            f"holds {{train,valid,test}}.{{{src},{tgt}}} (one sentence per line, before BPE), e.g. the folder "
+            "data/iwslt14.de-en/tmp written by scripts/prepare-iwslt14.sh")
+    sibling = SHARED_CORPORA / "lohelp-de-en"
+    if all((sibling / f"{split}.{lang}").is_file() for split in SPLITS for lang in (src, tgt)):
+        hint += (f"; beside this checkout there is a copy of the LibreOffice help corpus: "
+                 f"--corpus {sibling} --src {src} --tgt {tgt}")
+    return hint
 
 
 def slice_corpus(raw: Path, dest: Path, src: str, tgt: str, train_pairs: int, heldout_pairs: int) -> Path:
@@ -247,16 +294,66 @@ def run_logged(cmd: Sequence[str], log: Path, echo: Callable[[str], Optional[str
     lines = []
     with open(log, "w", encoding="utf-8") as copy:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            shown = echo(line)
-            if shown is not None:
-                sys.stdout.write(shown)
-                sys.stdout.flush()
-            copy.write(line)
-            lines.append(line.rstrip("\n"))
-    if proc.wait() != 0:
+        try:
+            for line in proc.stdout:
+                shown = echo(line)
+                if shown is not None:
+                    sys.stdout.write(shown)
+                    sys.stdout.flush()
+                copy.write(line)
+                lines.append(line.rstrip("\n"))
+            proc.wait()
+        finally:  # stopped (Ctrl-C, SIGTERM, SIGHUP: see stop_on_signals) or failed: the command stops too
+            stop_process(proc)
+    if proc.returncode != 0:
         raise RuntimeError(f"command failed (exit {proc.returncode}); its output is in {log}")
     return lines
+
+
+STOP_TIMEOUT_S = 10.0  # how long a command has to exit after SIGTERM before it is killed
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Terminate ``proc`` unless it has exited, kill it if it is still there after ``timeout`` seconds, and
+    reap it."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:  # even when a second signal interrupts the wait
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # Ctrl-C's SIGINT raises KeyboardInterrupt already
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Within it, SIGTERM and SIGHUP (``kill PID``, a scheduler's stop, a closed terminal) raise SystemExit
+    (exit status 128 + the signal's number), as Ctrl-C raises KeyboardInterrupt, so that cleanups run:
+    run_logged then stops the fairseq command it waits for instead of leaving it running on its own."""
+    def stop(signum, _frame):
+        name = signal.Signals(signum).name
+        sys.stderr.write(f"\nquickstart: {name} received; stopping\n")
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    signums = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, stop) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def progress_echo(name: str, total_updates: int, budget_s: float) -> Callable[[str], Optional[str]]:
@@ -467,19 +564,37 @@ def score(bin_dir: Path, raw: Path, out_dir: Path, plan: Plan, args, walls) -> D
 
 
 def write_results(out_dir: Path, plan: Plan, raw: Path, results: Dict[str, Dict[str, float]]) -> str:
-    """OUT_DIR/results.{json,md}; returns the markdown: the table, and the warning when R-Drop trained
-    less than the default (logged as well)."""
-    warning = shortfall_warning(results["rdrop"]["updates"], plan.setup)
-    report = format_table(results) + (f"\n\n**Warning:** {warning}" if warning else "")
+    """OUT_DIR/results.{json,md}; returns the markdown: the table, and a warning when a run trained less
+    than the default, and another when the two runs' update counts differ (logged as well).  In the JSON,
+    ``warnings`` lists them and ``warning`` is their text together (None when there is none)."""
+    warnings = update_warnings(results, plan.setup)
+    report = format_table(results) + "".join(f"\n\n**Warning:** {warning}" for warning in warnings)
     with atomic_output(out_dir / "results.json") as handle:
         json.dump({"setup": asdict(plan.setup), "device": asdict(plan.device), "device_flags": plan.device_flags,
                    "rdrop_alpha": plan.alpha, "lenpen_grid": LENPENS, "corpus": str(raw),
-                   "warning": warning, "results": results}, handle, indent=1)
+                   "warning": " ".join(warnings) or None, "warnings": warnings, "results": results},
+                  handle, indent=1)
     with atomic_output(out_dir / "results.md") as handle:
         handle.write(report + "\n")
-    if warning:
+    for warning in warnings:
         logger.warning(warning)
     return report
+
+
+RESULT_FILES = ("results.md", "results.json", "curves.png")  # in OUT_DIR, written once both runs are scored
+
+
+def remove_results(out_dir: Path) -> None:
+    """Remove the results and curves an earlier invocation left in ``out_dir``: they may come from other
+    settings, and a run that fails must not leave them beside its own runs as if they were its own."""
+    removed = []
+    for name in RESULT_FILES:
+        path = out_dir / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    if removed:
+        logger.info("removed the previous %s from %s; this run writes its own", ", ".join(removed), out_dir)
 
 
 def quickstart(args) -> Dict[str, Dict[str, float]]:
@@ -495,6 +610,7 @@ def quickstart(args) -> Dict[str, Dict[str, float]]:
     logger.info("corpus: %s", raw)
     bin_dir = prepare_data(args, setup, raw)
     prepared = time.time()
+    remove_results(args.out_dir)
     walls = train_runs(bin_dir, args.out_dir, plan, args)
     results = score(bin_dir, raw, args.out_dir, plan, args, walls)
     report = write_results(args.out_dir, plan, raw, results)
@@ -564,7 +680,8 @@ def main(argv: Optional[Sequence[str]] = None, parser: Optional[argparse.Argumen
     args.work_dir = args.work_dir.expanduser().resolve()
     args.out_dir = args.out_dir.resolve()
     try:
-        quickstart(args)
+        with stop_on_signals():
+            quickstart(args)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         parser.exit(1, f"error: {err}\n")
 

@@ -1,7 +1,10 @@
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -227,11 +230,11 @@ def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, mon
 
 
 def test_a_run_with_fewer_updates_than_the_default_says_it_settles_nothing(tmp_path, caplog):
-    assert quickstart.shortfall_warning(2200, quickstart.CPU) is None
-    assert quickstart.shortfall_warning(4000, quickstart.GPU) is None
-    warning = quickstart.shortfall_warning(625, quickstart.CPU)
-    assert "625" in warning and "2200" in warning and "does not settle the comparison" in warning
-    assert "R-Drop needs more updates than the baseline" in warning
+    assert quickstart.shortfall_warning({"rdrop": 2200, "baseline": 2200}, quickstart.CPU) is None
+    assert quickstart.shortfall_warning({"rdrop": 4000, "baseline": 4000}, quickstart.GPU) is None
+    warning = quickstart.shortfall_warning({"rdrop": 625, "baseline": 625}, quickstart.CPU)
+    assert warning.startswith("R-Drop made 625 updates and the baseline made 625 updates, fewer than the 2200")
+    assert "does not settle the comparison" in warning and "R-Drop needs more updates than the baseline" in warning
 
     plan = quickstart.plan_run(CPU, parse("--minutes", "20"))
     results = {"baseline": dict(ROW, updates=625), "rdrop": dict(ROW, updates=625, bleu_p=0.001)}
@@ -241,9 +244,68 @@ def test_a_run_with_fewer_updates_than_the_default_says_it_settles_nothing(tmp_p
     assert (tmp_path / "results.md").read_text() == report + "\n"
     assert json.loads((tmp_path / "results.json").read_text())["warning"] == warning
 
+    assert json.loads((tmp_path / "results.json").read_text())["warnings"] == [warning]
+
     full = {name: dict(row, updates=2200) for name, row in results.items()}
     assert "Warning" not in quickstart.write_results(tmp_path, plan, tmp_path, full)
-    assert json.loads((tmp_path / "results.json").read_text())["warning"] is None
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["warning"] is None and summary["warnings"] == []
+
+
+@pytest.mark.parametrize("rdrop, baseline", [(2200, 900), (900, 700)])
+def test_a_baseline_with_fewer_updates_than_rdrop_is_flagged_twice_short_and_unequal(tmp_path, caplog,
+                                                                                    rdrop, baseline):
+    """Under --minutes the baseline has a time limit of its own (a safety net): on a busy machine it can stop
+    before R-Drop's update count, the default's or not."""
+    plan = quickstart.plan_run(CPU, parse("--minutes", "60"))
+    results = {"baseline": dict(ROW, updates=baseline), "rdrop": dict(ROW, updates=rdrop, bleu_p=0.01)}
+    with caplog.at_level("WARNING", logger="rdrop_fairseq.recipes.quickstart"):
+        report = quickstart.write_results(tmp_path, plan, tmp_path, results)
+    assert report.count("**Warning:**") == 2
+    warnings = json.loads((tmp_path / "results.json").read_text())["warnings"]
+    assert len(warnings) == 2
+    short, unequal = warnings
+    assert f"the baseline made {baseline} updates, fewer than the 2200 of the default run" in short.lower()
+    assert ("R-Drop made" in short) == (rdrop < 2200) and "does not settle the comparison" in short
+    assert f"different numbers of updates (R-Drop {rdrop}, the baseline {baseline})" in unequal
+    assert "unequal runs" in unequal
+    for warning in warnings:
+        assert f"**Warning:** {warning}" in report and warning in caplog.text
+    assert json.loads((tmp_path / "results.json").read_text())["warning"] == " ".join(warnings)
+    assert (tmp_path / "results.md").read_text() == report + "\n"
+
+
+def test_runs_of_unequal_length_are_flagged_even_when_both_reach_the_default(tmp_path):
+    plan = quickstart.plan_run(CPU, parse("--minutes", "60", "--max-updates", "3000"))
+    results = {"baseline": dict(ROW, updates=2400), "rdrop": dict(ROW, updates=2600, bleu_p=0.01)}
+    report = quickstart.write_results(tmp_path, plan, tmp_path, results)
+    assert report.count("**Warning:**") == 1
+    warnings = json.loads((tmp_path / "results.json").read_text())["warnings"]
+    assert len(warnings) == 1 and "different numbers of updates (R-Drop 2600, the baseline 2400)" in warnings[0]
+    assert report.endswith(f"**Warning:** {warnings[0]}")
+
+
+def test_results_of_an_earlier_run_are_gone_before_training_starts(tmp_path, monkeypatch):
+    """A rerun with other settings that fails (in training or in scoring) must not leave the previous
+    settings' table and curves in OUT_DIR, unmarked, beside its own runs."""
+    out = tmp_path / "out"
+    (out / "rdrop").mkdir(parents=True)  # a run folder: train_runs decides about those
+    for name in ("results.md", "results.json", "curves.png"):
+        (out / name).write_text("from the previous settings\n")
+    monkeypatch.setattr(quickstart, "resolve_corpus", lambda args: tmp_path / "corpus")
+    monkeypatch.setattr(quickstart, "slice_corpus", lambda raw, *rest: raw)
+    monkeypatch.setattr(quickstart, "prepare_data", lambda args, setup, raw: tmp_path / "bin")
+    seen = []
+
+    def failing_training(bin_dir, out_dir, plan, args):
+        seen.append(sorted(path.name for path in out_dir.iterdir()))
+        raise RuntimeError("command failed (exit 1); stands in for fairseq-train or fairseq-generate")
+
+    monkeypatch.setattr(quickstart, "train_runs", failing_training)
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--smoke", "--cpu", "--work-dir", str(tmp_path / "work"), "--out-dir", str(out)])
+    assert exit_info.value.code == 1
+    assert seen == [["rdrop"]] and sorted(path.name for path in out.iterdir()) == ["rdrop"]
 
 
 def test_progress_shows_updates_done_of_all_and_the_time_left():
@@ -399,10 +461,133 @@ def test_without_apt_the_error_says_what_to_pass(tmp_path, monkeypatch, capsys):
         raise RuntimeError("apt-get not found")
 
     monkeypatch.setattr(lohelp, "download_debs", no_apt)
-    with pytest.raises(SystemExit):
-        quickstart.main(["--work-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")])
-    err = capsys.readouterr().err
+    shared = tmp_path / "shared" / "corpora"
+    monkeypatch.setattr(quickstart, "SHARED_CORPORA", shared)
+
+    def error():
+        with pytest.raises(SystemExit):
+            quickstart.main(["--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
+        return capsys.readouterr().err
+
+    err = error()
     assert "apt-get not found" in err and "--corpus DIR --src de --tgt en" in err
+    assert "a parallel corpus you already have" in err and "beside this checkout" not in err
+    sibling = shared / "lohelp-de-en"  # a copy of the corpus beside the checkout: the hint names it
+    sibling.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            (sibling / f"{split}.{lang}").write_text("x\n")
+    err = error()
+    assert "--corpus DIR --src de --tgt en" in err and f"--corpus {sibling} --src de --tgt en" in err
+
+
+def test_the_shared_corpora_looked_for_lie_beside_the_checkout():
+    assert quickstart.SHARED_CORPORA == REPO.parent / "shared" / "corpora" == SHARED_CORPUS.parent
+
+
+# A stand-in for fairseq-train: writes its process id to the file it is given, says so, then runs long.
+LONG_COMMAND = """import os, sys, time
+with open(sys.argv[1] + ".part", "w") as handle:
+    handle.write(str(os.getpid()))
+os.replace(sys.argv[1] + ".part", sys.argv[1])
+print("started", flush=True)
+time.sleep(300)
+"""
+
+
+def wait_for_file(path, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path
+
+
+def running(pid, grace=5.0):
+    """Whether process ``pid`` is still there (not yet stopped, or a zombie nobody reaped) after ``grace``
+    seconds at most."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def kill_if_running(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_a_command_is_stopped_when_run_logged_is_left_by_an_exception(tmp_path):
+    pid_file = tmp_path / "command.pid"
+
+    def failing_echo(line):  # anything that goes wrong while the command runs
+        raise RuntimeError("stopped while reading")
+
+    with pytest.raises(RuntimeError, match="stopped while reading"):
+        quickstart.run_logged([sys.executable, "-c", LONG_COMMAND, str(pid_file)], tmp_path / "log", failing_echo)
+    pid = int(pid_file.read_text())
+    try:
+        assert not running(pid)
+    finally:
+        kill_if_running(pid)
+
+
+def test_stop_process_kills_a_command_that_ignores_sigterm(tmp_path):
+    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); " \
+               "time.sleep(300)"
+    proc = subprocess.Popen([sys.executable, "-c", ignoring], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        start = time.monotonic()
+        quickstart.stop_process(proc, timeout=0.5)
+        assert proc.returncode == -signal.SIGKILL and time.monotonic() - start < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+# Runs quickstart.main with its training replaced by one long command, as the real one waits for fairseq-train.
+SIGNALLED_QUICKSTART = """import sys
+from pathlib import Path
+from rdrop_fairseq.recipes import quickstart
+
+folder = Path(sys.argv[1])
+
+
+def one_long_command(args):
+    quickstart.run_logged([sys.executable, "-c", sys.argv[2], str(folder / "command.pid")], folder / "log")
+
+
+quickstart.quickstart = one_long_command
+quickstart.main(["--cpu", "--work-dir", str(folder / "work"), "--out-dir", str(folder / "out")])
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_quickstart_stopped_by_a_signal_stops_the_command_it_runs(tmp_path, signum):
+    """`kill PID`, a scheduler's stop or a closed terminal: fairseq-train must not go on on its own."""
+    parent = subprocess.Popen([sys.executable, "-c", SIGNALLED_QUICKSTART, str(tmp_path), LONG_COMMAND],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              start_new_session=True)
+    pid = None
+    try:
+        pid = int(wait_for_file(tmp_path / "command.pid").read_text())
+        os.kill(parent.pid, signum)
+        _, err = parent.communicate(timeout=60)
+        assert not running(pid), "the command outlived the quickstart"
+        assert parent.returncode == 128 + signum, err[-2000:]
+        assert f"{signal.Signals(signum).name} received; stopping" in err
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if pid is not None:
+            kill_if_running(pid)
 
 
 def read(path):
@@ -451,12 +636,85 @@ def test_without_the_dependencies_help_still_prints_the_usage(tmp_path):
     assert not (tmp_path / "venv").exists()
 
 
-def bare_python(tmp_path) -> Path:
+def bare_python(tmp_path, name="bare") -> Path:
     """A fresh interpreter without any of the project's dependencies."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
-    python = tmp_path / "bare" / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / name)], check=True)
+    python = tmp_path / name / "bin" / "python"
     assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
     return python
+
+
+def path_env(tmp_path, python, python3):
+    """The script's environment with PYTHON unset and, first on PATH, `python` and `python3` running the
+    interpreters given."""
+    env = quickstart_env(tmp_path, "unused")
+    del env["PYTHON"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, target in (("python", python), ("python3", python3)):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{target}" "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    env["PATH"] = f"{bin_dir}:/usr/bin:/bin"
+    return env
+
+
+def test_unset_python_runs_with_python3_when_only_it_has_the_dependencies(tmp_path):
+    """`python` is another interpreter (or Python 2), the packages were installed with pip3."""
+    result = run_script(path_env(tmp_path, python=bare_python(tmp_path), python3=sys.executable),
+                        "--minutes", "0")
+    assert result.returncode == 2 and "--minutes must be positive" in result.stderr
+    assert "lack" not in result.stdout and "installing" not in result.stdout
+    assert not (tmp_path / "pip-calls").exists() and not (tmp_path / "venv").exists()
+
+
+def test_unset_python_with_neither_interpreter_ready_makes_the_environment_with_python3(tmp_path):
+    """...and an installation whose modules do not import leaves no marker: the next run installs again."""
+    env = path_env(tmp_path, python=bare_python(tmp_path, "bare-python"),
+                   python3=bare_python(tmp_path, "bare-python3"))
+    recording_pip = tmp_path / "recording-pip"  # succeeds, installs nothing
+    recording_pip.write_text('#!/bin/sh\necho "$*" >> "$PIP_CALLS"\n')
+    recording_pip.chmod(0o755)
+    env["RDROP_QUICKSTART_PIP"] = str(recording_pip)
+    result = run_script(env, "--minutes", "0")
+    venv = tmp_path / "venv"
+    made_by = [line for line in (venv / "pyvenv.cfg").read_text().splitlines() if line.startswith("command")]
+    assert made_by == [f"command = {tmp_path}/bare-python3/bin/python -m venv {venv}"]
+    assert "quickstart: python and python3 lack rdrop_fairseq's dependencies" in result.stdout
+    assert len(read(tmp_path / "pip-calls")) == 3
+    assert result.returncode == 2 and "missing or broken" in result.stderr and "No module named" in result.stderr
+    assert not (venv / ".quickstart-installed").exists()
+
+
+def test_an_environment_left_unfinished_is_installed_into_again_then_reused(tmp_path):
+    """An installation cut off in `pip install` leaves an environment whose packages are found (a module
+    that pip was unpacking is found, not importable); only the marker of a finished installation counts."""
+    env = quickstart_env(tmp_path, bare_python(tmp_path))
+    venv, marker = tmp_path / "venv", tmp_path / "venv" / ".quickstart-installed"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; "
+                                "print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True,
+                               check=True).stdout.strip())
+    (site / "finished-packages.pth").write_text(env["TEST_SITE_PACKAGES"] + "\n")  # those pip had finished
+    (site / "fairseq").mkdir()  # the one it was unpacking: its first file only
+    (site / "fairseq" / "__init__.py").write_text(
+        Path(__import__("fairseq").__file__).read_text(encoding="utf-8"), encoding="utf-8")
+
+    first = run_script(env, "--minutes", "0")
+    assert (tmp_path / "pip-calls").exists(), "the unfinished environment was used as it was"
+    assert read(tmp_path / "pip-calls")[-1] == f"install -q -e {REPO}"  # the stand-in repairs nothing
+    assert "has no record of a finished installation" in first.stdout and "installing into it again" in first.stdout
+    assert first.returncode == 2 and "missing or broken" in first.stderr and not marker.exists()
+
+    shutil.rmtree(site / "fairseq")  # as pip's reinstallation of fairseq would
+    second = run_script(env, "--minutes", "0")
+    assert "has no record of a finished installation" in second.stdout
+    assert second.returncode == 2 and "--minutes must be positive" in second.stderr and marker.is_file()
+    calls = read(tmp_path / "pip-calls")
+    assert len(calls) == 6
+
+    third = run_script(env, "--minutes", "0")
+    assert third.returncode == 2 and "--minutes must be positive" in third.stderr
+    assert f"using {venv}/bin/python" in third.stdout and read(tmp_path / "pip-calls") == calls
 
 
 @pytest.mark.e2e
@@ -472,6 +730,7 @@ def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_dra
     calls = read(tmp_path / "pip-calls")
     assert calls[1] == "install -q torch==2.13.0" and calls[2] == f"install -q -e {REPO}"
     assert f"running: {venv}/bin/python -m fairseq_cli.train" in out  # the run used the new environment
+    assert (venv / ".quickstart-installed").is_file()  # the installation finished: later runs reuse it
 
     assert quickstart.TABLE_HEADER in out
     rows = [line for line in out.splitlines() if line.startswith(("| baseline |", "| rdrop |"))]
