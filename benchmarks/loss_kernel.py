@@ -10,7 +10,9 @@ For ``copies * N`` rows of logits it times, side by side in one process:
 and prints the median milliseconds and the ratios to ``doubled``, with the bytes that
 one read of the logits moves and the fused kernels' GB/s (two reads of the logits and one
 write of their gradient over the time), to set against the memory bandwidth.  ``--blocks``
-times the fused kernels at other block sizes too, to tune their choice on a GPU.
+times the fused kernels at other block sizes too, to tune their choice on a GPU, beside
+``triton_own``: their own choice called the same way (the Function alone, without the
+target check of ``rdrop_loss_from_logits``, which the ``triton`` column includes).
 
     python benchmarks/loss_kernel.py --dtype bf16          # CUDA
     python benchmarks/loss_kernel.py --blocks 1024 2048 8192
@@ -75,6 +77,8 @@ def modes_for(device, blocks=()):
     modes = {"doubled": doubled, "torch": plugin("torch")}
     if device == "cuda":
         modes["triton"] = plugin("triton")
+        if blocks:
+            modes["triton_own"] = fixed_block(0)
         modes.update({f"triton_b{block}": fixed_block(block) for block in blocks})
     return modes
 

@@ -8,8 +8,8 @@ own words per second (target tokens of the batch, so R-Drop's count each token
 once), the model tokens per second (R-Drop's twice) and the ratios.
 
     python benchmarks/train_throughput.py                       # lohelp de-en from ../shared/corpora
-    python benchmarks/train_throughput.py --updates 500 --rounds 3 --extra "--fp16"
-    python benchmarks/train_throughput.py --max-tokens 4096 --extra "--fp16" \
+    python benchmarks/train_throughput.py --updates 500 --rounds 3 --extra=--fp16
+    python benchmarks/train_throughput.py --max-tokens 4096 --extra=--fp16 \
         --model "--arch transformer_iwslt_de_en --share-all-embeddings --dropout 0.3"   # one GPU
 """
 import argparse
@@ -51,7 +51,7 @@ def train(bin_dir: Path, alpha: float, max_tokens: int, args, log: Path):
     return statistics.median(r["wps"] for r in timed), statistics.median(1.0 / r["ups"] for r in timed)
 
 
-def main():
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "corpora" / "lohelp-de-en",
                         help="{train,valid,test}.{de,en} raw text (default ../shared/corpora/lohelp-de-en)")
@@ -64,8 +64,15 @@ def main():
     parser.add_argument("--log-interval", type=int, default=25)
     parser.add_argument("--bpe-merges", type=int, default=10000)
     parser.add_argument("--model", default=MODEL, help=f"fairseq model flags (default: {MODEL})")
-    parser.add_argument("--extra", default="", help="more fairseq-train flags for both runs, e.g. '--fp16' or '--cpu'")
-    args = parser.parse_args()
+    parser.add_argument("--extra", default="",
+                        help="more fairseq-train flags for both runs, e.g. --extra=--fp16 (with '=': argparse reads a "
+                             "separate value that starts with - as an option)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         bin_dir = prepare_parallel(args.corpus, args.work_dir / f"{args.corpus.name}-{args.bpe_merges}", "de", "en",
                                    bpe_merges=args.bpe_merges, workers=2)

@@ -271,6 +271,8 @@ def test_double_backward_is_refused_not_silently_wrong(function):
     assert torch.isfinite(torch.autograd.grad(loss, leaf)[0]).all()
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="on CUDA the check is a device-side assert, which ends the process's "
+                                            "CUDA context and every test after it")
 @pytest.mark.parametrize("bad", [70, 1000, -2])
 def test_a_target_outside_the_vocabulary_is_an_error(monkeypatch, bad):
     monkeypatch.setenv("RDROP_KERNEL", "triton")
