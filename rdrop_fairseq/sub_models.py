@@ -77,7 +77,7 @@ class SubModelPasses:
                 with dropout_rate(model, rate):
                     outputs.append(model(**net_input))
             return interleave_outputs(outputs)
-        layerdrop, quant_noise = has_active_layerdrop(model), has_active_quant_noise(model)
+        layerdrop, quant_noise = drawn_per_pass(model)
         if layerdrop and _ddp_finding_unused_parameters(model):
             raise ValueError(
                 "R-Drop with LayerDrop needs --ddp-backend legacy_ddp: it makes one forward pass per "
@@ -149,22 +149,31 @@ def has_active_dropout(model: nn.Module) -> bool:
     return any(module.p > 0 for module in dropout_modules(model))
 
 
+def drawn_per_pass(model: nn.Module) -> Tuple[bool, bool]:
+    """Whether a forward pass of ``model`` now draws, once for its whole batch, (the layers it drops:
+    fairseq's LayerDrop, the weight blocks it noises: ``--quant-noise-pq``, whose pre-forward hook fairseq
+    installs only with p > 0 and which acts only in training).  One walk over the modules: it runs on
+    every training step."""
+    layerdrop = quant_noise = False
+    for module in model.modules():
+        if not module.training:
+            continue
+        if isinstance(module, LayerDropModuleList):
+            layerdrop = layerdrop or module.p > 0
+        elif module._forward_pre_hooks and not quant_noise:
+            quant_noise = any(getattr(hook, "__module__", None) == _quant_noise.__module__
+                              for hook in module._forward_pre_hooks.values())
+    return layerdrop, quant_noise
+
+
 def has_active_layerdrop(model: nn.Module) -> bool:
     """Whether a forward pass of ``model`` now drops layers at random (fairseq's LayerDrop)."""
-    return any(
-        isinstance(module, LayerDropModuleList) and module.training and module.p > 0
-        for module in model.modules()
-    )
+    return drawn_per_pass(model)[0]
 
 
 def has_active_quant_noise(model: nn.Module) -> bool:
-    """Whether a forward pass of ``model`` now noises weight blocks at random (``--quant-noise-pq``, whose
-    pre-forward hook fairseq installs only with p > 0 and which acts only in training)."""
-    return any(
-        module.training and any(getattr(hook, "__module__", None) == _quant_noise.__module__
-                                for hook in module._forward_pre_hooks.values())
-        for module in model.modules()
-    )
+    """Whether a forward pass of ``model`` now noises weight blocks at random (``--quant-noise-pq``)."""
+    return drawn_per_pass(model)[1]
 
 
 def main_dropout(model: nn.Module) -> Optional[float]:
