@@ -78,13 +78,13 @@ for shape in ${FP16_SHAPES-iwslt_full wmt_full}; do
     logged step-cost-fp16 "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype fp16 --repeats "$repeats"
 done
 tables step-cost-fp16
-corpus=${CORPUS:-../shared/corpora/lohelp-de-en}
+corpus=${CORPUS:-../shared/corpora/lohelp-de-en}  # train_throughput.py's own default
 if [ "${THROUGHPUT_UPDATES:-150}" -gt 0 ] && [ ! -s "$corpus/train.de" ]; then
     echo "warning: no corpus at $corpus (set CORPUS; a device machine has ../shared only if carried): throughput skipped" >&2
     failed=2
 elif [ "${THROUGHPUT_UPDATES:-150}" -gt 0 ]; then
     stamp train_throughput
-    logged train-throughput "$PYTHON" benchmarks/train_throughput.py ${CORPUS:+--corpus "$CORPUS"} \
+    logged train-throughput "$PYTHON" benchmarks/train_throughput.py --corpus "$corpus" \
         ${WORK_DIR:+--work-dir "$WORK_DIR"} --updates "${THROUGHPUT_UPDATES:-150}" --rounds 2 --max-tokens 4096 \
         --extra=--fp16 --model "--arch transformer_iwslt_de_en --share-all-embeddings --dropout 0.3"
     grep -E '^(\||round|[0-9]+ updates)' "$out/train-throughput.log" | tee "$out/train-throughput.md" || true
