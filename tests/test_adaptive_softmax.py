@@ -1,14 +1,14 @@
-"""Full-vocabulary adaptive-softmax log-probabilities and the chunked R-Drop KL."""
+"""Full-vocabulary adaptive-softmax log-probabilities and the chunked R-Drop loss."""
 import pytest
 import torch
 import torch.nn.functional as F
 from fairseq.modules import AdaptiveSoftmax
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rdrop_fairseq.adaptive_softmax import adaptive_rdrop_kl, full_log_probs
+from rdrop_fairseq.adaptive_softmax import adaptive_rdrop_loss, full_log_probs
 from reference import assert_close_to_scale
 
-VOCAB, DIM, COPIES = 300, 16, 2
+VOCAB, DIM, COPIES, PAD = 300, 16, 2, 1
 
 
 @pytest.fixture
@@ -28,13 +28,32 @@ def plain_full_log_probs(module, hidden):
     return torch.cat(probs, dim=-1).log()
 
 
-def plain_kl(lprobs, keep, length):
-    """1/2 (KL(P1||P2) + KL(P2||P1)) summed over the kept tokens; ``lprobs`` holds
-    ``(2 * B, length)`` positions, sample b's copies in rows 2b and 2b + 1."""
-    per_sample = lprobs.view(-1, 2, length, lprobs.size(-1))
+def plain_loss(lprobs, target, alpha, pad, cutoff):
+    """NLL of both copies + alpha/2 (KL(P1||P2) + KL(P2||P1)), over the non-pad targets;
+    ``lprobs`` holds ``(2 * B, T)`` positions, sample b's copies in rows 2b and 2b + 1.  As in
+    fairseq's adaptive_loss, the word at index ``pad`` of a tail cluster counts by its cluster."""
+    per_sample = lprobs.view(-1, 2, target.size(1), lprobs.size(-1))
+    target = target.reshape(-1)
+    nll = 0.0
+    for copy in (per_sample[:, 0], per_sample[:, 1]):
+        probs = copy.reshape(-1, lprobs.size(-1)).exp()
+        for lp_row, p_row, word in zip(copy.reshape(-1, lprobs.size(-1)), probs, target.tolist()):
+            clusters = [(a, b) for a, b in zip(cutoff[:-1], cutoff[1:]) if word == a + pad]
+            if word != pad:
+                nll = nll - (p_row[clusters[0][0]:clusters[0][1]].sum().log() if clusters else lp_row[word])
     lp1, lp2 = per_sample[:, 0].reshape(-1, lprobs.size(-1)), per_sample[:, 1].reshape(-1, lprobs.size(-1))
     sym = F.kl_div(lp2, lp1, log_target=True, reduction="none") + F.kl_div(lp1, lp2, log_target=True, reduction="none")
-    return 0.5 * (sym.sum(-1) * keep).sum()
+    kl = 0.5 * (sym.sum(-1) * target.ne(pad)).sum()
+    return nll + alpha * kl, nll, kl
+
+
+def targets(batch=4, length=10, seed=2):
+    """Random targets with about 20% padding, and the words at index PAD of both tail clusters."""
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, VOCAB, (batch, length), generator=gen)
+    target[torch.rand(batch, length, generator=gen) < 0.2] = PAD
+    target[0, :3] = torch.tensor([100 + PAD, 200 + PAD, 200 + PAD])
+    return target
 
 
 def hidden_states(batch=4, length=10, seed=1):
@@ -63,25 +82,52 @@ def test_gradients_flow_and_match_plain_computation(adaptive_softmax):
 
 
 @pytest.mark.parametrize("chunk_tokens", [1, 7, 0])
-def test_chunked_kl_equals_unchunked_and_plain(adaptive_softmax, chunk_tokens):
-    adaptive_softmax.train()  # the tail dropout is 0 here, so still deterministic
-    hidden = hidden_states()
-    keep = torch.rand(hidden.size(0) // COPIES * hidden.size(1), generator=torch.Generator().manual_seed(2)) > 0.2
+def test_chunked_loss_equals_unchunked_and_plain(adaptive_softmax, chunk_tokens):
+    adaptive_softmax.train()  # its dropout is 0 here, so still deterministic
+    hidden, target = hidden_states(), targets()
     params = [hidden, *adaptive_softmax.parameters()]
 
-    weighted, kl = adaptive_rdrop_kl(adaptive_softmax, hidden, keep, COPIES, 2.0, chunk_tokens)
-    got = torch.autograd.grad(weighted, params)
-    whole, whole_kl = adaptive_rdrop_kl(adaptive_softmax, hidden, keep, COPIES, 2.0, keep.numel())
-    whole_grads = torch.autograd.grad(whole, params)
-    plain = 2.0 * plain_kl(plain_full_log_probs(adaptive_softmax, hidden.view(-1, DIM)), keep.float(), hidden.size(1))
-    plain_grads = torch.autograd.grad(plain, params)
+    loss, nll, kl = adaptive_rdrop_loss(adaptive_softmax, hidden, target, COPIES, 2.0, PAD, chunk_tokens)
+    got = torch.autograd.grad(loss, params)
+    whole = adaptive_rdrop_loss(adaptive_softmax, hidden, target, COPIES, 2.0, PAD, target.numel())
+    whole_grads = torch.autograd.grad(whole[0], params)
+    plain = plain_loss(plain_full_log_probs(adaptive_softmax, hidden.view(-1, DIM)), target, 2.0, PAD,
+                       adaptive_softmax.cutoff)
+    plain_grads = torch.autograd.grad(plain[0], params)
 
-    assert kl > 0 and not kl.requires_grad
-    torch.testing.assert_close(weighted, 2.0 * kl)
-    torch.testing.assert_close(kl, whole_kl, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(weighted, plain, rtol=1e-4, atol=1e-5)
+    assert kl > 0 and not kl.requires_grad and not nll.requires_grad
+    assert loss.dtype == nll.dtype == kl.dtype == torch.float32
+    torch.testing.assert_close(loss, nll + 2.0 * kl)
+    for got_term, whole_term in zip((loss, nll, kl), whole):
+        torch.testing.assert_close(got_term, whole_term, rtol=1e-5, atol=1e-5)
+    for got_term, plain_term in zip((loss, nll, kl), plain):
+        torch.testing.assert_close(got_term, plain_term, rtol=1e-4, atol=1e-4)
     assert_close_to_scale(got, whole_grads, rel=1e-5, msg="chunked vs whole")
     assert_close_to_scale(got, plain_grads, rel=1e-4, msg="chunked vs plain")
+
+
+def test_gradient_is_that_of_the_returned_loss_with_dropout(adaptive_softmax):
+    """With input and tail dropout active, backward recomputes each chunk under the masks its
+    forward drew: the gradient's directional derivative matches central differences of the
+    loss drawn under the same seed."""
+    for module in adaptive_softmax.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.3
+    adaptive_softmax.dropout_module.p = 0.3
+    adaptive_softmax.train()
+    hidden, target = hidden_states().double(), targets()
+    adaptive_softmax.double()
+    direction = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def loss_at(h):
+        torch.manual_seed(5)
+        return adaptive_rdrop_loss(adaptive_softmax, h, target, COPIES, 2.0, PAD, chunk_tokens=3)[0]
+
+    (grad,) = torch.autograd.grad(loss_at(hidden), [hidden])
+    step = 3e-2
+    with torch.no_grad():
+        central = (loss_at(hidden + step * direction) - loss_at(hidden - step * direction)) / (2 * step)
+    torch.testing.assert_close((grad * direction).sum().float(), central.float(), rtol=2e-3, atol=1e-3)
 
 
 class LargestOutput(TorchDispatchMode):
@@ -99,21 +145,21 @@ class LargestOutput(TorchDispatchMode):
         return out
 
 
-def largest_tensor_of_kl_step(module, hidden, keep, chunk_tokens):
+def largest_tensor_of_loss_step(module, hidden, target, chunk_tokens):
     with LargestOutput() as mode:
-        weighted, _ = adaptive_rdrop_kl(module, hidden, keep, COPIES, 1.0, chunk_tokens)
-        weighted.backward()
+        loss, _, _ = adaptive_rdrop_loss(module, hidden, target, COPIES, 1.0, PAD, chunk_tokens)
+        loss.backward()
     return mode.numel
 
 
 def test_memory_is_bounded_by_the_chunk(adaptive_softmax):
     adaptive_softmax.train()
     hidden = hidden_states(batch=4, length=10)
-    keep = torch.ones(40, dtype=torch.bool)
+    target = targets(batch=4, length=10).clamp(min=PAD + 1)  # all 40 tokens kept
     chunk = 4
     largest_param = max(p.numel() for p in adaptive_softmax.parameters())
-    assert largest_param < COPIES * chunk * VOCAB < COPIES * keep.numel() * VOCAB
+    assert largest_param < COPIES * chunk * VOCAB < COPIES * target.numel() * VOCAB
 
-    assert largest_tensor_of_kl_step(adaptive_softmax, hidden, keep, chunk) <= COPIES * chunk * VOCAB
+    assert largest_tensor_of_loss_step(adaptive_softmax, hidden, target, chunk) <= COPIES * chunk * VOCAB
     # The same probe sees the full tokens x V tensor when there is one chunk.
-    assert largest_tensor_of_kl_step(adaptive_softmax, hidden, keep, 40) >= COPIES * 40 * VOCAB
+    assert largest_tensor_of_loss_step(adaptive_softmax, hidden, target, 40) >= COPIES * 40 * VOCAB

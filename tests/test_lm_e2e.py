@@ -63,10 +63,9 @@ def test_train_then_eval_lm(data_bin, tmp_path, output_layer):
     match = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", scored)
     assert match, scored[-2000:]
     eval_loss, eval_ppl = map(float, match.groups())
-    # eval-lm scores the validation tokens as fairseq-validate does; training's own
-    # validation differs from both by a few thousandths of a bit (measured in the docs).
-    # fairseq's adaptive_loss also leaves out the word at index padding_idx of each tail
-    # cluster, which eval-lm's full softmax counts.
+    # eval-lm scores the validation tokens as training's own validation does (the same
+    # perplexity in the docs' run); fairseq's adaptive_loss counts the word at index
+    # padding_idx of each tail cluster by its cluster only, eval-lm's full softmax in full.
     assert eval_loss == pytest.approx(float(valid[-1]["valid_loss"]), rel=0.01)
     assert eval_ppl == pytest.approx(2 ** eval_loss, rel=1e-3)
     assert math.isfinite(eval_ppl) and eval_ppl < first_ppl / 3

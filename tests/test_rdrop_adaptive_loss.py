@@ -38,8 +38,8 @@ def reference_loss(model, sample, alpha, pad):
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
-    # No adaptive-softmax dropout: the NLL's clusters and the KL's full softmax then see
-    # the same distribution, which the plain reference computes once.
+    # No adaptive-softmax dropout: its tail masks are drawn per chunk of tokens, which a
+    # plain reference over the whole batch cannot reproduce.
     torch.manual_seed(0)  # the same weights whatever ran before in this process
     task, model, criterion, _ = build(
         tmp_path_factory.mktemp("adaptive"), *ADAPTIVE, "--adaptive-softmax-dropout", "0",
@@ -89,10 +89,14 @@ def test_alpha_zero_and_validation_are_stock_adaptive_loss(lm):
 
 
 def test_nll_is_adaptive_loss_of_each_copy(lm):
-    """With the sub-models made identical (no dropout), the NLL is twice adaptive_loss."""
+    """With the sub-models made identical (no dropout), the NLL is twice adaptive_loss, also for
+    the words adaptive_loss counts only by their cluster: those at index padding_idx of a tail
+    cluster (12 + 1 and 24 + 1 here), whose cluster-relative target it ignores."""
     task, model, criterion = lm
     model.train()
     sample = lm_sample(task.dictionary)
+    pad = task.dictionary.pad()
+    sample["target"][0, :2] = torch.tensor([12 + pad, 24 + pad])
     saved = [(m, m.p) for m in dropout_modules(model)]
     for m, _ in saved:
         m.p = 0.0
@@ -117,3 +121,64 @@ def test_model_without_adaptive_softmax_is_refused(tmp_path):
     model.train()
     with pytest.raises(ValueError, match="adaptive softmax"):
         criterion(model, lm_sample(task.dictionary))
+
+
+NO_DROPOUT_DECODER = [
+    "--decoder-layers", "1", "--decoder-embed-dim", "16", "--decoder-input-dim", "16",
+    "--decoder-output-dim", "16", "--decoder-ffn-embed-dim", "32", "--decoder-attention-heads", "2",
+    "--dropout", "0", "--attention-dropout", "0", "--activation-dropout", "0", "--tokens-per-sample", "16",
+]
+
+
+def test_input_dropout_is_part_of_each_sub_model(tmp_path):
+    """The sub-models differ only by --adaptive-softmax-dropout (no tail clusters): the KL is
+    between the distributions whose NLL is trained, head(dropout(h)) per copy."""
+    torch.manual_seed(0)
+    task, model, criterion, _ = build(
+        tmp_path, "--adaptive-softmax-cutoff", "44", "--adaptive-softmax-dropout", "0.5",  # 40 words + 4 specials
+        "--ddp-backend", "legacy_ddp", criterion="rdrop_adaptive_loss", model_args=NO_DROPOUT_DECODER,
+    )
+    adaptive_softmax = model.decoder.adaptive_softmax
+    assert len(adaptive_softmax.tail) == 0
+    model.train()
+    sample = lm_sample(task.dictionary)
+    pad = task.dictionary.pad()
+
+    def reference(model, sample):
+        hidden = model(**repeat_batch(sample["net_input"], 2))[0]
+        dropped = adaptive_softmax.dropout_module(hidden.contiguous())
+        lprobs = F.log_softmax(adaptive_softmax.head(dropped.view(-1, dropped.size(-1))), dim=-1)
+        lp = lprobs.view(-1, 2, hidden.size(1), lprobs.size(-1))
+        lp1, lp2 = lp[:, 0].reshape(-1, lp.size(-1)), lp[:, 1].reshape(-1, lp.size(-1))
+        target = sample["target"].reshape(-1)
+        keep = target.ne(pad).unsqueeze(-1)
+        nll = sum(F.nll_loss(x, target, ignore_index=pad, reduction="sum") for x in (lp1, lp2))
+        kl = 0.5 * ((F.kl_div(lp2, lp1, log_target=True, reduction="none")
+                     + F.kl_div(lp1, lp2, log_target=True, reduction="none")) * keep).sum()
+        return nll + kl, nll, kl
+
+    (ref_loss, ref_nll, ref_kl), ref_grads = seeded_with_grads(SEED, reference, model, sample)
+    (loss, _, log), grads = seeded_with_grads(SEED, criterion, model, sample)
+    assert ref_kl > 0.1
+    torch.testing.assert_close(log["kl_loss"], ref_kl.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["nll_loss"], ref_nll.detach() / 2, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    assert_close_to_scale(list(grads.values()), [ref_grads[name] for name in grads], rel=1e-5)
+
+
+def test_half_precision_nll_is_summed_in_fp32(tmp_path):
+    """A model in fp16 (--fp16): stock adaptive_loss sums one copy's NLL in fp16 below 65504;
+    the copies' sum, twice that, must not overflow."""
+    torch.manual_seed(0)
+    task, model, criterion, _ = build(
+        tmp_path, "--adaptive-softmax-cutoff", "2000,10000", "--ddp-backend", "legacy_ddp",
+        num_words=30000, criterion="rdrop_adaptive_loss",
+        model_args=[*NO_DROPOUT_DECODER[:-4], "--dropout", "0.1", "--tokens-per-sample", "3072"],
+    )
+    model.half().train()
+    sample = lm_sample(task.dictionary, batch=1, length=3072, pad_tail=(0,))
+    stock_loss = run_seeded(SEED, stock_adaptive_loss, task, model, sample)[0]
+    loss, _, log = run_seeded(SEED, criterion, model, sample)
+    assert stock_loss.dtype == torch.float16 and 65504 / 2 < stock_loss.item() < 65504
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(log["nll_loss"].float(), stock_loss.float().reshape(()), rtol=0.02, atol=0)

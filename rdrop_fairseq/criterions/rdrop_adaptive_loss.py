@@ -3,11 +3,11 @@ from dataclasses import dataclass, field
 from fairseq.criterions import register_criterion
 from fairseq.criterions.adaptive_loss import AdaptiveLoss, AdaptiveLossConfig
 
-from ..adaptive_softmax import adaptive_rdrop_kl
+from ..adaptive_softmax import adaptive_rdrop_loss
 from .rdrop_criterion import ALPHA_HELP, RDropCriterionMixin
 
 ADAPTIVE_CHUNK_HELP = (
-    "target tokens per chunk of the full-vocabulary KL, which bounds its extra memory to "
+    "target tokens per chunk of the full-vocabulary NLL and KL, which bounds their extra memory to "
     "a few copies * chunk * vocabulary floats; 0 picks about 2^24 / (copies * vocabulary)"
 )
 UNSUPPORTED_DDP_BACKENDS = ("c10d", "pytorch_ddp")
@@ -19,27 +19,11 @@ class RDropAdaptiveLossConfig(AdaptiveLossConfig):
     rdrop_chunk_tokens: int = field(default=0, metadata={"help": ADAPTIVE_CHUNK_HELP})
 
 
-class _ReplayModel:
-    """Stands in for the model inside ``AdaptiveLoss.forward``: it hands back the
-    sub-models' output, already computed, and the target repeated for every copy in
-    the same interleaved layout."""
-
-    def __init__(self, model, net_output, target):
-        self.decoder = model.decoder
-        self.net_output = net_output
-        self.target = target
-
-    def __call__(self, **unused_net_input):
-        return self.net_output
-
-    def get_targets(self, sample, net_output):
-        return self.target
-
-
 @register_criterion("rdrop_adaptive_loss", dataclass=RDropAdaptiveLossConfig)
 class RDropAdaptiveLoss(RDropCriterionMixin, AdaptiveLoss):
-    """Adaptive-softmax NLL of every sub-model (exactly ``adaptive_loss``) plus alpha
-    times the KL between their full-vocabulary distributions, computed in chunks."""
+    """Adaptive-softmax NLL of every sub-model (``adaptive_loss``'s, in fp32) plus alpha
+    times the KL between their full-vocabulary distributions, both from the same
+    distributions, computed in chunks (:func:`~rdrop_fairseq.adaptive_softmax.adaptive_rdrop_loss`)."""
 
     def __init__(self, task, sentence_avg, rdrop_alpha=1.0, rdrop_chunk_tokens=0):
         super().__init__(task, sentence_avg)
@@ -65,15 +49,13 @@ class RDropAdaptiveLoss(RDropCriterionMixin, AdaptiveLoss):
                 "use --criterion rdrop_cross_entropy otherwise"
             )
         target = model.get_targets(sample, net_output)
-        replay = _ReplayModel(model, net_output, target.repeat_interleave(copies, dim=0))
-        nll, _, _ = AdaptiveLoss.forward(self, replay, {"net_input": {}, "target": replay.target})
-        weighted_kl, kl = adaptive_rdrop_kl(
+        loss, nll, kl = adaptive_rdrop_loss(
             adaptive_softmax,
             net_output[0],
-            target.reshape(-1).ne(self.padding_idx),
+            target,
             copies,
             self.rdrop_alpha,
-            self.rdrop_chunk_tokens,
+            ignore_index=self.padding_idx,
+            chunk_tokens=self.rdrop_chunk_tokens,
         )
-        nll = nll.sum()
-        return (nll + weighted_kl, nll, nll, kl), {}
+        return (loss, nll, nll, kl), {}
