@@ -355,18 +355,20 @@ def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, f
 def rdrop_regression_loss(predictions: Tensor, target: Tensor, copies: int, alpha: float) -> Tuple[Tensor, Tensor, Tensor]:
     """R-Drop for a regression head (GLUE's STS-B), as the paper's authors made it.
 
-    ``predictions`` is ``(copies * B,)`` or ``(copies * B, 1)`` in the interleaved layout of
-    :func:`rdrop_loss`, ``target`` is ``(B,)``.  Returns ``(loss, mse, consistency)``:
-    ``mse`` sums ``(y_k - t)^2`` over samples and copies, ``consistency`` sums over samples
-    the mean over ordered pairs of copies of ``(y_i - y_j)^2`` (the squared distance takes
-    the place of the KL between two point predictions), and
-    ``loss = mse + alpha * consistency``.  Computed in fp32 (fp64 stays fp64).
+    ``predictions`` is ``(copies * B, C)`` (or ``(copies * B,)`` for C = 1) in the interleaved
+    layout of :func:`rdrop_loss`, ``target`` is ``(B, C)`` (or ``(B,)``).  Returns
+    ``(loss, mse, consistency)``: ``mse`` sums ``(y_k - t)^2`` over samples, outputs and
+    copies, ``consistency`` sums over samples and outputs the mean over ordered pairs of
+    copies of ``(y_i - y_j)^2`` (the squared distance takes the place of the KL between two
+    point predictions), and ``loss = mse + alpha * consistency``.  Computed in fp32 (fp64
+    stays fp64).
     """
-    if copies < 2 or predictions.numel() != copies * target.numel():
+    rows = predictions.size(0) if predictions.dim() else 0
+    if copies < 2 or rows % copies or predictions.numel() != copies * target.numel():
         raise ValueError(f"{predictions.numel()} predictions do not hold {copies} copies of {target.numel()} targets")
     dtype = _compute_dtype(predictions.dtype)
-    y = predictions.reshape(-1, copies).to(dtype)
-    mse = (y - target.reshape(-1, 1).to(dtype)).pow(2).sum()
+    y = predictions.reshape(rows // copies, copies, -1).to(dtype)  # (B, copies, C)
+    mse = (y - target.reshape(rows // copies, 1, -1).to(dtype)).pow(2).sum()
     pair_gaps = y.unsqueeze(2) - y.unsqueeze(1)
     consistency = pair_gaps.pow(2).sum() / (copies * (copies - 1))
     return mse + alpha * consistency, mse, consistency

@@ -336,25 +336,27 @@ def test_interleaved_layout_takes_a_strided_view(entry):
     assert leaf.grad[:, :2].abs().max() == 0
 
 
-def test_regression_loss_matches_a_plain_reference():
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_regression_loss_matches_a_plain_reference(outputs):
     from rdrop_fairseq.rdrop_loss import rdrop_regression_loss
 
     gen = torch.Generator().manual_seed(3)
     copies, batch, alpha = 3, 5, 0.7
-    predictions = torch.randn(copies * batch, 1, generator=gen, dtype=torch.float64, requires_grad=True)
-    target = torch.randn(batch, generator=gen, dtype=torch.float64)
-    loss, mse, consistency = rdrop_regression_loss(predictions, target, copies, alpha)
+    predictions = torch.randn(copies * batch, outputs, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(batch, outputs, generator=gen, dtype=torch.float64)
+    loss, mse, consistency = rdrop_regression_loss(predictions, target.squeeze(-1), copies, alpha)
     loss.backward()
     y = predictions.detach().clone().requires_grad_()
     ref_mse = ref_consistency = 0.0
     for b in range(batch):
-        for k in range(copies):
-            ref_mse = ref_mse + (y[b * copies + k, 0] - target[b]) ** 2
-        for i in range(copies):
-            for j in range(copies):
-                if i != j:
-                    gap = y[b * copies + i, 0] - y[b * copies + j, 0]
-                    ref_consistency = ref_consistency + gap**2 / (copies * (copies - 1))
+        for c in range(outputs):
+            for k in range(copies):
+                ref_mse = ref_mse + (y[b * copies + k, c] - target[b, c]) ** 2
+            for i in range(copies):
+                for j in range(copies):
+                    if i != j:
+                        gap = y[b * copies + i, c] - y[b * copies + j, c]
+                        ref_consistency = ref_consistency + gap**2 / (copies * (copies - 1))
     (ref_mse + alpha * ref_consistency).backward()
     torch.testing.assert_close(mse, ref_mse)
     torch.testing.assert_close(consistency, ref_consistency)

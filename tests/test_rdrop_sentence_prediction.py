@@ -103,6 +103,36 @@ def test_loss_and_gradient_match_reference(tmp_path, regression, copies, alpha):
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_regression_on_several_values_pairs_each_value_across_copies(tmp_path):
+    """--regression-target --num-classes 2: each sample has two target values; the squared error
+    and the consistency pair the copies' predictions of the same value, and the sample size is
+    the stock criterion's, one per target value."""
+    copies, alpha, batch = 2, 1.0, 4
+    task, model, criterion, cfg = build(tmp_path, "--num-classes", "2", "--rdrop-alpha", str(alpha),
+                                        regression=True)
+    sample = glue_sample(task.source_dictionary, batch=batch, regression=True)
+    sample["target"] = torch.rand(batch, 2, generator=torch.Generator().manual_seed(1))
+    model.train()
+
+    def reference(model, sample):
+        out, _ = model(**copies_of(sample["net_input"], copies), features_only=True, classification_head_name=HEAD)
+        y = out.float().view(batch, copies, 2)
+        mse = sum(F.mse_loss(y[:, k], sample["target"], reduction="sum") for k in range(copies))
+        consistency = ((y[:, 0] - y[:, 1]) ** 2).sum()
+        return mse + alpha * consistency, mse, consistency
+
+    (ref_loss, ref_mse, ref_consistency), ref_grads = seeded_with_grads(SEED, reference, model, sample)
+    (loss, sample_size, log), grads = seeded_with_grads(SEED, criterion, model, sample)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["kl_loss"], ref_consistency.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["loss"], ref_mse.detach() / copies, rtol=1e-5, atol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    model.eval()
+    _, stock_size, stock_log = SentencePredictionCriterion(cfg.criterion, task)(model, sample)
+    assert (sample_size, log["nsentences"]) == (stock_size, stock_log["nsentences"]) == (2 * batch, 2 * batch)
+
+
 @pytest.mark.parametrize("flag, name", [("--mha-reg-scale-factor", "mha_reg_loss"),
                                         ("--ffn-reg-scale-factor", "ffn_reg_loss")])
 def test_roberta_regularisers_are_part_of_each_sub_models_loss(tmp_path, flag, name):

@@ -47,17 +47,22 @@ class RDropCriterionMixin:
         (loss, smoothed, nll, kl), extra_logs = self.compute_rdrop_loss(
             model, net_output, sample, copies
         )
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        sample_size, nsentences = self.sample_sizes(sample)
         logging_output = {
             "loss": smoothed.data / copies,
             "nll_loss": nll.data / copies,
             "kl_loss": kl.data,
             "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
+            "nsentences": nsentences,
             "sample_size": sample_size,
             **extra_logs,
         }
         return loss, sample_size, logging_output
+
+    def sample_sizes(self, sample):
+        """``(sample_size, nsentences)`` as the wrapped criterion logs them."""
+        sentences = sample["target"].size(0)
+        return (sentences if self.sentence_avg else sample["ntokens"]), sentences
 
     def compute_rdrop_loss(self, model, net_output, sample, copies):
         """``(loss, smoothed_nll, nll, kl)`` as :func:`rdrop_loss` returns them, summed

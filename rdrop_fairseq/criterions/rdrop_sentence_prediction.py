@@ -26,7 +26,10 @@ class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCr
     def __init__(self, cfg: RDropSentencePredictionConfig, task):
         super().__init__(cfg, task)
         self.init_rdrop(task, cfg.rdrop_alpha, 0)
-        self.sentence_avg = True  # the sample size is the number of sentences, as in the stock criterion
+
+    def sample_sizes(self, sample):
+        """The stock criterion's: one per target value, B, or B * C for a regression on C values."""
+        return sample["target"].numel(), sample["target"].numel()
 
     def forward(self, model, sample, reduce=True, update_num=None):
         if self.classification_head_name not in getattr(model, "classification_heads", {}):
