@@ -22,10 +22,15 @@ def plain_full_log_probs(adaptive_softmax, hidden):
     return torch.cat(probs, dim=-1).log()
 
 
-def reference_loss(model, sample, alpha, pad):
-    """NLL of both copies + alpha/2 (KL(P1||P2) + KL(P2||P1)), full vocabulary, non-pad targets."""
+def reference_loss(model, sample, alpha, pad, log_probs_of=None):
+    """NLL of both copies + alpha/2 (KL(P1||P2) + KL(P2||P1)), full vocabulary, non-pad targets;
+    ``log_probs_of`` maps the decoder features to ``(tokens, V)`` log-probabilities."""
+    adaptive_softmax = model.decoder.adaptive_softmax
     hidden = model(**repeat_batch(sample["net_input"], 2))[0]
-    lprobs = plain_full_log_probs(model.decoder.adaptive_softmax, hidden.reshape(-1, hidden.size(-1)))
+    if log_probs_of is None:
+        lprobs = plain_full_log_probs(adaptive_softmax, hidden.reshape(-1, hidden.size(-1)))
+    else:
+        lprobs = log_probs_of(adaptive_softmax, hidden)
     per_sample = lprobs.view(-1, 2, hidden.size(1), lprobs.size(-1))  # sample b's copies: rows 2b, 2b + 1
     lp1, lp2 = per_sample[:, 0].reshape(-1, lprobs.size(-1)), per_sample[:, 1].reshape(-1, lprobs.size(-1))
     target = sample["target"].reshape(-1)
@@ -144,18 +149,12 @@ def test_input_dropout_is_part_of_each_sub_model(tmp_path):
     sample = lm_sample(task.dictionary)
     pad = task.dictionary.pad()
 
-    def reference(model, sample):
-        hidden = model(**repeat_batch(sample["net_input"], 2))[0]
+    def head_of_dropped(adaptive_softmax, hidden):
         dropped = adaptive_softmax.dropout_module(hidden.contiguous())
-        lprobs = F.log_softmax(adaptive_softmax.head(dropped.view(-1, dropped.size(-1))), dim=-1)
-        lp = lprobs.view(-1, 2, hidden.size(1), lprobs.size(-1))
-        lp1, lp2 = lp[:, 0].reshape(-1, lp.size(-1)), lp[:, 1].reshape(-1, lp.size(-1))
-        target = sample["target"].reshape(-1)
-        keep = target.ne(pad).unsqueeze(-1)
-        nll = sum(F.nll_loss(x, target, ignore_index=pad, reduction="sum") for x in (lp1, lp2))
-        kl = 0.5 * ((F.kl_div(lp2, lp1, log_target=True, reduction="none")
-                     + F.kl_div(lp1, lp2, log_target=True, reduction="none")) * keep).sum()
-        return nll + kl, nll, kl
+        return F.log_softmax(adaptive_softmax.head(dropped.view(-1, dropped.size(-1))), dim=-1)
+
+    def reference(model, sample):
+        return reference_loss(model, sample, 1.0, pad, log_probs_of=head_of_dropped)
 
     (ref_loss, ref_nll, ref_kl), ref_grads = seeded_with_grads(SEED, reference, model, sample)
     (loss, _, log), grads = seeded_with_grads(SEED, criterion, model, sample)
