@@ -6,8 +6,9 @@
 ``--save-dir`` picks the ``--last`` newest checkpoints written by
 ``--save-interval-updates`` (``checkpoint_<epoch>_<update>.pt``, ordered by update
 number), or with ``--epochs`` the epoch checkpoints (``checkpoint<epoch>.pt``).
-The output is the newest input with its ``model`` replaced by the mean and its
-optimizer state dropped (an average is for inference, not for resuming); it is
+The output is the newest input with its ``model`` replaced by the mean (taken as
+fairseq's ``scripts/average_checkpoints.py`` takes it: half-precision parameters
+averaged to float32, integer tensors floor-divided) and its optimizer state dropped (an average is for inference, not for resuming); it is
 written under a temporary name and renamed when complete.  The output may not be one of
 the inputs, nor carry a name that fairseq-train writes and resumes from
 (``checkpoint_last.pt``, ``checkpoint_best.pt``, numbered checkpoints).
@@ -45,32 +46,46 @@ def last_checkpoints(save_dir: Path, count: int, epochs: bool = False) -> List[P
 
 
 def load(path: Path) -> dict:
-    return safe_load.load(path, map_location="cpu")
+    try:
+        state = safe_load.load(path, map_location="cpu")
+    except (RuntimeError, EOFError, OSError) as err:  # a truncated or corrupt file
+        raise ValueError(f"{path}: unreadable checkpoint ({err})") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
+    return state
 
 
-def average_state_dicts(states: Sequence[Dict[str, torch.Tensor]], names: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """Mean of floating-point tensors (accumulated in float64); other tensors must agree."""
-    first = states[0]
-    for state, name in zip(states[1:], names[1:]):
-        if state.keys() != first.keys():
-            diff = sorted(state.keys() ^ first.keys())
-            raise ValueError(f"{name} and {names[0]} hold different parameters, e.g. {diff[:3]}")
-    averaged = {}
-    for key, ref in first.items():
-        tensors = [state[key] for state in states]
-        for tensor, name in zip(tensors[1:], names[1:]):
-            if tensor.shape != ref.shape:
-                raise ValueError(f"{key}: shape {tuple(tensor.shape)} in {name}, {tuple(ref.shape)} in {names[0]}")
-        if ref.is_floating_point():
-            total = torch.zeros(ref.shape, dtype=torch.float64)
-            for tensor in tensors:
-                total += tensor.to(torch.float64)
-            averaged[key] = (total / len(tensors)).to(ref.dtype)
+class ParameterMean:
+    """The mean of model state dicts added one at a time, as fairseq's
+    ``scripts/average_checkpoints.py`` takes it: floating-point tensors in float64 and
+    returned in their dtype, half precision as float32; other tensors floor-divided."""
+
+    def __init__(self):
+        self.totals: Dict[str, torch.Tensor] = {}
+        self.dtypes: Dict[str, torch.dtype] = {}
+        self.count = 0
+        self.first = ""
+
+    def add(self, model: Dict[str, torch.Tensor], name: str) -> None:
+        if not self.count:
+            self.first = name
+            for key, tensor in model.items():
+                self.dtypes[key] = torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
+                self.totals[key] = tensor.to(torch.float64 if tensor.is_floating_point() else tensor.dtype, copy=True)
         else:
-            if any(not torch.equal(tensor, ref) for tensor in tensors[1:]):
-                raise ValueError(f"{key}: non-float tensor differs between checkpoints; cannot average it")
-            averaged[key] = ref.clone()
-    return averaged
+            if model.keys() != self.totals.keys():
+                diff = sorted(model.keys() ^ self.totals.keys())
+                raise ValueError(f"{name} and {self.first} hold different parameters, e.g. {diff[:3]}")
+            for key, tensor in model.items():
+                if tensor.shape != self.totals[key].shape:
+                    raise ValueError(f"{key}: shape {tuple(tensor.shape)} in {name}, "
+                                     f"{tuple(self.totals[key].shape)} in {self.first}")
+                self.totals[key] += tensor.to(self.totals[key].dtype)
+        self.count += 1
+
+    def mean(self) -> Dict[str, torch.Tensor]:
+        return {key: (total / self.count if total.is_floating_point() else total // self.count).to(self.dtypes[key])
+                for key, total in self.totals.items()}
 
 
 def _umask() -> int:
@@ -104,13 +119,13 @@ def average_checkpoints(inputs: Sequence[Path], output: Path) -> dict:
     if TRAINING_CHECKPOINT.fullmatch(Path(output).name):
         raise ValueError(f"--output {output}: fairseq-train writes and resumes from checkpoints of that name, "
                          "and an average has no optimizer state; choose another name, e.g. checkpoint.avg5.pt")
-    states = [load(path) for path in inputs]
-    for state, path in zip(states, inputs):
-        if "model" not in state:
-            raise ValueError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
-    result = dict(states[-1])
-    result["model"] = average_state_dicts([s["model"] for s in states], [str(p) for p in inputs])
-    result["last_optimizer_state"] = None
+    mean, result = ParameterMean(), None
+    for path in inputs:
+        result = None  # one checkpoint in memory at a time, as in fairseq's script
+        result = load(path)
+        mean.add(result.pop("model"), str(path))
+        result["last_optimizer_state"] = None  # an average is for inference, not for resuming
+    result["model"] = mean.mean()
     result["extra_state"] = dict(result.get("extra_state") or {}, averaged_from=[str(p) for p in inputs])
     save_atomic(result, output)
     return result

@@ -1,3 +1,5 @@
+import weakref
+
 import pytest
 import torch
 
@@ -10,9 +12,10 @@ def fake_checkpoint(path, seed, steps=7):
         "encoder.weight": torch.randn(4, 3),
         "decoder.bias": torch.randn(5).half(),
         "encoder.version": torch.tensor([3]),
+        "bn.num_batches_tracked": torch.tensor(100 + 101 * (seed - 1)),  # 100, then 201
     }
     torch.save({"model": model, "cfg": {"seed": seed}, "last_optimizer_state": {"step": steps},
-                "extra_state": {"train_iterator": {"epoch": 1}}}, path)
+                "extra_state": {"train_iterator": {"epoch": 1}, "rng": torch.randn(3)}}, path)
     return model
 
 
@@ -23,10 +26,12 @@ def test_average_of_two_is_the_mean(tmp_path):
     avg.average_checkpoints([tmp_path / "checkpoint_1_100.pt", tmp_path / "checkpoint_1_200.pt"], out)
     state = torch.load(out, weights_only=False)
     torch.testing.assert_close(state["model"]["encoder.weight"], (a["encoder.weight"] + b["encoder.weight"]) / 2)
-    expected_bias = ((a["decoder.bias"].double() + b["decoder.bias"].double()) / 2).half()
-    assert state["model"]["decoder.bias"].dtype == torch.float16
-    torch.testing.assert_close(state["model"]["decoder.bias"], expected_bias)
+    # as fairseq's scripts/average_checkpoints.py: fp16 averaged to fp32, integers floor-divided
+    expected_bias = (a["decoder.bias"].double() + b["decoder.bias"].double()) / 2
+    assert state["model"]["decoder.bias"].dtype == torch.float32
+    torch.testing.assert_close(state["model"]["decoder.bias"], expected_bias.float(), rtol=0, atol=0)
     assert torch.equal(state["model"]["encoder.version"], torch.tensor([3]))
+    assert torch.equal(state["model"]["bn.num_batches_tracked"], torch.tensor(150))
     assert state["cfg"] == {"seed": 2}  # the newest checkpoint is the template
     assert state["last_optimizer_state"] is None
     assert state["extra_state"]["averaged_from"][-1].endswith("checkpoint_1_200.pt")
@@ -49,6 +54,34 @@ def test_mismatched_checkpoints_are_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(ValueError, match="different parameters"):
         avg.average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "avg.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt"]
+
+
+def test_one_checkpoint_is_held_at_a_time(tmp_path, monkeypatch):
+    for seed in (1, 2, 3):
+        fake_checkpoint(tmp_path / f"checkpoint_1_{seed}00.pt", seed=seed)
+    alive, most = [], 0
+    loaded = avg.load
+
+    def tracked(path):
+        nonlocal most
+        alive[:] = [ref for ref in alive if ref() is not None]
+        state = loaded(path)
+        alive.append(weakref.ref(state["extra_state"]["rng"]))
+        most = max(most, sum(ref() is not None for ref in alive))
+        return state
+
+    monkeypatch.setattr(avg, "load", tracked)
+    avg.average_checkpoints(sorted(tmp_path.glob("checkpoint_*.pt")), tmp_path / "avg.pt")
+    assert most == 1
+
+
+def test_an_unreadable_checkpoint_is_named(tmp_path, capsys):
+    fake_checkpoint(tmp_path / "a.pt", seed=1)
+    (tmp_path / "b.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:200])
+    with pytest.raises(SystemExit):
+        avg.main(["--inputs", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--output", str(tmp_path / "avg.pt")])
+    assert f"{tmp_path / 'b.pt'}: unreadable checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "avg.pt").exists()
 
 
 def test_cli_names_the_missing_folder(tmp_path, capsys):
