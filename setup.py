@@ -27,6 +27,7 @@ setup(
         "matplotlib",
         "pyyaml",
         "rouge-score",
+        "pysbd",  # sentence splitting for ROUGE-Lsum, without nltk's downloaded models
     ],
     extras_require={
         # The fused CUDA loss kernel; on a CPU the tests run it under Triton's interpreter.

@@ -12,10 +12,10 @@ BPE ids as fairseq-generate prints them without ``--bpe``, decoded with the GPT-
 that encoded the data.  Either reports the mean F1 (x100) of ROUGE-1, ROUGE-2, ROUGE-L and
 ROUGE-Lsum, with the Porter stemmer as files2rouge uses it.  ROUGE-Lsum, the summary-level
 LCS that files2rouge reports as ROUGE-L, needs one sentence per line: the texts are split
-after ``.``, ``!`` and ``?``.
+into sentences by ``pysbd`` (rule-based, so "U.S." or "Mr." do not end a sentence).
 """
 import argparse
-import re
+import functools
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -24,7 +24,7 @@ from .bleu import read_generate_output
 from .prepare import print_json, read_lines
 
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+FAIRSEQ_SPECIALS = ("<s>", "</s>", "<pad>", "<unk>")  # what a fairseq dictionary of BPE ids may print besides ids
 
 
 def decode(lines: Sequence[str], encoder_json: Path, vocab_bpe: Path) -> List[str]:
@@ -32,11 +32,26 @@ def decode(lines: Sequence[str], encoder_json: Path, vocab_bpe: Path) -> List[st
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 
     encoder = get_encoder(str(encoder_json), str(vocab_bpe))
-    return [encoder.decode([int(tok) for tok in line.split() if tok.isdigit()]).strip() for line in lines]
+    texts = []
+    for number, line in enumerate(lines, 1):
+        words = [tok for tok in line.split() if not tok.isdigit() and tok not in FAIRSEQ_SPECIALS]
+        if words:
+            raise ValueError(f"line {number}: {words[0]!r} is not a GPT-2 BPE id; --gpt2-dir scores the ids that "
+                             "fairseq-generate prints without --bpe (for text, use --references)")
+        texts.append(encoder.decode([int(tok) for tok in line.split() if tok.isdigit()]).strip())
+    return texts
+
+
+@functools.lru_cache(maxsize=1)
+def _segmenter():
+    import pysbd
+
+    return pysbd.Segmenter(language="en", clean=False)
 
 
 def sentence_lines(text: str) -> str:
-    return "\n".join(_SENTENCE_END.split(text.strip()))
+    """``text`` with one sentence per line, as ROUGE-Lsum reads it."""
+    return "\n".join(s.strip() for s in _segmenter().segment(text.strip()) if s.strip())
 
 
 def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
@@ -78,8 +93,11 @@ def main(argv=None):
         if args.references is not None:
             hypotheses, references = read_pair(args.hypotheses, args.references)
         else:
-            hypotheses, references = (decode(lines, args.gpt2_dir / "encoder.json", args.gpt2_dir / "vocab.bpe")
-                                      for lines in read_generate_output(args.hypotheses))
+            try:
+                hypotheses, references = (decode(lines, args.gpt2_dir / "encoder.json", args.gpt2_dir / "vocab.bpe")
+                                          for lines in read_generate_output(args.hypotheses))
+            except ValueError as err:
+                raise ValueError(f"{args.hypotheses}: {err}") from err
     except (OSError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)

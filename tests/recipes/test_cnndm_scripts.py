@@ -286,3 +286,25 @@ def test_rouge_decodes_the_ids_and_matches_rouge_score(prepared, tmp_path):
         expected = sum(scorer.score(r, h)[name].fmeasure for r, h in pairs) / 2
         assert scores[name] == pytest.approx(100 * expected, abs=0.01), name
     assert scores["sentences"] == 2 and 0 < scores["rouge2"] < scores["rouge1"] < 100
+
+
+def test_rouge_lsum_sentences_do_not_end_at_abbreviations():
+    from rouge_score import rouge_scorer
+
+    reference = "Officials in the U.S. say the storm killed ten. Mr. Smith said schools will close."
+    assert rouge.sentence_lines(reference).split("\n") == [
+        "Officials in the U.S. say the storm killed ten.", "Mr. Smith said schools will close."]
+    hypothesis = "The storm killed ten, officials in the U.S. say."
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    one_sentence = "Officials in the U.S. say the storm killed ten."
+    assert rouge.rouge([hypothesis], [one_sentence])["rougeLsum"] == pytest.approx(
+        100 * scorer.score(one_sentence, hypothesis)["rougeLsum"].fmeasure, abs=0.01)
+
+
+def test_rouge_of_a_text_generate_output_with_gpt2_dir_is_refused(tmp_path, capsys):
+    gpt2 = write_gpt2_files(tmp_path / "gpt2")
+    (tmp_path / "generate-test.txt").write_text("S-0\t1 2\nT-0\tthe storm\nH-0\t-0.5\tthe storm\n")
+    with pytest.raises(SystemExit):
+        rouge.main([str(tmp_path / "generate-test.txt"), "--gpt2-dir", str(gpt2["encoder.json"].parent)])
+    err = capsys.readouterr().err
+    assert str(tmp_path / "generate-test.txt") in err and "'the' is not a GPT-2 BPE id" in err
