@@ -70,9 +70,11 @@ print_command fairseq-eval-lm "${EVAL_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ 
 fairseq-eval-lm "${EVAL_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$log.part" 2>&1 || { cat "$log.part" >&2; die "fairseq-eval-lm failed"; }
 mv "$log.part" "$log"
 
-# fairseq-eval-lm logs: "Loss (base 2): 4.1234, Perplexity: 17.42"
-result=$(grep -oE 'Loss \(base 2\): [0-9.]+, Perplexity: [0-9.]+' "$log" | tail -n 1) \
+# fairseq-eval-lm logs: "Loss (base 2): 4.1234, Perplexity: 17.42" (nan or inf for a diverged model)
+result=$(grep -oE 'Loss \(base 2\): [^,]+, Perplexity: [^ ]+' "$log" | tail -n 1) \
     || die "no perplexity line in $log"
+grep -qE '^Loss \(base 2\): [0-9.]+, Perplexity: [0-9.]+$' <<<"$result" \
+    || die "fairseq-eval-lm reports '$result' in $log: the model's loss is not finite (a diverged checkpoint?)"
 loss=$(sed -E 's/.*: ([0-9.]+), .*/\1/' <<<"$result")
 ppl=$(sed -E 's/.*Perplexity: ([0-9.]+)/\1/' <<<"$result")
 json=$RESULTS_DIR/perplexity-$SUBSET.json

@@ -65,7 +65,7 @@ def parse_hash_overrides(items: Iterable[str]) -> Dict[str, Optional[str]]:
         if value.lower() != "none" and algorithm not in hashlib.algorithms_available:
             raise ValueError(f"--hash {item!r}: unknown hash algorithm {algorithm!r}; "
                              f"use one of {', '.join(sorted(hashlib.algorithms_guaranteed))}")
-        overrides[name] = None if value.lower() == "none" else value
+        overrides[name] = None if value.lower() == "none" else f"{algorithm}:{value.partition(':')[2]}"
     return overrides
 
 
@@ -83,6 +83,7 @@ def check_hash(path: Path, known_hash: Optional[str]) -> None:
     import pooch
 
     algorithm, _, expected = known_hash.partition(":")
+    algorithm = algorithm.lower()  # pooch knows "sha256", not "SHA256"
     actual = pooch.file_hash(str(path), alg=algorithm)
     if actual.lower() != expected.lower():
         raise CorruptArchiveError(

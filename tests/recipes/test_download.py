@@ -176,6 +176,7 @@ def test_hash_overrides():
     archives = [Archive("a.tgz", ("u",), "md5:00"), Archive("b.tgz", ("u",))]
     overrides = parse_hash_overrides(["a.tgz=none", "b.tgz=sha256:ff"])
     assert [a.known_hash for a in with_hashes(archives, overrides)] == [None, "sha256:ff"]
+    assert parse_hash_overrides(["a.tgz=SHA256:FF"]) == {"a.tgz": "sha256:FF"}  # pooch knows lower-case names
     with pytest.raises(ValueError, match="algorithm prefix"):
         parse_hash_overrides(["a.tgz=ff"])
     with pytest.raises(ValueError, match="unknown hash algorithm 'sha265'"):

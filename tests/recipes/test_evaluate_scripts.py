@@ -94,6 +94,15 @@ def test_evaluate_lm_runs_fairseqs_evaluation_of_each_model(tmp_path, lm_bin, fl
     assert json.loads((tmp_path / "run" / "perplexity-test.json").read_text())["perplexity"] == 16.0
 
 
+def test_evaluate_lm_reports_a_diverged_model(tmp_path, lm_bin):
+    path = stand_in(tmp_path / "bin", "fairseq-eval-lm", 'echo "Loss (base 2): nan, Perplexity: nan"')
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint_best.pt").write_bytes(b"")
+    with pytest.raises(AssertionError, match="reports 'Loss .base 2.: nan, Perplexity: nan'.*not finite"):
+        run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path / "run", PATH=path)
+    assert not (tmp_path / "run" / "perplexity-test.json").exists()
+
+
 @pytest.mark.parametrize("remove_bpe,raw_text", [("subword_nmt", False), ("sentencepiece", True)])
 def test_evaluate_translation_defaults_for_iwslt14(tmp_path, translation_bin, remove_bpe, raw_text):
     # IWSLT14 is scored on its best checkpoint by validation BLEU, as the authors did; sentencepiece output is
