@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from .prepare import read_lines
+
 # get_ende_bleu.sh's `s{(\S)-(\S)}{$1 ##AT##-##AT## $2}g`.  Matches do not overlap, as in
 # Perl: in "a-b-c" the "b" is used by the first match, so the second hyphen stays.
 _COMPOUND = re.compile(r"(\S)-(\S)")
@@ -40,16 +42,15 @@ def read_generate_output(path: Path) -> Tuple[List[str], List[str]]:
     """Best hypotheses and references of a fairseq-generate log, in sentence-id order."""
     hyps: Dict[int, str] = {}
     refs: Dict[int, str] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            match = _LINE.match(line.rstrip("\n"))
-            if not match:
-                continue
-            kind, sid, rest = match.group(1), int(match.group(2)), match.group(3)
-            if kind == "T":
-                refs[sid] = rest
-            elif sid not in hyps:  # the first H line of an id is the best beam entry
-                hyps[sid] = rest.split("\t", 1)[1] if "\t" in rest else ""
+    for line in read_lines(path):
+        match = _LINE.match(line)
+        if not match:
+            continue
+        kind, sid, rest = match.group(1), int(match.group(2)), match.group(3)
+        if kind == "T":
+            refs[sid] = rest
+        elif sid not in hyps:  # the first H line of an id is the best beam entry
+            hyps[sid] = rest.split("\t", 1)[1] if "\t" in rest else ""
     if not hyps:
         raise ValueError(f"{path}: no H-<id> lines; is it fairseq-generate output?")
     if hyps.keys() != refs.keys():

@@ -135,7 +135,7 @@ def plot_runs(runs: Dict[str, Records], out: Path, title: Optional[str] = None) 
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.part.png")
+    tmp = out.with_name(f".{out.stem}.part{out.suffix}")  # matplotlib picks the format by the suffix
     fig.savefig(tmp, dpi=80)
     plt.close(fig)
     tmp.replace(out)

@@ -69,9 +69,12 @@ def text_line(line: str) -> str:
 
 def read_lines(path: Path) -> List[str]:
     """The lines of a UTF-8 text file, split at ``\n`` only, as the recipes' Perl and awk do
-    (see :func:`text_line`)."""
-    with open(path, encoding="utf-8", newline="\n") as handle:
-        return [text_line(line) for line in handle]
+    (see :func:`text_line`).  A file that is not UTF-8 is named in the error."""
+    try:
+        with open(path, encoding="utf-8", newline="\n") as handle:
+            return [text_line(line) for line in handle]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 def write_lines(path: Path, lines: Iterable[str]) -> None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-from .prepare import print_json
+from .prepare import print_json, read_lines
 
 _RECORD = re.compile(r"\| (valid\d*|test\d*|train) \| (\{.*\})\s*$")
 _THROUGHPUT = ("wps", "wpb", "bsz")
@@ -20,7 +20,7 @@ _THROUGHPUT = ("wps", "wpb", "bsz")
 
 def read_metrics(path: Path) -> Dict[str, Dict[str, float]]:
     metrics = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in read_lines(path):
         match = _RECORD.search(line)
         if match:
             subset, record = match.group(1), json.loads(match.group(2))

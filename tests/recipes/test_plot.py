@@ -54,6 +54,14 @@ def test_plot_writes_a_decodable_png_with_all_panels(tmp_path):
     assert width > 3 * height / 2 > 0  # 6 panels laid out 3 x 2
 
 
+@pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml")])
+def test_the_format_follows_the_output_name(tmp_path, suffix, magic):
+    runs = {"rdrop": plot.read_log(fake_log(tmp_path / "b" / "train.log"))}
+    out = plot.plot_runs(runs, tmp_path / f"curves{suffix}")
+    assert out.read_bytes().startswith(magic)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", f"curves{suffix}"]
+
+
 def test_cli_labels_runs_by_folder(tmp_path, capsys):
     fake_log(tmp_path / "baseline" / "train.log", kl=False)
     fake_log(tmp_path / "rdrop" / "stdout.log", prefix="x | INFO | {tag} | ")

@@ -373,3 +373,15 @@ def test_lines_end_at_newline_only_and_carry_no_carriage_return(tmp_path):
     assert prepare.read_lines(tmp_path / "x.de") == ["eins halb", "zwei", "drei"]
     assert prepare.read_lines(tmp_path / "x.en") == ["one half", "two", "three"]
 
+
+
+@pytest.mark.parametrize("module, extra", [("bleu", ["--lang", "en"]), ("validate_log", []), ("rouge", ["--references"])])
+def test_a_file_that_is_not_utf8_is_named(tmp_path, capsys, module, extra):
+    import importlib
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("H-0\t-0.1\tGroß\n".encode("latin-1"))
+    argv = [str(bad), *extra, *([str(bad)] if module == "rouge" else [])]
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"rdrop_fairseq.recipes.{module}").main(argv)
+    assert f"{bad}: not UTF-8 text" in capsys.readouterr().err
