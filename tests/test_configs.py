@@ -145,3 +145,38 @@ def test_every_script_setting_is_in_the_yaml(name, script, flags):
             elif group != "model" and not same(value(yaml_cfg, group, key), wanted):
                 lost[f"{group}.{key}"] = (value(yaml_cfg, group, key), wanted)
     assert not lost, f"configs/{name}.yaml (left) misses settings of scripts/{script} (right): {lost}"
+
+
+TINY_TRANSLATION = [f"+model.{side}_{key}={size}" for side in ("encoder", "decoder")
+                    for key, size in (("layers", 1), ("embed_dim", 32), ("ffn_embed_dim", 64), ("attention_heads", 2))]
+TINY_LM = ["+model.decoder_layers=1", "+model.decoder_embed_dim=32", "+model.decoder_input_dim=32",
+           "+model.decoder_output_dim=32", "+model.decoder_ffn_embed_dim=64", "+model.decoder_attention_heads=2",
+           "task.tokens_per_sample=64"]
+HYDRA_RUNS = {
+    "iwslt14": ("lohelp_bin", [*TINY_TRANSLATION, "task.eval_bleu=false", "checkpoint.best_checkpoint_metric=loss",
+                               "checkpoint.maximize_best_checkpoint_metric=false"]),
+    "wmt14": ("lohelp_bin", [*TINY_TRANSLATION, "task.source_lang=de", "task.target_lang=en"]),
+    "wikitext103": ("austen_bin", TINY_LM),
+    "wikitext103-adaptive": ("austen_bin", [*TINY_LM, "+model.adaptive_input_cutoff='100,400'",
+                                            "+model.adaptive_softmax_cutoff='100,400'"]),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", sorted(HYDRA_RUNS))
+def test_fairseq_hydra_train_runs_the_config(request, tmp_path, name):
+    """The README's command in a fresh process, which composes and resolves the YAML before it
+    imports the plugin; the R-Drop options are overridden without a leading +."""
+    fixture, overrides = HYDRA_RUNS[name]
+    data = request.getfixturevalue(fixture)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RDROP_")}
+    cmd = ["fairseq-hydra-train", "--config-dir", str(CONFIGS), "--config-name", name,
+           f"task.data={data}", f"common.user_dir={USER_DIR}", "common.cpu=true", "common.fp16=false",
+           "optimization.max_update=2", "optimization.update_freq=[1]", "dataset.max_tokens=512",
+           "dataset.num_workers=0", "checkpoint.no_save=true", f"checkpoint.save_dir={tmp_path / 'ck'}",
+           f"hydra.run.dir={tmp_path / 'hydra'}", "task.rdrop_every_k_steps=2", "criterion.rdrop_chunk_tokens=64",
+           *overrides]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert '"train_kl_loss"' in output and "done training" in output, output[-3000:]
