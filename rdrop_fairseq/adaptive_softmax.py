@@ -121,7 +121,9 @@ def adaptive_rdrop_loss(
 
     loss_sum = features.new_zeros((), dtype=torch.float32)
     nll_sum, kl_sum = loss_sum.clone(), loss_sum.clone()
-    for start in range(0, num_tokens, step):
+    # an all-padding batch still runs one (empty) chunk, so the loss keeps its graph and
+    # every parameter gets its zero gradient, as fairseq's criteria give
+    for start in range(0, max(num_tokens, 1), step):
         loss, nll, kl = checkpoint(chunk_loss, features[start : start + step], target[start : start + step],
                                    use_reentrant=False)
         loss_sum = loss_sum + loss

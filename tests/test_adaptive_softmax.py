@@ -106,6 +106,15 @@ def test_chunked_loss_equals_unchunked_and_plain(adaptive_softmax, chunk_tokens)
     assert_close_to_scale(got, plain_grads, rel=1e-4, msg="chunked vs plain")
 
 
+def test_an_all_padding_batch_gives_zero_loss_and_zero_gradients(adaptive_softmax):
+    hidden, target = hidden_states(), torch.full((4, 10), PAD)
+    params = [hidden, *adaptive_softmax.parameters()]
+    loss, nll, kl = adaptive_rdrop_loss(adaptive_softmax, hidden, target, COPIES, 2.0, PAD)
+    assert loss.item() == nll.item() == kl.item() == 0.0
+    grads = torch.autograd.grad(loss, params)  # no "does not require grad" from an empty sum
+    assert all(grad is not None and not grad.any() for grad in grads)
+
+
 def test_gradient_is_that_of_the_returned_loss_with_dropout(adaptive_softmax):
     """With input and tail dropout active, backward recomputes each chunk under the masks its
     forward drew: the gradient's directional derivative matches central differences of the

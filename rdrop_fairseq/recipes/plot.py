@@ -135,10 +135,14 @@ def plot_runs(runs: Dict[str, Records], out: Path, title: Optional[str] = None) 
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.part{out.suffix}")  # matplotlib picks the format by the suffix
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(out)
+    tmp = out.with_name(f".{out.name}.part")
+    # the format comes from the name the user gave, not the temporary one; no suffix means PNG
+    try:
+        fig.savefig(tmp, dpi=80, format=out.suffix[1:].lower() or "png")
+        tmp.replace(out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -151,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None):
     parser = argparse.ArgumentParser(prog="python -m rdrop_fairseq.recipes.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="fairseq log files or folders holding one")
-    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="figure to write; its suffix picks the format (.png, .pdf, .svg; none: PNG)")
     parser.add_argument("--labels", nargs="+", help="legend names, one per RUN (default: folder names)")
     parser.add_argument("--title")
     args = parser.parse_args(argv)

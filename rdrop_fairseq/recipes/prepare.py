@@ -74,7 +74,18 @@ def read_lines(path: Path) -> List[str]:
         with open(path, encoding="utf-8", newline="\n") as handle:
             return [text_line(line) for line in handle]
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+        raise ValueError(f"{path}: not UTF-8 text ({_first_undecodable(path) or err.reason})") from err
+
+
+def _first_undecodable(path: Path) -> str:
+    # the decoder's offsets count from its read buffer, not the file: find the line again
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f"line {number}, byte {err.start + 1}: {err.reason}"
+    return ""
 
 
 def write_lines(path: Path, lines: Iterable[str]) -> None:

@@ -24,7 +24,9 @@ from .bleu import read_generate_output
 from .prepare import print_json, read_lines
 
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-FAIRSEQ_SPECIALS = ("<s>", "</s>", "<pad>", "<unk>")  # what a fairseq dictionary of BPE ids may print besides ids
+# what fairseq-generate may print besides BPE ids: a dictionary's specials, and "<<unk>>", the
+# escaped unknown word of its T- lines
+FAIRSEQ_SPECIALS = ("<s>", "</s>", "<pad>", "<unk>", "<<unk>>")
 
 
 def decode(lines: Sequence[str], encoder_json: Path, vocab_bpe: Path) -> List[str]:

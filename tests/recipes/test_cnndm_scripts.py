@@ -308,3 +308,14 @@ def test_rouge_of_a_text_generate_output_with_gpt2_dir_is_refused(tmp_path, caps
         rouge.main([str(tmp_path / "generate-test.txt"), "--gpt2-dir", str(gpt2["encoder.json"].parent)])
     err = capsys.readouterr().err
     assert str(tmp_path / "generate-test.txt") in err and "'the' is not a GPT-2 BPE id" in err
+
+
+def test_gpt2_ids_decode_past_the_specials_fairseq_generate_prints(tmp_path):
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    gpt2 = write_gpt2_files(tmp_path / "gpt2")
+    encoder = get_encoder(str(gpt2["encoder.json"]), str(gpt2["vocab.bpe"]))
+    ids = " ".join(map(str, encoder.encode("the storm")))
+    # T- lines escape the unknown word as <<unk>>, H- lines print <unk>
+    lines = [f"{ids} <<unk>>", f"<s> {ids} <unk> </s>", ids]
+    assert rouge.decode(lines, gpt2["encoder.json"], gpt2["vocab.bpe"]) == ["the storm"] * 3

@@ -62,6 +62,21 @@ def test_the_format_follows_the_output_name(tmp_path, suffix, magic):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", f"curves{suffix}"]
 
 
+def test_an_output_name_without_suffix_gets_a_png(tmp_path):
+    runs = {"rdrop": plot.read_log(fake_log(tmp_path / "b" / "train.log"))}
+    out = plot.plot_runs(runs, tmp_path / "curves")
+    assert out.name == "curves" and out.read_bytes()[:8] == PNG_SIGNATURE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "curves"]
+
+
+def test_an_unknown_format_is_refused_and_leaves_no_file(tmp_path, capsys):
+    fake_log(tmp_path / "b" / "train.log")
+    with pytest.raises(SystemExit):
+        plot.main([str(tmp_path / "b"), "--out", str(tmp_path / "curves.xyz")])
+    assert "xyz" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
 def test_cli_labels_runs_by_folder(tmp_path, capsys):
     fake_log(tmp_path / "baseline" / "train.log", kl=False)
     fake_log(tmp_path / "rdrop" / "stdout.log", prefix="x | INFO | {tag} | ")

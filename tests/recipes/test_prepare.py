@@ -385,3 +385,13 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path, capsys, module, extra):
     with pytest.raises(SystemExit):
         importlib.import_module(f"rdrop_fairseq.recipes.{module}").main(argv)
     assert f"{bad}: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_the_undecodable_line_is_found_past_the_read_buffer(tmp_path):
+    from rdrop_fairseq.recipes.prepare import read_lines
+
+    bad = tmp_path / "corpus.txt"
+    bad.write_bytes(b"plain ascii line\n" * 5000 + "Gro\u00df\n".encode("latin-1"))
+    with pytest.raises(ValueError) as raised:
+        read_lines(bad)
+    assert str(raised.value) == f"{bad}: not UTF-8 text (line 5001, byte 4: invalid continuation byte)"
