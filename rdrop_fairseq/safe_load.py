@@ -504,10 +504,6 @@ def check(path) -> Tuple[str, str]:
         if names:
             return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
         state = _load_allowed(path, map_location="cpu")
-        code = _code_in_config(state)
-        if code:
-            return "refused", (f"{path}: refused: its config holds code that fairseq would evaluate when it builds "
-                               f"the model: {'; '.join(code)}")
         objects = _object_arrays(state)
         if objects:
             return "refused", f"{path}: refused: it holds numpy arrays of Python objects ({', '.join(objects[:3])})"
@@ -521,6 +517,12 @@ def check(path) -> Tuple[str, str]:
         return "unreadable", f"{unreadable} ({error})"
     except Exception as error:  # a damaged file makes torch's unpickler fail in many ways
         return "unreadable", f"{unreadable} ({type(error).__name__}: {error})"
+    # load() takes such a file: only the config values fairseq evaluates go through config_eval,
+    # which refuses code; which ones it evaluates depends on the model, so this is a note, not a refusal
+    code = _code_in_config(state)
+    if code:
+        return "loads", (f"{path}: loads with the allow-list; note: these config values are code, which fairseq "
+                         f"refuses to evaluate unless you opt in, should it evaluate them: {'; '.join(code)}")
     return "loads", f"{path}: loads with the allow-list"
 
 
@@ -541,7 +543,7 @@ def _extract(archive_path: str, dest: str) -> str:
                 archive.extractall(dest, members=members, filter="data")
             else:
                 archive.extractall(dest, members=members)
-        except tarfile.FilterError as error:
+        except getattr(tarfile, "FilterError", ()) as error:  # a Python without the filters has no FilterError
             raise ValueError(f"{archive_path}: refused to extract the model archive: {error}") from None
     names = [os.path.normpath(member.name) for member in members]
     top = os.path.join(dest, os.path.commonpath(names)) if names else dest

@@ -71,12 +71,6 @@ class SubModelPasses:
         """
         if copies == 1:
             return model(**net_input)
-        if self.dropout_rates:
-            outputs = []
-            for rate in self.dropout_rates:
-                with dropout_rate(model, rate):
-                    outputs.append(model(**net_input))
-            return interleave_outputs(outputs)
         layerdrop, quant_noise = drawn_per_pass(model)
         if layerdrop and _ddp_finding_unused_parameters(model):
             raise ValueError(
@@ -85,6 +79,12 @@ class SubModelPasses:
                 "LayerDrop needs under --ddp-backend pytorch_ddp) counts only the last pass's layers as "
                 "used, then fails when the others receive gradients"
             )
+        if self.dropout_rates:
+            outputs = []
+            for rate in self.dropout_rates:
+                with dropout_rate(model, rate):
+                    outputs.append(model(**net_input))
+            return interleave_outputs(outputs)
         if layerdrop:
             self._log_once(
                 "layerdrop",

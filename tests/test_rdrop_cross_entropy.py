@@ -39,6 +39,14 @@ def test_built_from_flags_with_paper_default_alpha(lm):
     assert criterion.rdrop_alpha == 1.0
 
 
+def test_the_lm_task_builds_its_criterion_for_a_checkpoint(tmp_path):
+    # fairseq-hydra-validate builds the criterion with from_checkpoint=True, which fairseq's
+    # legacy language_modeling task does not take
+    task, _, _, cfg = build(tmp_path)
+    criterion = task.build_criterion(cfg.criterion, from_checkpoint=True)
+    assert isinstance(criterion, RDropCrossEntropyCriterion) and criterion.rdrop_alpha == 1.0
+
+
 @pytest.mark.parametrize("alpha", [1.0, 3.0])
 def test_loss_and_gradient_match_reference(lm, alpha):
     task, model, criterion = lm

@@ -154,3 +154,24 @@ def test_activation_checkpointing_trains_without_per_copy_rates(data_dir):
 def test_variant_options_need_an_rdrop_criterion(data_dir):
     with pytest.raises(ValueError, match="--criterion"):
         build(data_dir, "--criterion", "label_smoothed_cross_entropy", "--rdrop-every-k-steps", "2")
+
+
+def test_a_missing_or_unbinarised_data_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"data directory '{tmp_path / 'nowhere'}' does not exist"):
+        build(tmp_path / "nowhere")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "train.de").write_text("Hallo\n")
+    with pytest.raises(FileNotFoundError, match=f"data directory {tmp_path / 'raw'} holds no dict.*.txt"):
+        build(tmp_path / "raw")
+
+
+def test_a_remote_data_uri_is_left_to_fairseqs_path_manager(monkeypatch):
+    from fairseq.tasks.translation import TranslationTask
+    from omegaconf import OmegaConf
+
+    from rdrop_fairseq.tasks.rdrop_translation import RDropTranslationTask
+
+    seen = []
+    monkeypatch.setattr(TranslationTask, "setup_task", classmethod(lambda cls, cfg, **kw: seen.append(cfg.data)))
+    RDropTranslationTask.setup_task(OmegaConf.create({"data": "s3://bucket/iwslt14"}))
+    assert seen == ["s3://bucket/iwslt14"]

@@ -450,8 +450,8 @@ def crafted_config(checkpoint, out, key, value):
     return out
 
 
-def test_a_config_value_that_runs_code_is_refused_by_fairseq_generate_and_check_checkpoint(run_dir, data, tmp_path,
-                                                                                             capsys):
+def test_a_config_value_that_runs_code_is_refused_by_fairseq_generate_and_noted_by_check_checkpoint(
+        run_dir, data, tmp_path, capsys):
     from fairseq_cli import generate
 
     marker = tmp_path / "pwned"
@@ -462,7 +462,19 @@ def test_a_config_value_that_runs_code_is_refused_by_fairseq_generate_and_check_
         generate.main(generate_config(data, checkpoint))
     assert payload in str(raised.value) and not marker.exists()
     status, out, _ = check_checkpoint(capsys, checkpoint)
-    assert status == 1 and "refused" in out and "cfg.model.adaptive_softmax_cutoff" in out and not marker.exists()
+    # load() takes the file (nothing in it runs); the value is refused where fairseq evaluates it
+    assert status == 0 and not marker.exists()
+    assert out.startswith(f"{checkpoint}: loads with the allow-list; note: these config values are code")
+    assert f"cfg.model.adaptive_softmax_cutoff = {payload!r}" in out
+
+
+def test_check_checkpoint_takes_a_path_in_the_config_that_looks_like_a_call(run_dir, tmp_path, capsys):
+    state = full_load(run_dir / "checkpoint_last.pt")
+    state["cfg"]["checkpoint"]["save_dir"] = "checkpoints/run(2)"
+    torch.save(state, tmp_path / "named.pt")
+    safe_load.load(tmp_path / "named.pt")
+    status, out, _ = check_checkpoint(capsys, tmp_path / "named.pt")
+    assert status == 0 and out.startswith(f"{tmp_path / 'named.pt'}: loads with the allow-list")
 
 
 def crafted_task_note(checkpoint, out, value):
@@ -557,6 +569,19 @@ def test_a_model_archive_with_a_link_or_an_absolute_name_is_refused(tmp_path):
             safe_load._extract(str(archive), str(dest))
         assert not any(dest.iterdir())
     assert [p.name for p in victim.iterdir()] == ["keep"]
+
+
+def test_an_extraction_error_is_not_hidden_on_a_python_without_tar_filters(tmp_path, monkeypatch):
+    good = model_archive(tmp_path / "model.tar.gz", [("model/model.pt", b"weights")])
+    monkeypatch.delattr(tarfile, "FilterError")
+    monkeypatch.delattr(tarfile, "data_filter")
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        safe_load._extract(str(good), str(tmp_path))
 
 
 class _ObjectDType:

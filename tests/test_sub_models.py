@@ -111,8 +111,10 @@ class _LayerDropNet(nn.Module):
         return (x,)
 
 
+@pytest.mark.parametrize("dropout_rates", [(), (0.1, 0.3)])
 @pytest.mark.parametrize("find_unused_parameters", [True, False])
-def test_layerdrop_under_ddp_finding_unused_parameters_is_refused_naming_the_backend(tmp_path, find_unused_parameters):
+def test_layerdrop_under_ddp_finding_unused_parameters_is_refused_naming_the_backend(tmp_path, find_unused_parameters,
+                                                                                    dropout_rates):
     # DDP with find_unused_parameters keeps only the last forward pass's set of used parameters; the
     # passes of R-Drop with LayerDrop use different layers, and the first backward fails in DDP.
     import torch.distributed as dist
@@ -124,12 +126,13 @@ def test_layerdrop_under_ddp_finding_unused_parameters_is_refused_naming_the_bac
         wrapped = ModuleProxyWrapper(DistributedDataParallel(_LayerDropNet(), find_unused_parameters=find_unused_parameters))
         wrapped.train()
         x = torch.randn(3, 4)
+        passes = SubModelPasses(dropout_rates=dropout_rates)  # per-copy rates make a pass per copy too
         if find_unused_parameters:
             with pytest.raises(ValueError, match="--ddp-backend legacy_ddp"):
-                SubModelPasses().forward(wrapped, {"x": x}, 2)
+                passes.forward(wrapped, {"x": x}, 2)
         else:
-            assert SubModelPasses().forward(wrapped, {"x": x}, 2)[0].shape == (6, 4)
-        assert SubModelPasses().forward(wrapped.eval(), {"x": x}, 2)[0].shape == (6, 4)  # no LayerDrop in eval
+            assert passes.forward(wrapped, {"x": x}, 2)[0].shape == (6, 4)
+        assert passes.forward(wrapped.eval(), {"x": x}, 2)[0].shape == (6, 4)  # no LayerDrop in eval
     finally:
         dist.destroy_process_group()
 

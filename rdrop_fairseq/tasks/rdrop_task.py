@@ -3,6 +3,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import List
 
+from fairseq.tasks import LegacyFairseqTask
+
 from ..criterions.rdrop_criterion import RDropCriterionMixin
 from ..safe_load import TrustCheckpointsFields
 from ..sub_models import SubModelPasses
@@ -40,12 +42,11 @@ class RDropTaskMixin:
         )
 
     def build_criterion(self, cfg, from_checkpoint=False):
-        # LegacyFairseqTask (language_modeling) takes no from_checkpoint argument.
-        criterion = (
-            super().build_criterion(cfg, from_checkpoint)
-            if from_checkpoint
-            else super().build_criterion(cfg)
-        )
+        # LegacyFairseqTask (language_modeling) takes no from_checkpoint argument
+        if isinstance(self, LegacyFairseqTask):
+            criterion = super().build_criterion(cfg)
+        else:
+            criterion = super().build_criterion(cfg, from_checkpoint)
         if self.sub_model_passes != SubModelPasses() and not from_checkpoint:
             if not isinstance(criterion, RDropCriterionMixin):
                 raise ValueError(

@@ -24,6 +24,8 @@ class RDropTranslationTask(RDropTaskMixin, TranslationTask):
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         paths = utils.split_paths(cfg.data) if cfg.data else []
+        if paths and "://" in paths[0]:  # fairseq's PathManager reads remote URIs: it checks those itself
+            return super().setup_task(cfg, **kwargs)
         if not paths or not os.path.isdir(paths[0]):
             raise FileNotFoundError(f"data directory {paths[0] if paths else cfg.data!r} does not exist")
         if not glob.glob(os.path.join(paths[0], "dict.*.txt")):
