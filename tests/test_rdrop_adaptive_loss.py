@@ -93,6 +93,17 @@ def test_alpha_zero_and_validation_are_stock_adaptive_loss(lm):
     assert "kl_loss" not in valid[2]
 
 
+def test_token_counts_are_adaptive_losss_whatever_the_batch_says(lm):
+    # adaptive_loss counts the non-padding targets itself; a dataset's ntokens may count otherwise
+    task, model, criterion = lm
+    model.train()
+    sample = {**lm_sample(task.dictionary), "ntokens": 999}
+    _, sample_size, log = run_seeded(SEED, criterion, model, sample)
+    _, stock_size, stock_log = run_seeded(SEED, stock_adaptive_loss, task, model, sample)
+    assert "kl_loss" in log and sample_size == stock_size == log["sample_size"] != 999
+    assert log["ntokens"] == stock_log["ntokens"] == int(sample["target"].ne(task.dictionary.pad()).sum())
+
+
 def test_nll_is_adaptive_loss_of_each_copy(lm):
     """With the sub-models made identical (no dropout), the NLL is twice adaptive_loss, also for
     the words adaptive_loss counts only by their cluster: those at index padding_idx of a tail

@@ -40,6 +40,10 @@ class RDropAdaptiveLoss(RDropCriterionMixin, AdaptiveLoss):
             )
         return cls(task, cfg.sentence_avg, cfg.rdrop_alpha, cfg.rdrop_chunk_tokens)
 
+    def token_count(self, sample):
+        # adaptive_loss counts the non-padding targets, not the batch's ntokens
+        return int(sample["target"].ne(self.padding_idx).sum())
+
     def compute_rdrop_loss(self, model, net_output, sample, copies):
         adaptive_softmax = getattr(model.decoder, "adaptive_softmax", None)
         if adaptive_softmax is None:

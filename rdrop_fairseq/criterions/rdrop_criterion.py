@@ -52,17 +52,21 @@ class RDropCriterionMixin:
             "loss": smoothed.data / copies,
             "nll_loss": nll.data / copies,
             "kl_loss": kl.data,
-            "ntokens": sample["ntokens"],
+            "ntokens": self.token_count(sample),
             "nsentences": nsentences,
             "sample_size": sample_size,
             **extra_logs,
         }
         return loss, sample_size, logging_output
 
+    def token_count(self, sample):
+        """``ntokens`` as the wrapped criterion logs it."""
+        return sample["ntokens"]
+
     def sample_sizes(self, sample):
         """``(sample_size, nsentences)`` as the wrapped criterion logs them."""
         sentences = sample["target"].size(0)
-        return (sentences if self.sentence_avg else sample["ntokens"]), sentences
+        return (sentences if self.sentence_avg else self.token_count(sample)), sentences
 
     def compute_rdrop_loss(self, model, net_output, sample, copies):
         """``(loss, smoothed_nll, nll, kl)`` as :func:`rdrop_loss` returns them, summed
