@@ -471,10 +471,19 @@ def bleu_with_significance(systems: Dict[str, List[str]], refs: List[str]) -> Di
     from sacrebleu.significance import PairedTest
 
     _, scores = PairedTest(list(systems.items()), {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=1000)()
+    baseline_bleu = scores["BLEU"][0].score
     return {name: {"bleu": float(result.score), "bleu_ci95": float(result.ci),
-                   "bleu_p": None if result.p_value is None else float(result.p_value),
+                   "bleu_p": _p_value(result, baseline_bleu),
                    "bp": float(BLEU().corpus_score(systems[name], [refs]).bp)}
             for name, result in zip(systems, scores["BLEU"])}
+
+
+def _p_value(result, baseline_bleu: float) -> Optional[float]:
+    if result.p_value is None:
+        return None
+    # sacreBLEU counts the resamples whose difference exceeds the observed one: where the two BLEUs are
+    # equal and every resample ties (two empty outputs, say), none does and p would be its least, 1/1001
+    return 1.0 if result.score == baseline_bleu else float(result.p_value)
 
 
 def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, float]:

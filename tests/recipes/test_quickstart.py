@@ -53,6 +53,14 @@ def test_bleu_comes_with_its_confidence_interval_a_paired_p_value_and_the_brevit
     assert scores["rdrop"]["bleu"] > scores["baseline"]["bleu"] and scores["rdrop"]["bleu_p"] < 0.01
 
 
+def test_two_equal_bleus_are_not_called_a_significant_difference():
+    refs = [f"the cat number {i} sat on the mat" for i in range(30)]
+    nothing = ["a dog"] * len(refs)  # BLEU 0 in every resample: sacreBLEU's own p would be 1/1001
+    scores = quickstart.bleu_with_significance({"baseline": nothing, "rdrop": list(nothing)}, refs)
+    assert scores["baseline"]["bleu"] == scores["rdrop"]["bleu"] == 0.0
+    assert scores["rdrop"]["bleu_p"] == 1.0
+
+
 CPU = quickstart.Device(cuda=False)
 H200 = quickstart.Device(cuda=True, name="NVIDIA H200")
 
