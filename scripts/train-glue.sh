@@ -43,6 +43,8 @@ Metrics logged on the dev set: accuracy; CoLA also MCC, MRPC and QQP F1, STS-B P
   scripts/evaluate-glue.sh ... -- --report-mcc (or the task's flag) computes them afterwards.
 Distributed: torchrun --no-python ... scripts/train-glue.sh (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*),
   or under SLURM srun with DISTRIBUTED_PORT=<port>.  Without them fairseq uses every visible GPU.
+  The table's batch sizes are for one GPU: on several, set BATCH_SIZE per GPU (the script refuses
+  to start otherwise, as --max-epoch would end the run early).
 USAGE
 }
 
@@ -78,6 +80,7 @@ SAVE_DIR=${SAVE_DIR:-$(default_save_dir "glue-$GLUE_TASK")}
 if [[ $SMOKE == 1 ]]; then
     : "${TOTAL_NUM_UPDATE:=4}" "${WARMUP:=1}" "${BATCH_SIZE:=8}" "${LR:=1e-3}" "${LOG_INTERVAL:=1}" "${MAX_EPOCH:=1}"
 fi
+BATCH_SIZE_GIVEN=${BATCH_SIZE:+1}
 BATCH_SIZE=${BATCH_SIZE:-${task_hparams[2]}}
 [[ $BATCH_SIZE =~ ^[1-9][0-9]*$ ]] || die "BATCH_SIZE must be a positive integer, not '$BATCH_SIZE'"
 TOTAL_NUM_UPDATE=${TOTAL_NUM_UPDATE:-${task_hparams[3]}}
@@ -180,4 +183,13 @@ if [[ -n $REPORT_FLAG && $VARIANT != rdrop ]] && (($(world_size) > 1)); then
     REPORT_FLAG=
 fi
 [[ -n $REPORT_FLAG ]] && TRAIN_ARGS+=("$REPORT_FLAG")
+# The table's batch sizes are per update on one GPU; on N, each update reads N times as many sentences
+# and --max-epoch ends the run after about 1/N of --total-num-update, the LR still near its peak.
+gpus=$(world_size)
+if ((gpus > 1)) && [[ -z $BATCH_SIZE_GIVEN ]] && ! [[ " ${EXTRA_ARGS[*]} " =~ \ --(batch-size|max-sentences)[=\ ] ]]; then
+    die "README.glue.md's batch size for $GLUE_TASK (${task_hparams[2]}) is for one GPU, and fairseq-train would use $gpus: \
+each update would read $gpus times as many sentences and --max-epoch $MAX_EPOCH would end the run after about 1/$gpus \
+of its $TOTAL_NUM_UPDATE updates. Set BATCH_SIZE per GPU (BATCH_SIZE=$(( (task_hparams[2] + gpus - 1) / gpus )) keeps \
+the table's batch), or train on one GPU (CUDA_VISIBLE_DEVICES=0)"
+fi
 run_train

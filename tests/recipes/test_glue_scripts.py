@@ -204,18 +204,18 @@ def test_stock_criterion_reports_glue_metrics_on_one_gpu_only(task):
         argv, err = glue_command("--task", task, variant)
         assert report in argv and err == ""
         # fairseq 0.12.3.1's sentence_prediction would sum its per-example lists across workers and fail.
-        argv, err = glue_command("--task", task, variant, gpus="0,1")
+        argv, err = glue_command("--task", task, variant, gpus="0,1", BATCH_SIZE="8")
         assert not any(arg.startswith("--report-") for arg in argv)
         assert err.count("\n") == 1 and f"{report} left out" in err and "several GPUs" in err
         assert f"scripts/evaluate-glue.sh --task {task} " in err and err.rstrip().endswith(f"-- {report} afterwards")
     # rdrop_sentence_prediction gathers them, on any number of GPUs.
-    argv, err = glue_command("--task", task, gpus="0,1,2,3")
+    argv, err = glue_command("--task", task, gpus="0,1,2,3", BATCH_SIZE="4")
     assert report in argv and err == ""
 
 
 def test_world_size_seen_for_the_report_flags():
     def dropped(*flags, gpus="0", **env):
-        argv, err = glue_command("--task", "CoLA", "--baseline", *flags, gpus=gpus, **env)
+        argv, err = glue_command("--task", "CoLA", "--baseline", *flags, gpus=gpus, BATCH_SIZE="8", **env)
         assert ("--report-mcc" in argv) != ("left out" in err)
         return "--report-mcc" not in argv
 
@@ -228,6 +228,19 @@ def test_world_size_seen_for_the_report_flags():
     assert dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="2", SLURM_NNODES="2")
     assert not dropped(DISTRIBUTED_PORT="9", SLURM_NTASKS="1", SLURM_NNODES="1")
     assert not dropped("--cpu", gpus="0,1") and not dropped("--", "--cpu", gpus="0,1")
+
+
+def test_the_one_gpu_batch_size_is_not_used_on_several_unless_asked_for():
+    # MNLI: batch 32 for 123,873 updates in 10 epochs on one GPU
+    proc = run_script("train-glue.sh", "--task", "MNLI", "--print-args",
+                      env=script_env(FP16="0", CUDA_VISIBLE_DEVICES="0,1,2,3"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "batch size for MNLI (32) is for one GPU, and fairseq-train would use 4" in proc.stderr
+    assert "about 1/4 of its 123873 updates" in proc.stderr and "BATCH_SIZE=8 keeps the table's batch" in proc.stderr
+    assert flag(glue_command("--task", "MNLI", gpus="0,1,2,3", BATCH_SIZE="8")[0], "--batch-size") == "8"
+    assert flag(glue_command("--task", "MNLI", "--", "--batch-size", "8", gpus="0,1,2,3")[0], "--batch-size") == "8"
+    assert flag(glue_command("--task", "MNLI", "--", "--distributed-world-size", "1", gpus="0,1")[0],
+                "--batch-size") == "32"
 
 
 def test_bad_input_is_named(tmp_path):
@@ -252,8 +265,9 @@ def test_smoke_and_distributed_commands():
     assert "--cpu" in argv and int(flag(argv, "--max-update")) <= 10 and flag(argv, "--encoder-layers") == "1"
     assert "smoke" in flag(argv, "--save-dir") and flag(argv, "--finetune-from-model") is None
     argv = dry_run("train-glue.sh", "--task", "SST-2", WORLD_SIZE=2, RANK=1, LOCAL_RANK=1, MASTER_ADDR="h",
-                   MASTER_PORT=9)
+                   MASTER_PORT=9, BATCH_SIZE=16)
     assert (flag(argv, "--distributed-world-size"), flag(argv, "--distributed-rank")) == ("2", "1")
+    assert flag(argv, "--batch-size") == "16"
 
 
 @pytest.mark.parametrize("script, model", [("train-glue.sh", "roberta.large"), ("train-cnndm.sh", "bart.large")])
