@@ -91,7 +91,7 @@ else
     variant_args rdrop_language_modeling rdrop_cross_entropy language_modeling cross_entropy
 fi
 TRAIN_ARGS+=(
-    --seed "${SEED:-1}" --save-dir "$SAVE_DIR"
+    --seed "${SEED:-1}" --save-dir "$SAVE_DIR" --no-epoch-checkpoints
     --save-interval-updates "${SAVE_INTERVAL_UPDATES:-0}" --log-format json --log-interval "${LOG_INTERVAL:-100}"
 )
 if [[ $SMOKE == 1 ]]; then

@@ -176,6 +176,13 @@ def test_rdrop_by_default_with_the_papers_alpha(script, task, criterion, alpha):
     assert flag(argv, "--user-dir") == str(Path(rdrop_fairseq.__file__).parent)
 
 
+@pytest.mark.parametrize("script", TRAIN_SCRIPTS)
+def test_no_checkpoint_per_epoch_is_kept(script):
+    # WikiText-103's default run has about 94 epochs of a 3 GB checkpoint each; evaluation reads
+    # checkpoint_best.pt (or the averaged last ones of --save-interval-updates)
+    assert "--no-epoch-checkpoints" in dry_run(script)
+
+
 def test_a_relative_path_finds_the_checkout_whatever_cdpath_says(tmp_path):
     (tmp_path / "decoy" / "scripts").mkdir(parents=True)  # what `cd scripts/..` would find through CDPATH
     proc = subprocess.run(["bash", "scripts/train-iwslt14.sh", "--print-args"], cwd=REPO, capture_output=True,
