@@ -5,6 +5,8 @@ REPO_DIR=$(CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)  # CDPAT
 USER_DIR=${USER_DIR:-$REPO_DIR/rdrop_fairseq}
 # python -m rdrop_fairseq.* from a checkout that is not installed.
 export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+# the interpreter of every python -m / -c step (fairseq-* are console scripts with their own)
+PYTHON=${PYTHON:-python}
 
 die() {
     printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2
@@ -29,7 +31,7 @@ need_command() {
 }
 
 cuda_available() {
-    python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
+    "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
 }
 
 # want_fp16 DEFAULT: FP16=auto uses fp16 exactly when CUDA is present and --cpu is not.
@@ -68,7 +70,7 @@ run_prepare() {
     case ${1:-} in
         -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     esac
-    exec "${PYTHON:-python}" -m "$module" "$@"
+    exec "$PYTHON" -m "$module" "$@"
 }
 
 # One shell-quoted line, ready to paste.

@@ -86,8 +86,8 @@ if [[ $CPU == 1 ]]; then
 elif want_fp16 auto; then
     SUMMARIZE_ARGS+=(--fp16)
 fi
-print_command python -m rdrop_fairseq.recipes.summarize "${SUMMARIZE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
+print_command "$PYTHON" -m rdrop_fairseq.recipes.summarize "${SUMMARIZE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
 # summarize writes $out under a temporary name and renames it once every summary is there.
-python -m rdrop_fairseq.recipes.summarize "${SUMMARIZE_ARGS[@]}" "${EXTRA_ARGS[@]}"
+"$PYTHON" -m rdrop_fairseq.recipes.summarize "${SUMMARIZE_ARGS[@]}" "${EXTRA_ARGS[@]}"
 echo "checkpoint: $CHECKPOINT"
-python -m rdrop_fairseq.recipes.rouge "$out" --references "$TEXT_DIR/$TEXT_SPLIT.target" --json "$RESULTS_DIR/rouge-$SUBSET.json"
+"$PYTHON" -m rdrop_fairseq.recipes.rouge "$out" --references "$TEXT_DIR/$TEXT_SPLIT.target" --json "$RESULTS_DIR/rouge-$SUBSET.json"

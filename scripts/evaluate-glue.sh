@@ -57,10 +57,13 @@ need_save_dir
 need_checkpoint
 need_command fairseq-validate
 
+# fairseq-validate builds the task and criterion the checkpoint was trained with (rdrop_* or stock);
+# --task and --criterion only let its parser take their options, such as -- --report-mcc, which then
+# override the saved ones.
 VALIDATE_ARGS=(
     "$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --valid-subset "$SUBSETS"
     --task sentence_prediction --criterion sentence_prediction --batch-size "${BATCH_SIZE:-32}"
-    --model-overrides "$(python -c 'import sys; print(repr({"data": sys.argv[1]}))' "$DATA")" --log-format json
+    --model-overrides "$("$PYTHON" -c 'import sys; print(repr({"data": sys.argv[1]}))' "$DATA")" --log-format json
 )
 [[ $CPU == 1 ]] && VALIDATE_ARGS+=(--cpu)
 mkdir -p "$RESULTS_DIR"
@@ -69,4 +72,4 @@ print_command fairseq-validate "${VALIDATE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's
 fairseq-validate "${VALIDATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$log.part" 2>&1 || { tail -n 20 "$log.part" >&2; die "fairseq-validate failed; see $log.part"; }
 mv "$log.part" "$log"
 echo "checkpoint: $CHECKPOINT"
-python -m rdrop_fairseq.recipes.validate_log "$log" --json "$RESULTS_DIR/glue-dev.json"
+"$PYTHON" -m rdrop_fairseq.recipes.validate_log "$log" --json "$RESULTS_DIR/glue-dev.json"

@@ -78,8 +78,10 @@ grep -qE '^Loss \(base 2\): [0-9.]+, Perplexity: [0-9.]+$' <<<"$result" \
 loss=$(sed -E 's/.*: ([0-9.]+), .*/\1/' <<<"$result")
 ppl=$(sed -E 's/.*Perplexity: ([0-9.]+)/\1/' <<<"$result")
 json=$RESULTS_DIR/perplexity-$SUBSET.json
-printf '{"checkpoint": "%s", "subset": "%s", "loss_base2": %s, "perplexity": %s}\n' \
-    "$CHECKPOINT" "$SUBSET" "$loss" "$ppl" >"$json.part"
+# json.dumps: a path may hold a quote or a backslash
+"$PYTHON" -c 'import json, sys
+print(json.dumps({"checkpoint": sys.argv[1], "subset": sys.argv[2], "loss_base2": float(sys.argv[3]),
+                  "perplexity": float(sys.argv[4])}))' "$CHECKPOINT" "$SUBSET" "$loss" "$ppl" >"$json.part"
 mv "$json.part" "$json"
 echo "checkpoint: $CHECKPOINT"
 echo "$SUBSET perplexity = $ppl (loss $loss bits/token)"

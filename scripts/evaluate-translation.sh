@@ -19,7 +19,7 @@ usage: scripts/evaluate-translation.sh --setup iwslt14|wmt14 --save-dir DIR [opt
   --average N        average the last N update checkpoints (checkpoint_<epoch>_<update>.pt,
                      written by --save-interval-updates), or 1: score checkpoint_best.pt (env AVERAGE;
                      default: iwslt14 1, the best by validation BLEU as the authors scored it; wmt14 5)
-  --checkpoint FILE  score this checkpoint instead
+  --checkpoint FILE  score this checkpoint instead (not with --average)
   --subset NAME      split to translate             (env SUBSET; default test)
   --cpu              generate on CPU (also env CPU=1)
 
@@ -54,6 +54,7 @@ while (($#)); do
     esac
 done
 
+[[ -n $CHECKPOINT && -n $AVERAGE ]] && die "--checkpoint and --average (or CHECKPOINT and AVERAGE) name two checkpoints to score: give one"
 case $SETUP in
     iwslt14)
         SRC=de; TGT=en; DATA_NAME=iwslt14.de-en; SCORE_ARGS=(--lowercase)
@@ -79,7 +80,7 @@ elif [[ $AVERAGE == 1 ]]; then
     [[ -f $CHECKPOINT ]] || die "--average 1 scores $CHECKPOINT, which does not exist"
 else
     CHECKPOINT=$SAVE_DIR/checkpoint.avg$AVERAGE.pt
-    python -m rdrop_fairseq.recipes.average_checkpoints --save-dir "$SAVE_DIR" --last "$AVERAGE" --output "$CHECKPOINT"
+    "$PYTHON" -m rdrop_fairseq.recipes.average_checkpoints --save-dir "$SAVE_DIR" --last "$AVERAGE" --output "$CHECKPOINT"
 fi
 
 GENERATE_ARGS=(
@@ -91,9 +92,10 @@ GENERATE_ARGS=(
 mkdir -p "$RESULTS_DIR"
 out=$RESULTS_DIR/generate-$SUBSET.txt
 print_command fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
-fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$out.part"
+fairseq-generate "${GENERATE_ARGS[@]}" "${EXTRA_ARGS[@]}" >"$out.part" || die "fairseq-generate failed (its error is above); \
+its partial output is $out.part"
 mv "$out.part" "$out"
 grep -E '^Generate .* BLEU4 = ' "$out" >&2 || true
 echo "checkpoint: $CHECKPOINT"
 [[ ${REMOVE_BPE:-subword_nmt} == sentencepiece ]] && SCORE_ARGS+=(--raw-text)
-python -m rdrop_fairseq.recipes.bleu "$out" --lang "$TGT" "${SCORE_ARGS[@]}" --json "$RESULTS_DIR/bleu-$SUBSET.json"
+"$PYTHON" -m rdrop_fairseq.recipes.bleu "$out" --lang "$TGT" "${SCORE_ARGS[@]}" --json "$RESULTS_DIR/bleu-$SUBSET.json"

@@ -97,7 +97,7 @@ MAX_EPOCH=$(variant_max_tokens "$MAX_EPOCH")
 if [[ $PRINT_ARGS != 1 ]]; then
     [[ -f $DATA/input0/dict.txt ]] || die "--data: $DATA has no input0/dict.txt: run scripts/prepare-glue.sh --task $GLUE_TASK, or pass --data"
     if [[ -z $RESTORE && $SMOKE != 1 ]]; then
-        RESTORE=$(python -m rdrop_fairseq.recipes.datasets.pretrained roberta.large --out "${MODELS_DIR:-models}" | tail -n 1)
+        RESTORE=$("$PYTHON" -m rdrop_fairseq.recipes.datasets.pretrained roberta.large --out "${MODELS_DIR:-models}" | tail -n 1)
     fi
     [[ -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
 elif [[ -z $RESTORE && $SMOKE != 1 ]]; then

@@ -3,6 +3,7 @@ tests/recipes/test_train_scripts.py (shared through pytest's session temp dir)."
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -118,3 +119,45 @@ def test_evaluate_translation_defaults_for_iwslt14(tmp_path, translation_bin, re
     assert f"--remove-bpe {remove_bpe}" in (tmp_path / "bin" / "fairseq-generate.args").read_text()
     result = json.loads((run / "bleu-test.json").read_text())
     assert result["raw_text"] is raw_text and result["lowercase"] and result["tokenized_bleu"] == 100
+
+
+def test_evaluate_translation_refuses_a_checkpoint_and_an_average_together(tmp_path, translation_bin):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.pt").write_bytes(b"")
+    for flags, env in ((["--checkpoint", tmp_path / "run" / "mine.pt", "--average", "5"], {}),
+                       (["--average", "5"], {"CHECKPOINT": str(tmp_path / "run" / "mine.pt")})):
+        proc = subprocess.run(["bash", str(SCRIPTS / "evaluate-translation.sh"), "--setup", "wmt14", "--data",
+                               translation_bin, "--save-dir", tmp_path / "run", *flags],
+                              env=script_env(**env), capture_output=True, text=True)
+        assert proc.returncode == 2 and "--checkpoint and --average" in proc.stderr and "give one" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoint.avg5.pt").exists()
+
+
+def test_evaluate_translation_names_a_failed_generation(tmp_path, translation_bin):
+    path = stand_in(tmp_path / "bin", "fairseq-generate", "echo 'S-0\tpartial'; echo 'CUDA out of memory' >&2; exit 1")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint_best.pt").write_bytes(b"")
+    proc = subprocess.run(["bash", str(SCRIPTS / "evaluate-translation.sh"), "--setup", "iwslt14", "--data",
+                           translation_bin, "--save-dir", run], env=script_env(PATH=path), capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "CUDA out of memory" in proc.stderr
+    assert f"fairseq-generate failed (its error is above); its partial output is {run / 'generate-test.txt.part'}" \
+        in proc.stderr
+    assert not (run / "generate-test.txt").exists() and not (run / "bleu-test.json").exists()
+
+
+def test_evaluate_scripts_run_their_python_steps_with_PYTHON(tmp_path, lm_bin):
+    # a checkpoint path with a quote and a backslash, which the JSON must escape
+    path = stand_in(tmp_path / "bin", "fairseq-eval-lm", 'echo "Loss (base 2): 4.0000, Perplexity: 16.00"')
+    wrapper = tmp_path / "bin" / "my-python"
+    wrapper.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{tmp_path}/python.calls"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    run = tmp_path / 'run "odd" \\ name'
+    run.mkdir()
+    (run / "checkpoint_best.pt").write_bytes(b"")
+    run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", run, PATH=path, PYTHON=str(wrapper))
+    result = json.loads((run / "perplexity-test.json").read_text())
+    assert result == {"checkpoint": str(run / "checkpoint_best.pt"), "subset": "test", "loss_base2": 4.0,
+                      "perplexity": 16.0}
+    assert "import json" in (tmp_path / "python.calls").read_text()
