@@ -17,7 +17,11 @@ sentencepiece data), and reports
   ``--compound-split`` (WMT en-de: the ``##AT##-##AT##`` rule of
   ``get_ende_bleu.sh``) or ``--lowercase`` (IWSLT14).  Raw text is Moses-tokenised
   first, as ``get_ende_bleu.sh`` does, so that the compound split and the tokens are
-  those of tokenised text.
+  those of tokenised text.  On fairseq's WMT14 data, tokenised with ``-a``, a hyphen
+  reads ``@-@`` and the rule makes it ``@ ##AT##-##AT## @``: this is fairseq's
+  ``compound_split_bleu.sh`` on its generate output, the protocol of fairseq's and the
+  R-Drop authors' WMT numbers, and it gives a little more BLEU than
+  ``get_ende_bleu.sh`` on text tokenised without ``-a``.
 """
 import argparse
 import json
