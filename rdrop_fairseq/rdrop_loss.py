@@ -264,15 +264,19 @@ KERNEL_CHOICES = ("auto", "triton", "torch")
 MIN_TRITON = (3, 3)
 # Triton's interpreter before 3.7 cannot run a loop over a runtime bound with numpy 2.4 or later.
 MIN_TRITON_INTERPRETER_NUMPY_2_4 = (3, 7)
+# The kernels unroll every ordered pair of copies: beyond 8 they spill registers inside the vocabulary
+# loop on sm_80 and sm_90 (benchmarks/kernel_resources.py --copies 9), which costs more than it saves.
+MAX_FUSED_COPIES = 8
 
 
-def kernel_for(scores: Tensor) -> str:
+def kernel_for(scores: Tensor, copies: int = 2) -> str:
     """``"triton"`` or ``"torch"``: the implementation that computes the loss of ``scores``.
 
     ``RDROP_KERNEL`` decides: ``torch`` is the chunked Function in this module, ``triton``
     the fused kernels of :mod:`rdrop_fairseq.kernels.rdrop_loss_triton` (on a machine
     without CUDA they run under Triton's interpreter), ``auto`` (the default) the fused
-    kernels for fp32/bf16/fp16 CUDA tensors when Triton >= 3.3 is installed, else torch.
+    kernels for fp32/bf16/fp16 CUDA tensors of up to 8 copies when Triton >= 3.3 is
+    installed, else torch.
     """
     choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
     if choice not in KERNEL_CHOICES:
@@ -280,7 +284,7 @@ def kernel_for(scores: Tensor) -> str:
     version = _triton_version()
     if choice == "auto":
         fused = (scores.is_cuda and scores.dtype in (torch.float32, torch.bfloat16, torch.float16)
-                 and version is not None and version >= MIN_TRITON)
+                 and copies <= MAX_FUSED_COPIES and version is not None and version >= MIN_TRITON)
         return "triton" if fused else "torch"
     if choice == "triton":
         if version is None:
@@ -341,7 +345,7 @@ def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, f
         raise ValueError("target must have one entry per token of one copy")
     if target is not None:
         _check_targets(target, scores.size(-1), ignore_index)
-    if kernel_for(scores) == "triton":
+    if kernel_for(scores, copies) == "triton":
         from .kernels.rdrop_loss_triton import TritonRDropLossFunction
 
         return TritonRDropLossFunction.apply(

@@ -36,6 +36,16 @@ def test_every_launch_compiles_for_sm80_and_sm90_without_spilling(tmp_path):
     assert len(table) == len(rows)
 
 
+def test_five_to_eight_copies_get_a_block_that_does_not_spill_in_the_loop(tmp_path):
+    rows_file = tmp_path / "rows.json"
+    proc = run_script(tmp_path, "--arch", "90", "--dtype", "bf16", "--copies", "8", "--vocab", "32000",
+                      "--json", str(rows_file))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    assert len(rows) == 2 and {row["block"] for row in rows} == {512}
+    assert not [row for row in rows if row["stack_bytes"]], rows
+
+
 def test_every_route_compiles(tmp_path):
     rows_file = tmp_path / "rows.json"
     proc = run_script(tmp_path, "--all-routes", "--dtype", "bf16", "--copies", "3", "--vocab", "10008",

@@ -381,6 +381,15 @@ def test_auto_takes_the_fused_kernels_only_from_a_triton_they_were_checked_with(
     assert module.kernel_for(cuda_scores(torch.float64)) == "torch"
 
 
+def test_auto_leaves_more_copies_than_the_kernels_unroll_to_torch(monkeypatch):
+    from rdrop_fairseq import rdrop_loss as module
+    monkeypatch.setattr(module, "_triton_version", lambda: (3, 6, 0))
+    monkeypatch.delenv("RDROP_KERNEL", raising=False)
+    assert [module.kernel_for(cuda_scores(), copies) for copies in (2, 8, 9)] == ["triton", "triton", "torch"]
+    monkeypatch.setenv("RDROP_KERNEL", "triton")  # forced, as asked
+    assert module.kernel_for(cuda_scores(), 9) == "triton"
+
+
 def test_forcing_triton_older_than_the_checked_one_names_both_versions(monkeypatch):
     from rdrop_fairseq import rdrop_loss as module
     monkeypatch.setenv("RDROP_KERNEL", "triton")
