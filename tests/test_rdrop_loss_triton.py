@@ -192,6 +192,20 @@ def test_full_size_vocabularies_on_cuda(vocab, tokens):
     torch.testing.assert_close(leaf.grad.float(), ref_grad, rtol=2**-7, atol=1e-6)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="the launch configuration of many copies is the compiled kernels'")
+@pytest.mark.parametrize("copies", [4, 5, 8])
+def test_many_copies_compiled_with_their_own_block(copies):
+    # 5 to 8 copies take half the tile (benchmarks/kernel_resources.py); the default block, not BLOCK
+    logits, target = make_case(copies, batch=4, length=8, vocab=32_000, dtype=torch.bfloat16, seed=copies)
+    leaf = logits.detach().clone().requires_grad_()
+    new = TritonRDropLossFunction.apply(leaf, target, copies, 5.0, 0.1, PAD, True, 0)
+    new[0].backward()
+    ref, ref_grad = run(RDropLossFunction, logits.float(), target, copies, 5.0, 0.1, True)
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n, r, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(leaf.grad.float(), ref_grad, rtol=2**-7, atol=1e-6)
+
+
 @pytest.mark.parametrize("offset", [0.0, 200.0, -3000.0])
 def test_kl_keeps_its_precision_when_the_copies_differ_by_a_constant(offset):
     # A constant added to a copy's logits leaves its distribution unchanged, and so the KL;
