@@ -174,15 +174,6 @@ world_size() {
         visible_gpus
     fi
 }
-# fairseq 0.12.3.1's sentence_prediction keeps per-example predictions in its validation logs
-# with these flags but says the logs can be summed, so on several GPUs its validation fails
-# (the trainer sums the lists).  rdrop_sentence_prediction gathers them instead.
-if [[ -n $REPORT_FLAG && $VARIANT != rdrop ]] && (($(world_size) > 1)); then
-    printf '%s: note: %s left out: fairseq'"'"'s sentence_prediction criterion (--baseline/--double-batch) fails with it on several GPUs; for the metric run scripts/evaluate-glue.sh --task %s --save-dir %q -- %s afterwards\n' \
-        "$(basename "$0")" "$REPORT_FLAG" "$GLUE_TASK" "$SAVE_DIR" "$REPORT_FLAG" >&2
-    REPORT_FLAG=
-fi
-[[ -n $REPORT_FLAG ]] && TRAIN_ARGS+=("$REPORT_FLAG")
 # The table's batch sizes are per update on one GPU; on N, each update reads N times as many sentences
 # and --max-epoch ends the run after about 1/N of --total-num-update, the LR still near its peak.
 gpus=$(world_size)
@@ -192,4 +183,13 @@ each update would read $gpus times as many sentences and --max-epoch $MAX_EPOCH 
 of its $TOTAL_NUM_UPDATE updates. Set BATCH_SIZE per GPU (BATCH_SIZE=$(( (task_hparams[2] + gpus - 1) / gpus )) keeps \
 the table's batch), or train on one GPU (CUDA_VISIBLE_DEVICES=0)"
 fi
+# fairseq 0.12.3.1's sentence_prediction keeps per-example predictions in its validation logs
+# with these flags but says the logs can be summed, so on several GPUs its validation fails
+# (the trainer sums the lists).  rdrop_sentence_prediction gathers them instead.
+if [[ -n $REPORT_FLAG && $VARIANT != rdrop ]] && ((gpus > 1)); then
+    printf '%s: note: %s left out: fairseq'"'"'s sentence_prediction criterion (--baseline/--double-batch) fails with it on several GPUs; for the metric run scripts/evaluate-glue.sh --task %s --save-dir %q -- %s afterwards\n' \
+        "$(basename "$0")" "$REPORT_FLAG" "$GLUE_TASK" "$SAVE_DIR" "$REPORT_FLAG" >&2
+    REPORT_FLAG=
+fi
+[[ -n $REPORT_FLAG ]] && TRAIN_ARGS+=("$REPORT_FLAG")
 run_train

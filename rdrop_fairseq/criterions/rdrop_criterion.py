@@ -47,12 +47,12 @@ class RDropCriterionMixin:
         (loss, smoothed, nll, kl), extra_logs = self.compute_rdrop_loss(
             model, net_output, sample, copies
         )
-        sample_size, nsentences = self.sample_sizes(sample)
+        sample_size, ntokens, nsentences = self.sample_sizes(sample)
         logging_output = {
             "loss": smoothed.data / copies,
             "nll_loss": nll.data / copies,
             "kl_loss": kl.data,
-            "ntokens": self.token_count(sample),
+            "ntokens": ntokens,
             "nsentences": nsentences,
             "sample_size": sample_size,
             **extra_logs,
@@ -64,9 +64,9 @@ class RDropCriterionMixin:
         return sample["ntokens"]
 
     def sample_sizes(self, sample):
-        """``(sample_size, nsentences)`` as the wrapped criterion logs them."""
-        sentences = sample["target"].size(0)
-        return (sentences if self.sentence_avg else self.token_count(sample)), sentences
+        """``(sample_size, ntokens, nsentences)`` as the wrapped criterion logs them."""
+        sentences, tokens = sample["target"].size(0), self.token_count(sample)
+        return (sentences if self.sentence_avg else tokens), tokens, sentences
 
     def compute_rdrop_loss(self, model, net_output, sample, copies):
         """``(loss, smoothed_nll, nll, kl)`` as :func:`rdrop_loss` returns them, summed

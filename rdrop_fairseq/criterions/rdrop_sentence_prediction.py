@@ -29,7 +29,8 @@ class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCr
 
     def sample_sizes(self, sample):
         """The stock criterion's: one per target value, B, or B * C for a regression on C values."""
-        return sample["target"].numel(), sample["target"].numel()
+        values = sample["target"].numel()
+        return values, sample["ntokens"], values
 
     def forward(self, model, sample, reduce=True, update_num=None):
         if self.classification_head_name not in getattr(model, "classification_heads", {}):
