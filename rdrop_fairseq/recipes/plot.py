@@ -155,7 +155,8 @@ def main(argv: Optional[Sequence[str]] = None):
     parser = argparse.ArgumentParser(prog="python -m rdrop_fairseq.recipes.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="fairseq log files or folders holding one")
-    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="figure to write; its suffix picks the format (.png, .pdf, .svg; none: PNG)")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"),
+                        help="figure to write; its suffix picks the format (.png, .pdf, .svg; none: PNG)")
     parser.add_argument("--labels", nargs="+", help="legend names, one per RUN (default: folder names)")
     parser.add_argument("--title")
     args = parser.parse_args(argv)
