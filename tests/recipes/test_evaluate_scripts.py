@@ -16,6 +16,12 @@ SHORT_OUTPUTS = ["--", "--max-len-a", "1.2", "--max-len-b", "10"]
 TEST_SENTENCES = 40  # tests/test_train_scripts.translation_data keeps 40 test pairs
 
 
+def translation_exit(*args, **env):
+    """evaluate-translation.sh run to its exit, whatever its status."""
+    return subprocess.run(["bash", str(SCRIPTS / "evaluate-translation.sh"), *map(str, args)], env=script_env(**env),
+                          capture_output=True, text=True)
+
+
 def evaluate_translation(setup, data, save_dir, *flags):
     return run_script("evaluate-translation.sh", "--setup", setup, "--data", data, "--save-dir", save_dir,
                       "--cpu", *flags, *SHORT_OUTPUTS)
@@ -51,8 +57,7 @@ def test_evaluate_translation_averages_generates_and_scores(setup, run, tokenize
 def test_evaluate_translation_names_bad_input(args, message):
     env = dict(arg.split("=", 1) for arg in args if "=" in arg)
     args = [arg for arg in args if "=" not in arg]
-    proc = subprocess.run(["bash", str(SCRIPTS / "evaluate-translation.sh"), *args], env=script_env(**env),
-                          capture_output=True, text=True)
+    proc = translation_exit(*args, **env)
     assert proc.returncode != 0 and message in proc.stderr
 
 
@@ -126,9 +131,8 @@ def test_evaluate_translation_refuses_a_checkpoint_and_an_average_together(tmp_p
     (tmp_path / "run" / "mine.pt").write_bytes(b"")
     for flags, env in ((["--checkpoint", tmp_path / "run" / "mine.pt", "--average", "5"], {}),
                        (["--average", "5"], {"CHECKPOINT": str(tmp_path / "run" / "mine.pt")})):
-        proc = subprocess.run(["bash", str(SCRIPTS / "evaluate-translation.sh"), "--setup", "wmt14", "--data",
-                               translation_bin, "--save-dir", tmp_path / "run", *flags],
-                              env=script_env(**env), capture_output=True, text=True)
+        proc = translation_exit("--setup", "wmt14", "--data", translation_bin, "--save-dir", tmp_path / "run", *flags,
+                                **env)
         assert proc.returncode == 2 and "--checkpoint and --average" in proc.stderr and "give one" in proc.stderr
     assert not (tmp_path / "run" / "checkpoint.avg5.pt").exists()
 
@@ -138,9 +142,7 @@ def test_evaluate_translation_names_a_failed_generation(tmp_path, translation_bi
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint_best.pt").write_bytes(b"")
-    proc = subprocess.run(["bash", str(SCRIPTS / "evaluate-translation.sh"), "--setup", "iwslt14", "--data",
-                           translation_bin, "--save-dir", run], env=script_env(PATH=path), capture_output=True,
-                          text=True)
+    proc = translation_exit("--setup", "iwslt14", "--data", translation_bin, "--save-dir", run, PATH=path)
     assert proc.returncode == 2 and "CUDA out of memory" in proc.stderr
     assert f"fairseq-generate failed (its error is above); its partial output is {run / 'generate-test.txt.part'}" \
         in proc.stderr
