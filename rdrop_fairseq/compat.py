@@ -32,10 +32,21 @@
   compares the last columns of the whole token buffer, padding beyond the current step,
   and so blocks nothing (fairseq issue #4709).  The fallback is
   :func:`block_repeated_ngrams`, which does what the extension does.
+* fairseq prefetches batches in daemon threads (``data.iterators.BackgroundConsumer``) that
+  are still running when fairseq-train returns.  Python before 3.14 ends a daemon thread
+  that wakes during interpreter shutdown with ``pthread_exit``; inside a torch op, which
+  releases the GIL, that aborts the process ("terminate called without an active
+  exception", exit status 134) after the checkpoints are written, so a script running
+  under ``set -e`` stops.  At exit the prefetch threads are told to stop and are joined
+  first (:func:`stop_prefetch_threads`).
 """
+import atexit
 import functools
 import importlib
 import math
+import queue
+import threading
+import time
 import types
 
 import numpy as np
@@ -178,6 +189,54 @@ def _patch_ngram_blocking():
     NGramRepeatBlock._no_repeat_ngram = _no_repeat_ngram
 
 
+_EXITING = threading.Event()
+PREFETCH_STOP_TIMEOUT_S = 60.0
+
+
+def _until_exit(batches):
+    """``batches``, ending early once the interpreter is exiting: checked before each batch,
+    so that a prefetch thread is never inside a torch op when shutdown begins."""
+    batches = iter(batches)
+    while not _EXITING.is_set():
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch
+
+
+def stop_prefetch_threads(timeout_s: float = PREFETCH_STOP_TIMEOUT_S):
+    """Stop fairseq's batch prefetch threads and join them (registered with :mod:`atexit`)."""
+    _EXITING.set()
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if not getattr(type(thread), "stops_at_exit", False):
+            continue
+        while thread.is_alive() and time.monotonic() < deadline:
+            try:  # make room for the batch, or the end marker, that it may be waiting to queue
+                while True:
+                    thread._queue.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.05)
+
+
+def _patch_prefetch_threads():
+    from fairseq.data import iterators
+
+    if getattr(iterators.BackgroundConsumer, "stops_at_exit", False):
+        return
+
+    class BackgroundConsumer(iterators.BackgroundConsumer):
+        stops_at_exit = True
+
+        def __init__(self, queue, source, max_len, cuda_device):
+            super().__init__(queue, _until_exit(source), max_len, cuda_device)
+
+    iterators.BackgroundConsumer = BackgroundConsumer
+    atexit.register(stop_prefetch_threads)
+
+
 def apply():
     _patch_numpy_compat()
     _patch_checkpoint_loading()
@@ -185,3 +244,4 @@ def apply():
     _patch_nan_detector()
     _patch_batch_by_size()
     _patch_ngram_blocking()
+    _patch_prefetch_threads()

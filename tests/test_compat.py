@@ -2,6 +2,8 @@
 import io
 import pickle
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -113,3 +115,44 @@ def test_fairseqs_ngram_blocker_without_its_cuda_extension_blocks_repeats():
     tokens[0, :4] = torch.tensor([2, 5, 6, 5])  # at step 3, "5 6" was seen: after "5", 6 is banned
     lprobs = blocker(tokens, torch.zeros(1, 9), 1, 1, 3)
     assert lprobs[0].isinf().nonzero().flatten().tolist() == [6]
+
+
+PREFETCH_AT_EXIT = '''
+import atexit, sys, threading, torch
+
+def report():  # registered before the plugin's hook, so it runs after it
+    alive = [t for t in threading.enumerate() if type(t).__name__ == "BackgroundConsumer" and t.is_alive()]
+    print("prefetch threads alive:", len(alive), flush=True)
+
+atexit.register(report)
+if sys.argv[1] == "plugin":
+    import rdrop_fairseq
+from fairseq.data.iterators import BufferedIterator
+
+class Batches:  # endless, and each batch a torch op that releases the GIL
+    def __len__(self):
+        return 10 ** 9
+
+    def __iter__(self):
+        x = torch.randn(128, 128)
+        while True:
+            yield (x @ x).sum()
+
+next(BufferedIterator(10 ** 6, Batches()))  # the prefetch thread is still computing at exit
+'''
+
+
+def test_prefetch_threads_are_stopped_before_the_interpreter_shuts_down(tmp_path):
+    script = tmp_path / "prefetch_at_exit.py"
+    script.write_text(PREFETCH_AT_EXIT)
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120)
+
+    with_plugin = run("plugin")
+    assert with_plugin.returncode == 0, with_plugin.stderr[-2000:]
+    assert "prefetch threads alive: 0" in with_plugin.stdout
+    stock = run("stock")  # the same without the plugin: what it guards against
+    if stock.returncode == 0:
+        pytest.skip("this Python does not end daemon threads at shutdown with pthread_exit (3.14+)")
+    assert "terminate called" in stock.stderr

@@ -5,6 +5,7 @@ are kept in pytest's session temp dir and reused by tests/recipes/test_evaluate_
 """
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -56,10 +57,15 @@ def flag(argv, name):
 
 
 def once(dest: Path, build):
-    """Build ``dest`` unless an earlier test (of any module) already did."""
+    """Build ``dest`` unless an earlier test (of any module) already did.
+
+    A folder left without ``.done`` is the remains of a build that failed: start it afresh, so that
+    a crash shows as its own error and not as a later run resuming from its checkpoints.
+    """
     done = dest / ".done"
     if not done.exists():
-        dest.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
         build(dest)
         done.touch()
     return dest
@@ -161,6 +167,18 @@ def translation_bin(tmp_path_factory):
 @pytest.fixture(scope="session")
 def lm_bin(tmp_path_factory):
     return lm_data(tmp_path_factory.getbasetemp())
+
+
+def test_once_starts_afresh_where_a_build_failed(tmp_path):
+    def crash(dest):
+        (dest / "checkpoint_last.pt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        once(tmp_path / "run", crash)
+    built = once(tmp_path / "run", lambda dest: (dest / "train.log").write_text("ok"))
+    assert sorted(p.name for p in built.iterdir()) == [".done", "train.log"]
+    once(built, crash)  # done: not built again
 
 
 # ------------------------------------------------------------------ the commands
