@@ -30,16 +30,25 @@ need_command() {
     command -v "$1" >/dev/null || die "'$1' not found on PATH: activate the environment that has fairseq installed"
 }
 
+# has_arg NAME ARGS...: whether NAME is one of ARGS.
+has_arg() {
+    local name=$1 arg
+    shift
+    for arg; do [[ $arg == "$name" ]] && return 0; done
+    return 1
+}
+
 cuda_available() {
     "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
 }
 
-# want_fp16 DEFAULT: FP16=auto uses fp16 exactly when CUDA is present and --cpu is not.
+# want_fp16 DEFAULT: FP16=auto uses fp16 exactly when CUDA is present and --cpu is not (the script's
+# own --cpu, or one passed on after `--`, which would otherwise meet --fp16 only where CUDA is).
 want_fp16() {
     case ${FP16:-$1} in
         1) return 0 ;;
         0) return 1 ;;
-        auto) [[ $CPU != 1 ]] && cuda_available ;;
+        auto) [[ $CPU != 1 ]] && ! has_arg --cpu ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} && cuda_available ;;
         *) die "FP16 must be auto, 1 or 0, not '${FP16}'" ;;
     esac
 }

@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,25 @@ def test_fp16_only_when_asked_or_on_cuda():
     assert "--fp16" not in dry_run("train-wmt14.sh", FP16=0)
     # FP16=auto probes CUDA; --cpu never gets fp16.
     assert "--fp16" not in dry_run("train-wikitext103.sh", "--cpu", FP16="auto")
+
+
+@pytest.fixture
+def python_with_cuda(tmp_path):
+    """A ``$PYTHON`` whose torch says CUDA is available; anything else goes to the real interpreter."""
+    python = tmp_path / "python"
+    python.write_text('#!/usr/bin/env bash\n'
+                      'case "$*" in *torch.cuda.is_available*) exit 0 ;; esac\n'
+                      f'exec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
+@pytest.mark.parametrize("script", ["train-wikitext103.sh", "train-cnndm.sh"])
+def test_fp16_auto_on_cuda_unless_cpu_is_asked_for_either_way(script, python_with_cuda):
+    assert "--fp16" in dry_run(script, FP16="auto", PYTHON=python_with_cuda)
+    assert "--fp16" not in dry_run(script, "--cpu", FP16="auto", PYTHON=python_with_cuda)
+    # a --cpu passed on to fairseq-train: with --fp16 too, fairseq would put the model in fp16 on the CPU
+    assert "--fp16" not in dry_run(script, "--", "--cpu", FP16="auto", PYTHON=python_with_cuda)
 
 
 @pytest.mark.parametrize("script", TRAIN_SCRIPTS)
