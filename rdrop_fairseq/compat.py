@@ -230,8 +230,8 @@ def _patch_prefetch_threads():
     class BackgroundConsumer(iterators.BackgroundConsumer):
         stops_at_exit = True
 
-        def __init__(self, queue, source, max_len, cuda_device):
-            super().__init__(queue, _until_exit(source), max_len, cuda_device)
+        def __init__(self, batch_queue, source, max_len, cuda_device):
+            super().__init__(batch_queue, _until_exit(source), max_len, cuda_device)
 
     iterators.BackgroundConsumer = BackgroundConsumer
     atexit.register(stop_prefetch_threads)
