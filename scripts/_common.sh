@@ -42,13 +42,12 @@ cuda_available() {
     "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
 }
 
-# want_fp16 DEFAULT: FP16=auto uses fp16 exactly when CUDA is present and --cpu is not (the script's
-# own --cpu, or one passed on after `--`, which would otherwise meet --fp16 only where CUDA is).
+# want_fp16 DEFAULT: FP16=auto uses fp16 exactly when CUDA is present and --cpu is not.
 want_fp16() {
     case ${FP16:-$1} in
         1) return 0 ;;
         0) return 1 ;;
-        auto) [[ $CPU != 1 ]] && ! has_arg --cpu ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} && cuda_available ;;
+        auto) [[ $CPU != 1 ]] && cuda_available ;;
         *) die "FP16 must be auto, 1 or 0, not '${FP16}'" ;;
     esac
 }
@@ -112,7 +111,8 @@ parse_train_args() {
             --smoke) SMOKE=1; CPU=1; shift ;;
             --cpu) CPU=1; shift ;;
             --print-args | --dry-run) PRINT_ARGS=1; shift ;;
-            --) shift; EXTRA_ARGS=("$@"); break ;;
+            # a --cpu passed on to fairseq is the script's --cpu too: no --fp16, gloo when distributed
+            --) shift; EXTRA_ARGS=("$@"); has_arg --cpu "$@" && CPU=1; break ;;
             *)
                 if declare -F parse_script_flag >/dev/null && parse_script_flag "$@"; then
                     shift "$SCRIPT_FLAG_SHIFT"

@@ -52,7 +52,7 @@ while (($#)); do
         --checkpoint) need_value "$@"; CHECKPOINT=$2; shift 2 ;;
         --subset) need_value "$@"; SUBSET=$2; shift 2 ;;
         --cpu) CPU=1; shift ;;
-        --) shift; EXTRA_ARGS=("$@"); break ;;
+        --) shift; EXTRA_ARGS=("$@"); has_arg --cpu "$@" && CPU=1; break ;;  # no --fp16 with it
         *) usage >&2; die "unknown option '$1'" ;;
     esac
 done

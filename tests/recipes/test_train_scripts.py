@@ -261,8 +261,8 @@ def test_torchrun_environment_becomes_fairseq_distributed_flags():
     assert (flag(argv, "--distributed-world-size"), flag(argv, "--distributed-rank"), flag(argv, "--device-id"),
             flag(argv, "--distributed-init-method")) == ("16", "9", "1", "tcp://node0:29500")
     assert "--distributed-no-spawn" in argv and "--distributed-backend" not in argv
-    cpu = dry_run("train-wmt14.sh", "--cpu", **env)
-    assert (flag(cpu, "--distributed-backend"), flag(cpu, "--ddp-backend")) == ("gloo", "legacy_ddp")
+    for cpu in dry_run("train-wmt14.sh", "--cpu", **env), dry_run("train-wmt14.sh", "--", "--cpu", **env):
+        assert (flag(cpu, "--distributed-backend"), flag(cpu, "--ddp-backend")) == ("gloo", "legacy_ddp")
     # Without a launcher fairseq itself spreads over the visible GPUs.
     assert not any(a.startswith("--distributed") for a in dry_run("train-wmt14.sh"))
 
