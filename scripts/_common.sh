@@ -42,10 +42,12 @@ cuda_available() {
     "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
 }
 
-# want_fp16 DEFAULT: FP16=auto uses fp16 exactly when CUDA is present and --cpu is not.
+# want_fp16 DEFAULT: FP16=auto uses fp16 exactly when CUDA is present and --cpu is not; FP16=1 with --cpu
+# is refused (fairseq would put the model in fp16 on the CPU).
 want_fp16() {
     case ${FP16:-$1} in
-        1) return 0 ;;
+        1) [[ $CPU != 1 ]] || die "FP16=1 asks for --fp16, which is for CUDA, but --cpu (or CPU=1) runs on the CPU: drop one of them"
+           return 0 ;;
         0) return 1 ;;
         auto) [[ $CPU != 1 ]] && cuda_available ;;
         *) die "FP16 must be auto, 1 or 0, not '${FP16}'" ;;

@@ -81,11 +81,8 @@ SUMMARIZE_ARGS=(
     --beam "${BEAM:-4}" --lenpen "${LENPEN:-2.0}" --max-len-b "${MAX_LEN_B:-140}" --min-len "${MIN_LEN:-55}"
     --no-repeat-ngram-size "${NO_REPEAT_NGRAM_SIZE:-3}" --batch-size "${BATCH_SIZE:-32}"
 )
-if [[ $CPU == 1 ]]; then
-    SUMMARIZE_ARGS+=(--cpu)
-elif want_fp16 auto; then
-    SUMMARIZE_ARGS+=(--fp16)
-fi
+[[ $CPU == 1 ]] && SUMMARIZE_ARGS+=(--cpu)
+want_fp16 auto && SUMMARIZE_ARGS+=(--fp16)
 print_command "$PYTHON" -m rdrop_fairseq.recipes.summarize "${SUMMARIZE_ARGS[@]}" "${EXTRA_ARGS[@]}" | sed 's/^/+ /' >&2
 # summarize writes $out under a temporary name and renames it once every summary is there.
 "$PYTHON" -m rdrop_fairseq.recipes.summarize "${SUMMARIZE_ARGS[@]}" "${EXTRA_ARGS[@]}"

@@ -30,8 +30,8 @@ usage: scripts/train-wikitext103.sh [options] [-- extra fairseq-train args]
 Hyperparameters (env), the authors' (and fairseq's, but for MAX_TOKENS 2048): LR=5e-4 WARMUP=4000 DROPOUT=0.1
   WEIGHT_DECAY=0.01 TOKENS_PER_SAMPLE=512 MAX_TOKENS=2000 UPDATE_FREQ=16 MAX_UPDATE=50000 SEED=1
   --adaptive: LR=1.0 WARMUP=16000 TOKENS_PER_SAMPLE=3072 MAX_TOKENS=3072 UPDATE_FREQ=3 MAX_UPDATE=286000
-  (the adaptive recipe's dropouts come with its arch; override them after --)
-  SAVE_INTERVAL_UPDATES=0 (off) LOG_INTERVAL=100 FP16=auto (on with CUDA; 1|0)
+  (its dropouts come with the arch, and it has no weight decay: DROPOUT and WEIGHT_DECAY set one if given)
+  SAVE_INTERVAL_UPDATES=0 (off) KEEP_INTERVAL_UPDATES=1 LOG_INTERVAL=100 FP16=auto (on with CUDA; 1|0)
 UPDATE_FREQ assumes eight GPUs, as the authors' runs (and fairseq's adaptive recipe) had: the batch is
   8 x MAX_TOKENS x UPDATE_FREQ, so on N GPUs set UPDATE_FREQ to 16 x 8 / N (adaptive: 3 x 8 / N).
 Distributed: torchrun --no-python ... scripts/train-wikitext103.sh (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*),
@@ -77,6 +77,7 @@ if [[ $ADAPTIVE == 1 ]]; then
         --tokens-per-sample "${TOKENS_PER_SAMPLE:-3072}" --max-tokens "$MAX_TOKENS"
         --update-freq "${UPDATE_FREQ:-3}" --max-update "${MAX_UPDATE:-286000}"
         --skip-invalid-size-inputs-valid-test --ddp-backend legacy_ddp
+        ${DROPOUT:+--dropout "$DROPOUT"} ${WEIGHT_DECAY:+--weight-decay "$WEIGHT_DECAY"}
     )
     variant_args rdrop_language_modeling rdrop_adaptive_loss language_modeling adaptive_loss
 else
@@ -92,7 +93,8 @@ else
 fi
 TRAIN_ARGS+=(
     --seed "${SEED:-1}" --save-dir "$SAVE_DIR" --no-epoch-checkpoints
-    --save-interval-updates "${SAVE_INTERVAL_UPDATES:-0}" --log-format json --log-interval "${LOG_INTERVAL:-100}"
+    --save-interval-updates "${SAVE_INTERVAL_UPDATES:-0}" --keep-interval-updates "${KEEP_INTERVAL_UPDATES:-1}"
+    --log-format json --log-interval "${LOG_INTERVAL:-100}"
 )
 if [[ $SMOKE == 1 ]]; then
     TRAIN_ARGS+=(--decoder-layers 1 --decoder-embed-dim 32 --decoder-ffn-embed-dim 64 --decoder-attention-heads 2

@@ -101,6 +101,8 @@ def test_evaluate_names_the_missing_text(prepared, tiny_bart, tmp_path):
     assert proc.returncode == 2 and f"--text-dir: {tmp_path} has no test.source" in proc.stderr
     proc = run_script("evaluate-cnndm.sh", *common, "--subset", "train", "--cpu", env=script_env())
     assert proc.returncode == 2 and "--subset must be test or valid" in proc.stderr
+    proc = run_script("evaluate-cnndm.sh", *common, "--text-dir", data / "cnn_dm", "--cpu", env=script_env(FP16="1"))
+    assert proc.returncode == 2 and "FP16=1 asks for --fp16" in proc.stderr
 
 
 def _watch_generation(bart, monkeypatch, prefer_eos=False):

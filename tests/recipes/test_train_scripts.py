@@ -23,7 +23,8 @@ TRAIN_SCRIPTS = ["train-iwslt14.sh", "train-wmt14.sh", "train-wikitext103.sh"]
 # Variables the scripts read from the environment; tests set them explicitly.
 SCRIPT_ENV = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DISTRIBUTED_PORT",
               "SLURM_NTASKS", "SLURM_NNODES", "DATA", "DATA_ROOT", "SAVE_DIR", "CHECKPOINT_ROOT", "ALPHA",
-              "MAX_TOKENS", "FP16", "CPU", "SMOKE", "DRY_RUN", "ARCH", "USER_DIR"}
+              "MAX_TOKENS", "FP16", "CPU", "SMOKE", "DRY_RUN", "ARCH", "USER_DIR", "DROPOUT", "WEIGHT_DECAY",
+              "SAVE_INTERVAL_UPDATES", "KEEP_INTERVAL_UPDATES"}
 
 
 def script_env(**extra):
@@ -219,6 +220,25 @@ def test_every_hyperparameter_can_be_overridden():
     argv = dry_run("train-wmt14.sh", "--", "--rdrop-alpha", "0.5", "--clip-norm", "1.0")
     assert argv[-4:] == ["--rdrop-alpha", "0.5", "--clip-norm", "1.0"]
     assert flag(argv, "--rdrop-alpha") == "0.5"
+
+
+def test_the_language_model_takes_the_documented_overrides_too():
+    for flags in ([], ["--adaptive"]):
+        argv = dry_run("train-wikitext103.sh", *flags, DROPOUT="0.2", WEIGHT_DECAY="0.05", SAVE_INTERVAL_UPDATES="500",
+                       KEEP_INTERVAL_UPDATES="3")
+        assert (flag(argv, "--dropout"), flag(argv, "--weight-decay"), flag(argv, "--save-interval-updates"),
+                flag(argv, "--keep-interval-updates")) == ("0.2", "0.05", "500", "3")
+    # unset, the adaptive recipe keeps its arch's dropouts and no weight decay; one interval checkpoint is kept
+    adaptive = dry_run("train-wikitext103.sh", "--adaptive")
+    assert (flag(adaptive, "--dropout"), flag(adaptive, "--weight-decay"), flag(adaptive, "--keep-interval-updates")) \
+        == (None, None, "1")
+
+
+@pytest.mark.parametrize("cpu", [["--cpu"], ["--", "--cpu"]])
+def test_fp16_is_refused_with_cpu(cpu):
+    proc = subprocess.run(["bash", str(SCRIPTS / "train-iwslt14.sh"), "--print-args", *cpu], capture_output=True,
+                          text=True, env=script_env(FP16="1"))
+    assert proc.returncode == 2 and "FP16=1 asks for --fp16" in proc.stderr and "--cpu" in proc.stderr
 
 
 @pytest.mark.parametrize("script,stock_task,stock_criterion", [
