@@ -55,6 +55,10 @@ def test_sentencepiece_from_archives(fixture, tmp_path, capsys):
     joined = check_corpus(fixture, out)
     assert "\u2581" in joined and "@@" not in joined
     assert (out / "wmt14.en-de" / "spm.model").is_file()
+    # another sample trains another sentencepiece model: the folder's outputs are not reused for it
+    with pytest.raises(SystemExit):
+        wmt14.main(["--out", str(out), "--spm", "--spm-vocab-size", "400", "--spm-sample", "1000", *archives])
+    assert "prepared with {'spm_sample': 10000000" in capsys.readouterr().err
 
 
 def test_archive_with_an_unknown_name_is_refused(fixture, tmp_path, capsys):

@@ -139,7 +139,8 @@ def finish_splits(layout: Layout) -> None:
 
 def prepare_wmt14(args) -> Path:
     layout = Layout(args.out, NAME)
-    params = {"spm_vocab_size": args.spm_vocab_size} if args.spm else {"bpe_merges": args.bpe_merges}
+    params = ({"spm_vocab_size": args.spm_vocab_size, "spm_sample": args.spm_sample} if args.spm
+              else {"bpe_merges": args.bpe_merges})
     check_params(layout, params)
     folders = fetch_and_extract(layout, args, ARCHIVES, members())
     make_text(folders, layout.tmp_dir, args.workers, moses=not args.spm)
