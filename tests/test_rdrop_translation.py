@@ -152,8 +152,12 @@ def test_activation_checkpointing_trains_without_per_copy_rates(data_dir):
 
 
 def test_variant_options_need_an_rdrop_criterion(data_dir):
-    with pytest.raises(ValueError, match="--criterion"):
+    with pytest.raises(ValueError, match="^--rdrop-every-k-steps needs an R-Drop --criterion"):
         build(data_dir, "--criterion", "label_smoothed_cross_entropy", "--rdrop-every-k-steps", "2")
+    # only the options that were given are named
+    with pytest.raises(ValueError, match="^--rdrop-copies and --rdrop-dropout-rates need an R-Drop --criterion"):
+        build(data_dir, "--criterion", "label_smoothed_cross_entropy", "--rdrop-copies", "3",
+              "--rdrop-dropout-rates", "[0.1,0.2,0.3]")
 
 
 def test_a_missing_or_unbinarised_data_folder_is_named(tmp_path):

@@ -28,6 +28,13 @@ class RDropTaskFields(TrustCheckpointsFields):
     )
 
 
+def variant_flags(passes: SubModelPasses) -> List[str]:
+    """The task options (``--rdrop-copies``, ...) whose values differ from their defaults."""
+    default = SubModelPasses()
+    return [f"--rdrop-{name.replace('_', '-')}" for name in ("copies", "every_k_steps", "dropout_rates")
+            if getattr(passes, name) != getattr(default, name)]
+
+
 class RDropTaskMixin:
     """Mixed in before a fairseq task.  Its train_step is fairseq's own, with the
     update number handed to the R-Drop criterion so that the sub-model schedule
@@ -47,17 +54,14 @@ class RDropTaskMixin:
             criterion = super().build_criterion(cfg)
         else:
             criterion = super().build_criterion(cfg, from_checkpoint)
-        if self.sub_model_passes != SubModelPasses() and not from_checkpoint:
+        flags = variant_flags(self.sub_model_passes)
+        if flags and not from_checkpoint:
+            named = f"{' and '.join(flags)} {'needs' if len(flags) == 1 else 'need'}"
             if not isinstance(criterion, RDropCriterionMixin):
-                raise ValueError(
-                    "--rdrop-copies, --rdrop-every-k-steps and --rdrop-dropout-rates need an "
-                    f"R-Drop --criterion, not {getattr(cfg, '_name', type(criterion).__name__)}"
-                )
+                raise ValueError(f"{named} an R-Drop --criterion, not "
+                                 f"{getattr(cfg, '_name', type(criterion).__name__)}")
             if criterion.rdrop_alpha == 0:
-                raise ValueError(
-                    "--rdrop-copies, --rdrop-every-k-steps and --rdrop-dropout-rates have "
-                    "no effect with --rdrop-alpha 0"
-                )
+                raise ValueError(f"{named} --rdrop-alpha above 0: with --rdrop-alpha 0 there is one pass and no KL term")
         return criterion
 
     def build_model(self, cfg, from_checkpoint=False):
