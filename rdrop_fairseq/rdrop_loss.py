@@ -276,14 +276,17 @@ def kernel_for(scores: Tensor, copies: int = 2) -> str:
     the fused kernels of :mod:`rdrop_fairseq.kernels.rdrop_loss_triton` (on a machine
     without CUDA they run under Triton's interpreter), ``auto`` (the default) the fused
     kernels for fp32/bf16/fp16 CUDA tensors of up to 8 copies when Triton >= 3.3 is
-    installed, else torch.
+    installed, else torch.  On ROCm builds of torch (whose GPU tensors are "cuda" too)
+    ``auto`` keeps torch: the kernels have been compiled and checked for NVIDIA targets
+    only, and ``triton`` runs them there on request.
     """
     choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"{KERNEL_ENV}={choice!r}: expected one of {', '.join(KERNEL_CHOICES)}")
     version = _triton_version()
     if choice == "auto":
-        fused = (scores.is_cuda and scores.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        fused = (scores.is_cuda and torch.version.hip is None
+                 and scores.dtype in (torch.float32, torch.bfloat16, torch.float16)
                  and copies <= MAX_FUSED_COPIES and version is not None and version >= MIN_TRITON)
         return "triton" if fused else "torch"
     if choice == "triton":

@@ -390,6 +390,16 @@ def test_auto_leaves_more_copies_than_the_kernels_unroll_to_torch(monkeypatch):
     assert module.kernel_for(cuda_scores(), 9) == "triton"
 
 
+def test_auto_keeps_torch_on_rocm_where_the_kernels_were_not_checked(monkeypatch):
+    from rdrop_fairseq import rdrop_loss as module
+    monkeypatch.setattr(module, "_triton_version", lambda: (3, 6, 0))
+    monkeypatch.delenv("RDROP_KERNEL", raising=False)
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133")
+    assert module.kernel_for(cuda_scores()) == "torch"
+    monkeypatch.setenv("RDROP_KERNEL", "triton")  # forced, as asked
+    assert module.kernel_for(cuda_scores()) == "triton"
+
+
 def test_forcing_triton_older_than_the_checked_one_names_both_versions(monkeypatch):
     from rdrop_fairseq import rdrop_loss as module
     monkeypatch.setenv("RDROP_KERNEL", "triton")
