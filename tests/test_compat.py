@@ -50,12 +50,22 @@ def test_torch_load_outside_fairseq_keeps_torch_default():
 
 def test_applying_twice_wraps_once():
     from fairseq import checkpoint_utils, tasks
+    from fairseq.data import data_utils, iterators
+    from fairseq.distributed import utils as distributed_utils
 
     from rdrop_fairseq import compat, safe_load
 
+    def patched():
+        return (checkpoint_utils.torch, distributed_utils.torch, tasks.setup_task, data_utils.batch_by_size,
+                iterators.BackgroundConsumer)
+
+    before = patched()  # rdrop_fairseq's import applied the patches once
     compat.apply()
+    assert all(now is then for now, then in zip(patched(), before))
     assert checkpoint_utils.torch.load is safe_load.load
     assert not getattr(tasks.setup_task.__wrapped__, "honours_trust", False)
+    assert not getattr(data_utils.batch_by_size.__wrapped__, "keeps_the_last_batch", False)
+    assert not getattr(iterators.BackgroundConsumer.__base__, "stops_at_exit", False)
 
 
 def builtin_eval_callers(package_dir):

@@ -100,8 +100,9 @@ def test_empty_data_directory_without_languages_is_named(tmp_path):
     empty = tmp_path / "data"
     empty.mkdir()
     args = language_pair_inferred(train_args(empty, tmp_path / "checkpoints", "--max-update", "1"))
-    with pytest.raises(Exception, match=re.escape(str(empty))):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"data directory {empty} holds no dict.*.txt")):
         run_fairseq_train_main(args)
+    assert_nothing_written(tmp_path / "checkpoints")
 
 
 @pytest.fixture(scope="module")

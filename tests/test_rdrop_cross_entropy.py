@@ -102,7 +102,7 @@ def test_alpha_zero_and_validation_are_stock_cross_entropy(lm):
     assert "kl_loss" not in valid[2]
 
 
-def test_logged_loss_is_per_copy_and_kl_separate(lm):
+def test_metrics_are_bits_per_token_with_the_kl_separate(lm):
     task, model, criterion = lm
     model.train()
     sample = lm_sample(task.dictionary)

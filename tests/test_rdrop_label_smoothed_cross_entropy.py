@@ -134,9 +134,14 @@ def test_works_as_a_drop_in_with_the_stock_translation_task(data_dir):
     _, task, model, criterion = build(data_dir, *CRITERION, task="translation")
     sample = translation_sample(task.target_dictionary)
     model.train()
+    torch.manual_seed(5)
     loss, _, log = criterion(model, sample)
     assert type(task).__name__ == "TranslationTask"
-    assert log["kl_loss"] > 0 and torch.isfinite(loss)
+    torch.manual_seed(5)  # the stock task gives no schedule: two copies on every step
+    ref_loss, _, _, ref_kl = reference_for(model, sample, 2, 5.0, 0.1, task.target_dictionary.pad())
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(log["kl_loss"], ref_kl.detach(), rtol=1e-5, atol=0)
+    assert log["kl_loss"] > 0
 
 
 def test_ignore_prefix_size_and_report_accuracy(data_dir):
@@ -144,15 +149,26 @@ def test_ignore_prefix_size_and_report_accuracy(data_dir):
     _, task, model, criterion = build(
         data_dir, *CRITERION, "--ignore-prefix-size", "1", "--report-accuracy"
     )
+    pad = task.target_dictionary.pad()
     sample = translation_sample(task.target_dictionary)
     model.train()
+    # targets that the first copy predicts, so that the count of correct tokens is far from 0 and differs
+    # between the copies (the target does not enter the forward pass, so the logits stay the same)
+    torch.manual_seed(9)
+    logits = model(**repeat_batch(sample["net_input"], 2))[0].detach()
+    target = sample["target"].clone()
+    first_copy = logits[0::2].argmax(-1)
+    target[:, 1:] = torch.where(target[:, 1:].eq(pad), target[:, 1:], first_copy[:, 1:])
+    sample = {**sample, "target": target}
     torch.manual_seed(9)
     loss, _, log = criterion(model, sample)
     torch.manual_seed(9)
-    ref = reference_for(model, sample, 2, 5.0, 0.1, task.target_dictionary.pad(), prefix=1)
+    ref = reference_for(model, sample, 2, 5.0, 0.1, pad, prefix=1)
     torch.testing.assert_close(loss, ref[0], rtol=1e-5, atol=1e-5)
-    non_pad = int(sample["target"][:, 1:].ne(task.target_dictionary.pad()).sum())
-    assert log["total"] == 2 * non_pad and 0 <= log["n_correct"] <= log["total"]
+    kept = target[:, 1:].ne(pad)
+    correct = [int((logits[c::2, 1:].argmax(-1).eq(target[:, 1:]) & kept).sum()) for c in (0, 1)]
+    assert correct[0] == int(kept.sum()) > correct[1]  # the second copy's dropout changed some predictions
+    assert (log["total"], log["n_correct"]) == (2 * int(kept.sum()), sum(correct))
 
 
 def test_sentence_avg_uses_sentences_of_one_copy(data_dir):

@@ -333,9 +333,13 @@ def test_a_task_config_saved_in_a_checkpoint_does_not_opt_in(run_dir, data, tmp_
         safe_load.load(crafted(run_dir / "checkpoint_last.pt", tmp_path / "extra.pt", ExtraState(1)))
 
 
-def test_refusal_without_opt_in_leaves_torch_allow_list_as_it_was(attack):
+def test_loads_leave_torch_allow_list_as_it_was(attack, run_dir):
     # compared as sets: adding and removing entries may reorder torch's registry (a set)
     before = set(torch.serialization.get_safe_globals())
+    # the plugin's entries are never left behind, by this test's loads or by any earlier one in the process
+    assert not before & set(safe_load.checkpoint_globals())
+    safe_load.load(run_dir / "checkpoint_last.pt")
+    assert set(torch.serialization.get_safe_globals()) == before
     with pytest.raises(safe_load.UntrustedCheckpointError):
         safe_load.load(attack[0])
     assert set(torch.serialization.get_safe_globals()) == before

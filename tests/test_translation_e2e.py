@@ -32,7 +32,8 @@ def data_bin(lohelp_bin):
 
 def run(tool, *args, cwd=None):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    for opt_out in ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "RDROP_TRUST_CHECKPOINTS"):  # the safe loader must do
+        env.pop(opt_out, None)
     done = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=cwd)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from test_train_scripts import (  # noqa: F401  (fixtures)
-    SCRIPTS, iwslt_run, lm_bin, lm_run, needs_lm_criterion, run_script, script_env, translation_bin, wmt_run,
+    SCRIPTS, iwslt_run, lm_bin, lm_run, run_script, script_env, translation_bin, wmt_run,
 )
 
 # An untrained model runs to the default 200-token limit; cap it as --eval-bleu-args does.
@@ -62,7 +62,6 @@ def test_evaluate_translation_names_bad_input(args, message):
 
 
 @pytest.mark.e2e
-@needs_lm_criterion
 def test_evaluate_lm_reports_perplexity(lm_run, lm_bin):
     proc = run_script("evaluate-lm.sh", "--smoke", "--data", lm_bin, "--save-dir", lm_run)
     result = json.loads((lm_run / "perplexity-test.json").read_text())

@@ -136,16 +136,6 @@ def lm_smoke_run(base: Path) -> Path:
         "train-wikitext103.sh", "--smoke", "--data", data, "--save-dir", dest, log=dest / "train.log"))
 
 
-def criterion_registered(name):
-    from fairseq.criterions import CRITERION_REGISTRY
-
-    return name in CRITERION_REGISTRY
-
-
-needs_lm_criterion = pytest.mark.skipif(not criterion_registered("rdrop_cross_entropy"),
-                                        reason="criterion rdrop_cross_entropy not in this checkout yet")
-
-
 @pytest.fixture(scope="session")
 def iwslt_run(tmp_path_factory):
     return iwslt_smoke_run(tmp_path_factory.getbasetemp())
@@ -393,7 +383,6 @@ def test_wmt_baseline_trains_as_two_gloo_processes(wmt_run):
 
 
 @pytest.mark.e2e
-@needs_lm_criterion
 def test_wikitext103_smoke_trains_with_rdrop(lm_run):
     stats = train_stats((lm_run / "train.log").read_text())
     assert stats["train_num_updates"] == "4"
