@@ -15,8 +15,8 @@
 #        BF16_SHAPES  step_cost shapes in bf16 (default: iwslt iwslt_full wmt wmt_full lm)
 #        FP16_SHAPES  step_cost shapes in fp16 (default: iwslt_full wmt_full)
 #        BLOCKS       loss_kernel's --blocks: block sizes timed beside the kernels' own (default: 1024 2048 8192)
-#        CORPUS, WORK_DIR  train_throughput's --corpus and --work-dir (default corpus: lohelp-de-en in
-#                          ../shared/corpora beside the checkout, which a device machine has only if carried)
+#        CORPUS, WORK_DIR  train_throughput's --corpus and --work-dir (default corpus: .corpus/lohelp-de-en
+#                          in the checkout, where a device run carries it, else ../shared/corpora/lohelp-de-en)
 #        THROUGHPUT_UPDATES  updates per throughput run (default: 150; 0 skips it)
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;; esac
@@ -78,7 +78,11 @@ for shape in ${FP16_SHAPES-iwslt_full wmt_full}; do
     logged step-cost-fp16 "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype fp16 --repeats "$repeats"
 done
 tables step-cost-fp16
-corpus=${CORPUS:-../shared/corpora/lohelp-de-en}  # train_throughput.py's own default
+corpus=${CORPUS:-}
+if [[ -z $corpus ]]; then  # where a device run carries it (../shared/device/README.md), else beside the checkout
+    corpus=.corpus/lohelp-de-en
+    [ -s "$corpus/train.de" ] || corpus=../shared/corpora/lohelp-de-en
+fi
 if [ "${THROUGHPUT_UPDATES:-150}" -gt 0 ] && [ ! -s "$corpus/train.de" ]; then
     echo "warning: no corpus at $corpus (set CORPUS; a device machine has ../shared only if carried): throughput skipped" >&2
     failed=2

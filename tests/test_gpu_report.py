@@ -1,6 +1,7 @@
 """benchmarks/gpu-report.sh with stand-ins for the GPU's interpreter and nvidia-smi: the tables of
 every benchmark are collected, and a benchmark that fails is shown with its error while the report goes on."""
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -35,7 +36,7 @@ esac
 '''
 
 
-def run_report(tmp_path, **env):
+def run_report(tmp_path, script=SCRIPT, **env):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     tools = [("python", FAKE_PYTHON)] + ([] if env.pop("NO_NVIDIA_SMI", None) else
@@ -45,7 +46,7 @@ def run_report(tmp_path, **env):
         (bin_dir / name).chmod(stat.S_IRWXU)
     out = tmp_path / "report"
     proc = subprocess.run(
-        ["bash", str(SCRIPT), str(out)], capture_output=True, text=True, timeout=60,
+        ["bash", str(script), str(out)], capture_output=True, text=True, timeout=60,
         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
              "THROUGHPUT_UPDATES": "0", "BF16_SHAPES": "iwslt wmt", "FP16_SHAPES": "wmt_full",
              "REAL_PYTHON": sys.executable, **env})
@@ -88,6 +89,19 @@ def test_throughput_gets_arguments_its_parser_takes_or_is_skipped_without_a_corp
     proc, out = run_report(tmp_path, THROUGHPUT_UPDATES="5", CORPUS=str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "throughput skipped" in proc.stderr
     assert (out / "step-cost-fp16.md").read_text().startswith("## wmt_full")
+
+
+def test_throughput_finds_the_corpus_a_device_run_carries_into_the_checkout(tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / "benchmarks").mkdir(parents=True)
+    for name in ("gpu-report.sh", "train_throughput.py"):
+        shutil.copy(SCRIPT.parent / name, checkout / "benchmarks" / name)
+    (checkout / ".corpus" / "lohelp-de-en").mkdir(parents=True)
+    (checkout / ".corpus" / "lohelp-de-en" / "train.de").write_text("hallo\n")
+    proc, out = run_report(tmp_path, script=checkout / "benchmarks" / "gpu-report.sh", THROUGHPUT_UPDATES="5",
+                           CORPUS="")  # unset
+    assert proc.returncode == 0, proc.stderr
+    assert "'corpus': PosixPath('.corpus/lohelp-de-en')" in (out / "train-throughput.log").read_text()
 
 
 def test_without_nvidia_smi_the_device_is_named_by_torch(tmp_path):
