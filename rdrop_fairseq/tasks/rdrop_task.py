@@ -1,4 +1,5 @@
 """What the R-Drop tasks share: their options and the R-Drop training step."""
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import List
@@ -31,8 +32,8 @@ class RDropTaskFields(TrustCheckpointsFields):
 def variant_flags(passes: SubModelPasses) -> List[str]:
     """The task options (``--rdrop-copies``, ...) whose values differ from their defaults."""
     default = SubModelPasses()
-    return [f"--rdrop-{name.replace('_', '-')}" for name in ("copies", "every_k_steps", "dropout_rates")
-            if getattr(passes, name) != getattr(default, name)]
+    return [f"--rdrop-{field.name.replace('_', '-')}" for field in dataclasses.fields(passes)
+            if field.compare and getattr(passes, field.name) != getattr(default, field.name)]
 
 
 class RDropTaskMixin:
