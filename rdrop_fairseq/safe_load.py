@@ -154,24 +154,57 @@ def _numpy_reconstruct() -> Callable:
     return core.multiarray._reconstruct
 
 
-def _no_objects(dtype: "np.dtype") -> "np.dtype":
+# The dtypes of fairseq's arrays (the n-gram counts of --eval-bleu): bools and numbers.
+_PLAIN_DTYPE_CHARS = "?bhilqBHILQefd"
+
+
+def _is_plain(dtype: "np.dtype") -> bool:
+    """Whether ``dtype`` is numpy's own dtype of a bool or a number, in either byte order.  A file
+    can rebuild a dtype's state (BUILD calls ``dtype.__setstate__``), giving it fields or a sub-array
+    that reach past its items while it still compares equal to int64: so every part of that state is
+    compared with the dtype numpy makes itself."""
+    canonical = np.dtype(dtype.str)
+    return (canonical.char in _PLAIN_DTYPE_CHARS and type(dtype) is type(canonical)
+            and dtype.byteorder == canonical.byteorder and dtype.itemsize == canonical.itemsize
+            and dtype.alignment == canonical.alignment and dtype.flags == canonical.flags
+            and dtype.fields is None and dtype.subdtype is None and dtype.metadata is None)
+
+
+def _plain(dtype: "np.dtype") -> "np.dtype":
     if dtype.hasobject:
         raise pickle.UnpicklingError(f"an array of Python objects (dtype {dtype}), read from raw pointers")
+    if not _is_plain(dtype):
+        raise pickle.UnpicklingError(f"a numpy dtype ({dtype}) that is not one of bools and numbers")
     return dtype
 
 
 def _dtype(*args) -> "np.dtype":
-    """``numpy.dtype`` for a checkpoint: numbers and bools; an object dtype would let the file's bytes
+    """``numpy.dtype`` for a checkpoint: bools and numbers; an object dtype would let the file's bytes
     be read as pointers."""
-    return _no_objects(np.dtype(*args))
+    return _plain(np.dtype(*args))
+
+
+def _ndarray(*args):
+    """What a file gets for ``numpy.ndarray``: the class to name to :func:`_reconstruct`, and a refusal when
+    called.  ``numpy.ndarray(shape, dtype, buffer)`` checks the buffer against the dtype's item size
+    before it expands a sub-array that the file gave the dtype, so it would read past the file's bytes."""
+    raise pickle.UnpicklingError("an array built by numpy.ndarray(shape, dtype, buffer) over the file's bytes, "
+                                 "which numpy's own pickles never do (they rebuild arrays with _reconstruct)")
 
 
 def _reconstruct(subtype, shape, dtype):
     """numpy's ``_reconstruct`` (an empty array that BUILD then fills from the file's bytes), for
     plain arrays of numbers only."""
-    if subtype is not np.ndarray:
+    if subtype is not _ndarray and subtype is not np.ndarray:  # np.ndarray: the user's own allow-list has it
         raise pickle.UnpicklingError(f"an array rebuilt as {subtype!r}, not numpy.ndarray")
-    return _numpy_reconstruct()(subtype, shape, _no_objects(np.dtype(dtype)))
+    return _numpy_reconstruct()(np.ndarray, shape, _plain(np.dtype(dtype)))
+
+
+def _build_only(cls: type) -> Tuple[type, str]:
+    """An allow-list entry that lets BUILD fill in instances of ``cls`` (torch allows it for the classes
+    on the list) under a name that no file can write, so that no file can call ``cls``: the unpickler
+    looks up ``module.name``, which always has a dot."""
+    return cls, f"BUILD of {cls.__name__}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -192,16 +225,17 @@ def checkpoint_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
         # arrays.  Files written under numpy 1 name numpy.core.
         # A file may call what it names with arguments of its own: numpy.dtype("O") and then
         # numpy.ndarray(shape, dtype, buffer) would make an array whose elements are pointers
-        # read from the file.  So the dtypes it can make are of numbers and bools only (and
-        # load() refuses an array or dtype that still says it holds objects); an array over a
-        # buffer of numbers is only data, whose size numpy checks against the buffer.
+        # read from the file.  So the dtypes it can make are of numbers and bools only, and
+        # load() refuses an array or dtype that is not such a one after the file rebuilt its
+        # state; an array over a buffer of numbers is only data, whose size numpy checks.
         (_reconstruct, "numpy._core.multiarray._reconstruct"),
         (_reconstruct, "numpy.core.multiarray._reconstruct"),
-        np.ndarray,
+        (_ndarray, "numpy.ndarray"),
         (_dtype, "numpy.dtype"),
-        # A dtype is rebuilt as an instance of its own class (numpy.dtypes.Int64DType
-        # for the counts above): those of bool and numbers, never object dtypes.
-        *sorted({type(np.dtype(code)) for code in "?bhilqBHILQefd"}, key=str),
+        # BUILD fills in the arrays and dtypes made above (a dtype is an instance of its own
+        # class, numpy.dtypes.Int64DType for the counts): those of bool and numbers only.
+        _build_only(np.ndarray),
+        *sorted({_build_only(type(np.dtype(char))) for char in _PLAIN_DTYPE_CHARS}, key=lambda entry: entry[1]),
         # Measured (checkpoints written by fairseq 0.8.0 and 0.9.0 themselves, tests/fixtures): those
         # releases, which wrote the 2019 pretrained models, pickle their training meters in
         # extra_state["train_meters"]; fairseq keeps the module alias fairseq.meters so that
@@ -272,7 +306,7 @@ def _allowed(entries):
 def _refused_global(error: Exception) -> str:
     message = str(error)
     match = (re.search(r"GLOBAL (\S+)", message) or re.search(r"got <class '([^']+)'>", message)
-             or re.search(r"WeightsUnpickler error:\s*(an array [^\n]+)", message))
+             or re.search(r"WeightsUnpickler error:\s*((?:an array|a numpy dtype) [^\n]+)", message))
     if match:
         return match.group(1)
     match = re.search(r"Unsupported operand (\d+)", message)  # e.g. protocol 0's INST, or not a pickle
@@ -328,22 +362,10 @@ def load(f, map_location=None):
         if not _is_torch_file(f, start):
             raise pickle.UnpicklingError(f"{name}: not a checkpoint: neither a zip file nor a pickle") from None
     else:
-        objects = [] if trusted() else _object_arrays(state)
-        if objects:
-            raise UntrustedCheckpointError(
-                f"{_describe(f)}: refused to load: it holds numpy arrays whose dtype says they hold Python "
-                f"objects ({', '.join(objects[:3])}), which would read pointers from the file.  No checkpoint "
-                f"fairseq writes holds one.  If you trust this file, {_opt_ins()}."
-            )
-        resolvers = [] if trusted() else _resolvers_in_config(state)
-        if resolvers:
-            raise UntrustedCheckpointError(
-                f"{_describe(f)}: refused to load: its config calls OmegaConf resolvers, which run when the "
-                f"value is read ({'; '.join(resolvers)}): oc.env, for one, would copy an environment variable "
-                "into the config, the logs and every checkpoint saved from it.  fairseq saves configs with "
-                f"their interpolations resolved, so no checkpoint it wrote holds one.  If you trust this file, "
-                f"{_opt_ins()}."
-            )
+        reason = None if trusted() else _unsafe_content(state)
+        if reason:
+            raise UntrustedCheckpointError(f"{_describe(f)}: refused to load: {reason}.  If you trust this file, "
+                                           f"{_opt_ins()}.")
         return state
     if not trusted():
         raise UntrustedCheckpointError(
@@ -364,14 +386,14 @@ def load(f, map_location=None):
     return torch.load(f, map_location=map_location, weights_only=False)
 
 
-def _object_arrays(state: Any) -> List[str]:
-    """Where the loaded checkpoint holds a numpy array or dtype that claims to hold objects (the
-    allow-list's constructors refuse object dtypes; this also catches a dtype flagged so by its state)."""
+def _arrays_not_plain(state: Any) -> List[str]:
+    """Where the loaded checkpoint holds a numpy array or dtype that is not numpy's own of bools and
+    numbers: the allow-list's constructors make only those, but the file rebuilds a dtype's state."""
     found, stack, seen = [], [("", state)], set()
     while stack:
         where, value = stack.pop()
         if isinstance(value, (np.ndarray, np.dtype)):
-            if (value.dtype if isinstance(value, np.ndarray) else value).hasobject:
+            if not _is_plain(value.dtype if isinstance(value, np.ndarray) else value):
                 found.append(where or "the file")
             continue
         if torch.is_tensor(value) or isinstance(value, (str, bytes, int, float, bool, type(None))) or id(value) in seen:
@@ -405,25 +427,65 @@ def _has_call(text: str) -> bool:
     return any(isinstance(node, ast.Call) for node in ast.walk(tree))
 
 
-def _config_strings(state: Any, where: str = "", legacy: bool = False):
-    """``(where, value, legacy)`` for every string of the checkpoint's saved config (``cfg``, or
-    ``args`` before fairseq 0.10); ``legacy`` for the strings of an ``argparse.Namespace``, which
-    fairseq converts to an OmegaConf config (``convert_namespace_to_omegaconf``)."""
+def _config_values(state: Any, where: str = "", legacy: bool = False):
+    """``(where, value, legacy)`` for every value of the checkpoint's saved config (``cfg``, or ``args``
+    before fairseq 0.10) that is not a dict, list, tuple or ``argparse.Namespace``; ``legacy`` for the
+    values of a Namespace, which fairseq converts to an OmegaConf config (``convert_namespace_to_omegaconf``)."""
     if where == "":
         for key in ("cfg", "args"):
             if isinstance(state, dict) and key in state:
-                yield from _config_strings(state[key], key, key == "args")
+                yield from _config_values(state[key], key, key == "args")
         return
     if isinstance(state, argparse.Namespace):
         state, legacy = vars(state), True
     if isinstance(state, dict):
         for key, value in state.items():
-            yield from _config_strings(value, f"{where}.{key}", legacy)
+            yield from _config_values(value, f"{where}.{key}", legacy)
     elif isinstance(state, (list, tuple)):
         for i, value in enumerate(state):
-            yield from _config_strings(value, f"{where}[{i}]", legacy)
-    elif isinstance(state, str):
+            yield from _config_values(value, f"{where}[{i}]", legacy)
+    else:
         yield where, state, legacy
+
+
+def _config_strings(state: Any):
+    """``(where, value, legacy)`` for every string of the checkpoint's saved config."""
+    return ((where, value, legacy) for where, value, legacy in _config_values(state) if isinstance(value, str))
+
+
+def _config_values_not_data(state: Any) -> List[str]:
+    """``where (type)`` for every value of the saved config that is not a string, a number, a bool or
+    None, which is all fairseq's configs hold: fairseq formats such a value into a Hydra override, where
+    a numpy array of text, say, becomes a string that no check here has read."""
+    return [f"{where} ({type(value).__module__}.{type(value).__qualname__})" for where, value, _ in _config_values(state)
+            if not isinstance(value, (str, int, float, bool, type(None)))]
+
+
+# What fairseq's registries name (tasks, architectures, criteria, BPEs, ...): word characters.
+_REGISTRY_NAME = re.compile(r"[A-Za-z0-9_][\w.\-]*")
+
+
+def _registry_choices_not_names(state: Any) -> List[str]:
+    """``where = value`` for every registry choice of a legacy config (an ``argparse.Namespace``) that is
+    not a plain name: fairseq hands the choices of registries such as ``bpe`` and ``tokenizer`` to Hydra
+    as config group overrides, so ``bpe='../../x'`` would compose ``x.yaml`` from wherever it points."""
+    from fairseq.registry import REGISTRIES
+
+    keys = {"task", "arch", *REGISTRIES}
+    found, stack = [], [(key, state[key]) for key in ("cfg", "args") if isinstance(state, dict) and key in state]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, argparse.Namespace):
+            for key, choice in vars(value).items():
+                if key in keys and choice is not None and not (
+                        isinstance(choice, str) and _REGISTRY_NAME.fullmatch(choice) and ".." not in choice):
+                    found.append(f"{where}.{key} = {choice!r}")
+            value = vars(value)
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{key}", item) for key, item in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return found
 
 
 def _code_in_config(state: Any) -> List[str]:
@@ -493,6 +555,31 @@ def _resolvers_in_config(state: Any) -> List[str]:
             if _calls_resolver(value) or (legacy and _may_interpolate_once_converted(value))]
 
 
+def _unsafe_content(state: Any) -> Optional[str]:
+    """Why a checkpoint that unpickled with the allow-list is refused all the same, or None."""
+    arrays = _arrays_not_plain(state)
+    if arrays:
+        return (f"it holds numpy arrays or dtypes other than numpy's own of bools and numbers ({', '.join(arrays[:3])}), "
+                "which no checkpoint fairseq writes holds: an array of Python objects would read pointers from the "
+                "file, and a dtype rebuilt with fields or sub-arrays of its own reaches memory outside its array")
+    values = _config_values_not_data(state)
+    if values:
+        return (f"its config holds values other than strings, numbers, lists and dicts ({', '.join(values[:3])}), "
+                "which no config fairseq writes holds: fairseq formats them into Hydra overrides, which could "
+                "call OmegaConf resolvers that no check here has read")
+    choices = _registry_choices_not_names(state)
+    if choices:
+        return (f"its legacy config names registry choices that are not plain names ({'; '.join(choices[:3])}): "
+                "fairseq hands them to Hydra as config groups, which would read YAML files from wherever they point")
+    resolvers = _resolvers_in_config(state)
+    if resolvers:
+        return (f"its config calls OmegaConf resolvers, which run when the value is read ({'; '.join(resolvers)}): "
+                "oc.env, for one, would copy an environment variable into the config, the logs and every checkpoint "
+                "saved from it.  fairseq saves configs with their interpolations resolved, so no checkpoint it wrote "
+                "holds one")
+    return None
+
+
 def check(path) -> Tuple[str, str]:
     """Whether :func:`load` takes ``path`` without an opt-in ("loads"), refuses it
     ("refused") or cannot read it ("unreadable"), and a line that says why."""
@@ -504,13 +591,9 @@ def check(path) -> Tuple[str, str]:
         if names:
             return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
         state = _load_allowed(path, map_location="cpu")
-        objects = _object_arrays(state)
-        if objects:
-            return "refused", f"{path}: refused: it holds numpy arrays of Python objects ({', '.join(objects[:3])})"
-        resolvers = _resolvers_in_config(state)
-        if resolvers:
-            return "refused", (f"{path}: refused: its config calls OmegaConf resolvers, which run when the value "
-                               f"is read: {'; '.join(resolvers)}")
+        reason = _unsafe_content(state)
+        if reason:
+            return "refused", f"{path}: refused: {reason}"
     except pickle.UnpicklingError as error:
         if _is_refusal(error):
             return "refused", f"{path}: refused: it holds {_refused_global(error)}, outside the allow-list"

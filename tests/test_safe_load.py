@@ -620,11 +620,125 @@ def test_numpy_objects_the_file_builds_itself_are_refused(run_dir, tmp_path, cap
     assert status == 1 and "refused" in out
 
 
-def test_an_object_array_is_found_wherever_the_state_holds_it():
+def test_an_array_not_of_bools_and_numbers_is_found_wherever_the_state_holds_it():
     state = {"model": {"w": torch.zeros(2)}, "extra_state": {"meters": [argparse.Namespace(counts=np.zeros(2))]}}
-    assert safe_load._object_arrays(state) == []
-    state["extra_state"]["meters"][0].counts = np.array([None, 1], dtype=object)
-    assert safe_load._object_arrays(state) == ["['extra_state']['meters'][0].counts"]
+    assert safe_load._arrays_not_plain(state) == []
+    for odd in (np.array([None, 1], dtype=object), np.array(["text"]), np.zeros(2, dtype=[("f", "i8")]),
+                np.zeros(2, dtype=complex), np.zeros(2, dtype=np.dtype("i8", metadata={"m": 1}))):
+        state["extra_state"]["meters"][0].counts = odd
+        assert safe_load._arrays_not_plain(state) == ["['extra_state']['meters'][0].counts"], odd.dtype
+    state["extra_state"]["meters"][0].counts = np.zeros(2, dtype=">i8")  # written on a big-endian machine
+    assert safe_load._arrays_not_plain(state) == []
+
+
+class _DTypeWithState:
+    """Pickles as a copy of numpy.dtype("i8") whose state the file gives: BUILD calls dtype.__setstate__."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        return (np.dtype, ("i8", False, True), self.state)
+
+
+class _ReconstructedArray:
+    """Pickles as numpy pickles an array (_reconstruct, then BUILD with the file's bytes), with a dtype of
+    the file's making."""
+
+    def __init__(self, raw, dtype):
+        self.raw, self.dtype = raw, dtype
+
+    def __reduce__(self):
+        return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), self.dtype, False, self.raw))
+
+
+@pytest.mark.parametrize("state", [
+    (3, "|", None, ("f",), {"f": (np.dtype("i1"), 100_000)}, 8, 1, 0),  # a field 100,000 bytes past each item
+    (3, "<", (np.dtype("i1"), (100_000,)), None, None, -1, -1, 0),  # a sub-array as long
+], ids=["field", "sub-array"])
+@pytest.mark.parametrize("build", [_ReconstructedArray, _ArrayFromBytes], ids=["reconstructed", "constructed"])
+def test_a_dtype_the_file_rebuilds_to_reach_past_its_array_is_refused(run_dir, tmp_path, capsys, state, build):
+    rebuilt = pickle.loads(pickle.dumps(_DTypeWithState(state)))
+    assert rebuilt == np.dtype("i8")  # why equality is not the check
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "dtype.pt", build(b"\0" * 8, _DTypeWithState(state)))
+    assert safe_load.outside_allow_list(checkpoint) == []  # it names only numpy.dtype, _reconstruct and ndarray
+    # numpy.ndarray(shape, dtype, buffer) would size the buffer by the item before expanding the sub-array
+    refusal = "other than numpy's own of bools and numbers" if build is _ReconstructedArray else \
+        r"an array built by numpy.ndarray\(shape, dtype, buffer\)"
+    with pytest.raises(safe_load.UntrustedCheckpointError, match=refusal):
+        safe_load.load(checkpoint)
+    status, out, _ = check_checkpoint(capsys, checkpoint)
+    assert status == 1 and "refused" in out
+
+
+def test_the_classes_only_build_fills_in_cannot_be_named_by_a_file():
+    # the unpickler looks a global up as "module.name"
+    names = [entry[1] for entry in safe_load.checkpoint_globals() if isinstance(entry, tuple)]
+    build_only = [name for name in names if name.startswith("BUILD of ")]
+    assert "BUILD of ndarray" in build_only and "BUILD of Int64DType" in build_only
+    assert not any("." in name for name in build_only)
+    assert np.ndarray not in [entry for entry in safe_load.checkpoint_globals() if not isinstance(entry, tuple)]
+
+
+def legacy_checkpoint(run_dir, out, **args):
+    """A checkpoint whose config is a legacy ``args`` Namespace, as fairseq before 0.10 saved it."""
+    state = full_load(run_dir / "checkpoint_last.pt")
+    state.pop("cfg", None)
+    state["args"] = argparse.Namespace(**{"task": "translation", "arch": "transformer", "data": str(out.parent),
+                                          "source_lang": "de", "target_lang": "en", **args})
+    torch.save(state, out)
+    return out
+
+
+class _TextArray:
+    """Pickles as a 0-d numpy array of text: numpy.dtype("<U40") and the allow-listed _reconstruct."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __reduce__(self):
+        return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (), np.dtype("<U40"), False, np.array(self.text, dtype="<U40").tobytes()))
+
+
+def test_a_legacy_config_value_that_is_not_data_is_refused(run_dir, tmp_path, capsys, monkeypatch):
+    # fairseq formats a legacy value with str() into a Hydra override, then resolves it: text in a numpy
+    # array would carry a resolver call past the string checks
+    from fairseq import checkpoint_utils
+
+    monkeypatch.setenv("RDROP_TEST_SECRET", "s3cr3t")
+    text = legacy_checkpoint(run_dir, tmp_path / "text.pt", tensorboard_logdir=_TextArray("${oc.env:RDROP_TEST_SECRET}"))
+    with pytest.raises(safe_load.UntrustedCheckpointError, match=r"a numpy dtype \(<U40\)"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(text))
+    numbers = legacy_checkpoint(run_dir, tmp_path / "numbers.pt", tensorboard_logdir=np.array([1, 2]))
+    with pytest.raises(safe_load.UntrustedCheckpointError, match="its config holds values other than strings") as raised:
+        checkpoint_utils.load_checkpoint_to_cpu(str(numbers))
+    assert "args.tensorboard_logdir (numpy.ndarray)" in str(raised.value)
+    for checkpoint in (text, numbers):
+        status, out, _ = check_checkpoint(capsys, checkpoint)
+        assert status == 1 and "refused" in out
+    monkeypatch.setenv(safe_load.TRUST_ENV, "1")  # what the check stops: the secret in the config
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(text))["cfg"]["common"]["tensorboard_logdir"] == "s3cr3t"
+
+
+def test_a_legacy_registry_choice_that_is_a_path_is_refused(run_dir, tmp_path, capsys, monkeypatch):
+    # fairseq passes a legacy bpe/tokenizer/scoring choice to Hydra as a config group, which reads
+    # <choice>.yaml: a path there composes any YAML file, whose resolvers then run
+    from fairseq import checkpoint_utils
+
+    monkeypatch.setenv("RDROP_TEST_SECRET", "s3cr3t")
+    (tmp_path / "evil.yaml").write_text("leak: ${oc.env:RDROP_TEST_SECRET}\n")
+    choice = "../" * 16 + str(tmp_path / "evil").lstrip("/")
+    checkpoint = legacy_checkpoint(run_dir, tmp_path / "group.pt", bpe=choice)
+    with pytest.raises(safe_load.UntrustedCheckpointError, match="registry choices that are not plain names") as raised:
+        checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
+    assert f"args.bpe = {choice!r}" in str(raised.value) and "s3cr3t" not in str(raised.value)
+    status, out, _ = check_checkpoint(capsys, checkpoint)
+    assert status == 1 and "args.bpe" in out
+    plain = legacy_checkpoint(run_dir, tmp_path / "plain.pt", bpe="subword_nmt", tokenizer="moses")
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(plain))["cfg"]["bpe"]["_name"] == "subword_nmt"
+    monkeypatch.setenv(safe_load.TRUST_ENV, "1")  # what the check stops: the YAML file read, its secret resolved
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))["cfg"]["bpe"]["leak"] == "s3cr3t"
 
 
 @pytest.mark.parametrize("value", [
@@ -639,12 +753,7 @@ def test_legacy_args_that_become_a_resolver_call_once_converted_are_refused(run_
     from fairseq import checkpoint_utils
 
     monkeypatch.setenv("RDROP_TEST_SECRET", "s3cr3t")
-    state = full_load(run_dir / "checkpoint_last.pt")
-    state.pop("cfg", None)
-    state["args"] = argparse.Namespace(task="translation", arch="transformer", criterion="hubert", log_keys=value,
-                                       data=str(tmp_path), source_lang="de", target_lang="en")
-    legacy = tmp_path / "legacy.pt"
-    torch.save(state, legacy)
+    legacy = legacy_checkpoint(run_dir, tmp_path / "legacy.pt", criterion="hubert", log_keys=value)
     with pytest.raises(safe_load.UntrustedCheckpointError, match="calls OmegaConf resolvers") as raised:
         checkpoint_utils.load_checkpoint_to_cpu(str(legacy))
     assert "args.log_keys" in str(raised.value) and "s3cr3t" not in str(raised.value)
