@@ -11,7 +11,9 @@
   (a checkpoint it loaded through the safe loader, or the workers' own state), and they
   carry ``OmegaConf`` configs and fairseq's own placeholders.  A process-group peer is
   trusted as torch.distributed trusts it (``broadcast_object_list`` unpickles too).
-  Every other ``torch.load`` in the process keeps torch's own default.  ``from_pretrained``
+  The speech-to-text ``xm_transformer`` loads the checkpoint its config names through the safe
+  loader as well (:data:`CHECKPOINT_LOAD_MODULES`).  Every other ``torch.load`` in the process
+  keeps torch's own default.  ``from_pretrained``
   extracts model archives with :func:`rdrop_fairseq.safe_load.load_archive_file`.
 * fairseq evaluates some config strings with ``eval`` when it builds a model, criterion
   or optimizer, and those strings may come from a checkpoint's saved config.  In each
@@ -82,14 +84,27 @@ def _setup_task_honouring_trust(setup_task):
     return setup_task_and_honour_trust
 
 
+# fairseq's modules that torch.load a checkpoint (tests/test_compat.py lists every torch.load in the
+# installed fairseq and fails on one in a module not here or in its list of data-file loads).
+CHECKPOINT_LOAD_MODULES = (
+    "fairseq.checkpoint_utils",
+    "fairseq.models.speech_to_text.xm_transformer",  # load_pretrained_decoder_from, a path in the model config
+)
+
+
 def _patch_checkpoint_loading():
-    from fairseq import checkpoint_utils, file_utils, tasks
+    from fairseq import file_utils, tasks
     from fairseq.distributed import utils as distributed_utils
 
     file_utils.load_archive_file = safe_load.load_archive_file
 
-    if not isinstance(checkpoint_utils.torch, _TorchWithLoad):
-        checkpoint_utils.torch = _TorchWithLoad(safe_load.load)
+    for name in CHECKPOINT_LOAD_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # an optional dependency of that module is missing: nothing to build with it
+            continue
+        if not isinstance(module.torch, _TorchWithLoad):
+            module.torch = _TorchWithLoad(safe_load.load)
     if not isinstance(distributed_utils.torch, _TorchWithLoad):
         distributed_utils.torch = _TorchWithLoad(_load_from_peer)
     if not getattr(tasks.setup_task, "honours_trust", False):

@@ -55,9 +55,11 @@ def test_applying_twice_wraps_once():
 
     from rdrop_fairseq import compat, safe_load
 
+    from fairseq.models.speech_to_text import xm_transformer
+
     def patched():
-        return (checkpoint_utils.torch, distributed_utils.torch, tasks.setup_task, data_utils.batch_by_size,
-                iterators.BackgroundConsumer)
+        return (checkpoint_utils.torch, xm_transformer.torch, distributed_utils.torch, tasks.setup_task,
+                data_utils.batch_by_size, iterators.BackgroundConsumer)
 
     before = patched()  # rdrop_fairseq's import applied the patches once
     compat.apply()
@@ -68,8 +70,8 @@ def test_applying_twice_wraps_once():
     assert not getattr(iterators.BackgroundConsumer.__base__, "stops_at_exit", False)
 
 
-def builtin_eval_callers(package_dir):
-    """Modules of the installed fairseq that call the builtin eval(), by their AST."""
+def fairseq_modules_calling(package_dir, is_the_call):
+    """Modules of the installed fairseq with a call that ``is_the_call(node.func)`` picks, by their AST."""
     import ast
     from pathlib import Path
 
@@ -80,10 +82,43 @@ def builtin_eval_callers(package_dir):
         if relative.parts[1] == "examples":  # imported only when a --user-dir points there
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        if any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "eval"
-               for node in ast.walk(tree)):
+        if any(isinstance(node, ast.Call) and is_the_call(node.func) for node in ast.walk(tree)):
             found.add(".".join(relative.with_suffix("").parts))
     return found
+
+
+def builtin_eval_callers(package_dir):
+    import ast
+
+    return fairseq_modules_calling(package_dir, lambda func: isinstance(func, ast.Name) and func.id == "eval")
+
+
+def test_every_fairseq_module_that_loads_a_checkpoint_loads_it_safely(tmp_path):
+    import ast
+    import importlib
+    import os
+
+    import fairseq
+
+    from rdrop_fairseq import safe_load
+
+    def is_torch_load(func):
+        return (isinstance(func, ast.Attribute) and func.attr == "load" and isinstance(func.value, ast.Name)
+                and func.value.id == "torch")
+
+    loaders = fairseq_modules_calling(os.path.dirname(fairseq.__file__), is_torch_load)
+    # files that are no checkpoint's to name: a data set's statistics, a vocoder named by the
+    # data config, product quantization's own state; and the bytes of a peer worker
+    data_files = {"fairseq.data.codedataset", "fairseq.models.text_to_speech.vocoder",
+                  "fairseq.modules.quantization.pq.em", "fairseq.distributed.utils"}
+    assert loaders - data_files == set(compat.CHECKPOINT_LOAD_MODULES)
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"object": _NotAllowed()}, crafted)
+    for name in compat.CHECKPOINT_LOAD_MODULES:
+        module = importlib.import_module(name)
+        assert module.torch.load is safe_load.load, name
+        with pytest.raises(safe_load.UntrustedCheckpointError, match="_NotAllowed"):
+            module.torch.load(str(crafted))
 
 
 def test_every_fairseq_module_that_evaluates_config_strings_evaluates_literals_only():
