@@ -28,11 +28,10 @@ check them against the torch Function.
 
 Where one copy alone has -inf (its P is 0 where another's is not) the KL is infinite, and
 both this and the torch Function cap the infinite gap at 1e4 (finite gaps are kept, however
-large).  The forward pass here caps ``y_i - y_j`` rather than ``x_i - x_j``, so the KL and
-its gradient there differ from the torch Function's by an amount that grows with the spread
-of the logits (about 1e-3 of the KL and 1% of the gradient at logits of scale 30) rather than
-being equal: tracking the capped mass exactly would cost every element more work for a case
-that R-Drop's copies of one model do not produce.
+large).  The log-normalisers do not shift a capped gap, so the forward pass also sums, per
+ordered pair, the mass ``C_ij`` of copy i where copy j is -inf: ``KL(P_i || P_j) = A_ij / S_i
+- (log S_i - log S_j) (1 - C_ij / S_i)``, the torch Function's value, and the backward pass's
+closed-form row sum stays the row sum of its own gradient.  Without -inf, ``C`` is 0.
 
 A target outside the vocabulary is an error (``rdrop_loss._check_targets``), and the loss is
 differentiable once: a backward with ``create_graph=True`` is refused.
@@ -123,6 +122,7 @@ def _rdrop_forward_kernel(
     run_sum = tl.zeros((COPIES_PAD,), tl.float32)
     score_sum = tl.zeros((COPIES_PAD,), tl.float32)
     pair_acc = tl.zeros((COPIES_PAD, COPIES_PAD), tl.float32)
+    pair_capped = tl.zeros((COPIES_PAD, COPIES_PAD), tl.float32)
     for start in range(0, end, BLOCK):
         col = start + cols
         ok = row_ok[:, None] & (col < vocab)[None, :]
@@ -136,11 +136,12 @@ def _rdrop_forward_kernel(
             moved = centre - new_centre
             score_sum += start * moved
             if WITH_KL:
-                # A copy whose scores were all -inf so far had no centre: the gaps to it are the cap,
-                # which its first finite max must not shift by that max's level.
+                # Capped gaps do not move.  A copy whose scores were all -inf so far had no centre: every
+                # gap to it is capped, which its first finite max must not shift by that max's level.
                 pair_moved = tl.where(run_max == float("-inf"), 0.0, moved)
-                pair_acc = (pair_acc + run_sum[:, None] * (pair_moved[:, None] - pair_moved[None, :])) \
+                pair_acc = (pair_acc + (run_sum[:, None] - pair_capped) * (pair_moved[:, None] - pair_moved[None, :])) \
                     * rescale[:, None]
+                pair_capped = pair_capped * rescale[:, None]
             centre = new_centre
             z = z - centre[:, None]
             e = tl.exp(z)
@@ -155,8 +156,12 @@ def _rdrop_forward_kernel(
                 e_i = _row(e, rows, i, 0.0)
                 for j in tl.static_range(COPIES):
                     if i != j:
-                        term = tl.sum(tl.where(e_i > 0, e_i * _gap(z_i, _row(z, rows, j, float("-inf"))), 0.0))
-                        pair_acc += tl.where((rows[:, None] == i) & (rows[None, :] == j), term, 0.0)
+                        z_j = _row(z, rows, j, float("-inf"))
+                        term = tl.sum(tl.where(e_i > 0, e_i * _gap(z_i, z_j), 0.0))
+                        capped = tl.sum(tl.where(z_j == float("-inf"), e_i, 0.0))
+                        pair = (rows[:, None] == i) & (rows[None, :] == j)
+                        pair_acc += tl.where(pair, term, 0.0)
+                        pair_capped += tl.where(pair, capped, 0.0)
 
     # log_sum = lse - centre: everything below is relative to the centres, so that no two
     # large log-normalisers are subtracted.
@@ -178,7 +183,9 @@ def _rdrop_forward_kernel(
     if WITH_KL:
         pair_ok = live[:, None] & row_ok[None, :] & (rows[:, None] != rows[None, :])
         safe_sum = tl.where(row_ok, run_sum, 1.0)
-        kl_pair = pair_acc / safe_sum[:, None] - log_sum[:, None] + log_sum[None, :]
+        # The log-normalisers shift every gap but the capped ones (the torch Function caps x_i - x_j).
+        kl_pair = pair_acc / safe_sum[:, None] \
+            - (log_sum[:, None] - log_sum[None, :]) * (1.0 - pair_capped / safe_sum[:, None])
         kl_row = tl.sum(tl.where(pair_ok, kl_pair, 0.0), 1)
     tl.store(centre_ptr + token * COPIES + rows, centre, mask=row_ok)
     tl.store(log_sum_ptr + token * COPIES + rows, log_sum, mask=row_ok)
