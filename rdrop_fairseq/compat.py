@@ -45,6 +45,7 @@
 import atexit
 import functools
 import importlib
+import logging
 import math
 import queue
 import threading
@@ -252,7 +253,15 @@ def _patch_prefetch_threads():
     atexit.register(stop_prefetch_threads)
 
 
+def _quiet_tensorboardx_hint():
+    """fairseq's text-to-speech task logs "Please install tensorboardX" when it is imported, in every process
+    that imports fairseq's tasks; only that task uses it (training logs go through torch's own tensorboard)."""
+    logging.getLogger("fairseq.tasks.text_to_speech").addFilter(
+        lambda record: "tensorboardX" not in record.getMessage())
+
+
 def apply():
+    _quiet_tensorboardx_hint()
     _patch_numpy_compat()
     _patch_checkpoint_loading()
     _patch_config_eval()

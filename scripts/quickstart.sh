@@ -15,7 +15,6 @@
 # no root), cached in --work-dir (default ~/.cache/rdrop_fairseq).  Prints a table (test BLEU, length
 # penalty chosen on valid, brevity penalty, valid loss/ppl, updates, wall time, words/s) and writes
 # OUT_DIR/{results.md,results.json,curves.png} (OUT_DIR defaults to ./rdrop-quickstart).
-# All options: scripts/quickstart.sh --help
 set -euo pipefail
 
 usage() {
@@ -137,23 +136,30 @@ choose_python() {
     PYTHON="$VENV/bin/python"
 }
 
+# check_args ARGS...: the quickstart's argument check, or its --help, with the first interpreter that is
+# Python 3.8 or later: the command line needs only the standard library, so a mistyped flag is said before
+# anything is installed.  An error ends the script with its status (2).
+check_args() {
+    local candidate
+    candidate_pythons
+    for candidate in "${CANDIDATES[@]}"; do
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 8))' >/dev/null 2>&1; then
+            "$candidate" "$REPO/rdrop_fairseq/recipes/quickstart_cli.py" "$@"
+            return
+        fi
+    done
+}
+
+export RDROP_QUICKSTART_PROG="$0"
 case "${1:-}" in
     -h|--help)
         usage
         echo
-        candidate_pythons
-        for candidate in "${CANDIDATES[@]}"; do
-            if has_dependencies "$candidate"; then
-                exec "$candidate" -m rdrop_fairseq.recipes.quickstart --help
-            fi
-        done
-        if venv_ready; then
-            exec "$VENV/bin/python" -m rdrop_fairseq.recipes.quickstart --help
-        fi
-        echo "(the full list of options needs the dependencies: run the quickstart once to install them)"
+        check_args --help
         exit 0
         ;;
 esac
 
+check_args "$@"
 choose_python
 exec "$PYTHON" -m rdrop_fairseq.recipes.quickstart "$@"

@@ -201,3 +201,12 @@ def test_prefetch_threads_are_stopped_before_the_interpreter_shuts_down(tmp_path
     if stock.returncode == 0:
         pytest.skip("this Python does not end daemon threads at shutdown with pthread_exit (3.14+)")
     assert "terminate called" in stock.stderr
+
+
+def test_fairseqs_tensorboardx_hint_is_not_printed_by_processes_that_import_the_plugin():
+    def stderr_of(code):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+
+    if "tensorboardX" not in stderr_of("import fairseq.tasks"):
+        pytest.skip("this fairseq does not log the hint (or tensorboardX is installed)")
+    assert "tensorboardX" not in stderr_of("import rdrop_fairseq, fairseq.tasks")

@@ -1,36 +1,12 @@
 """See R-Drop work on one machine: baseline vs R-Drop, German to English, the same number of updates each.
 
-    rdrop-fairseq quickstart [--rdrop-alpha A] [--out-dir rdrop-quickstart]
-    rdrop-fairseq quickstart --max-updates N | --minutes M        # fewer updates, or a time budget
-    rdrop-fairseq quickstart --corpus DIR --src de --tgt en       # your own {train,valid,test}.{src,tgt}
-    rdrop-fairseq quickstart --smoke                               # a few updates of a tiny model
-
-1. Builds a German-English corpus from LibreOffice's help packages (see
-   rdrop_fairseq.recipes.lohelp; cached in --work-dir) unless --corpus is given, and
-   tokenises, BPEs and binarises it (rdrop_fairseq.recipes.prepare, cached too).
-2. Chooses what to train from the device (plan_run): on a CPU a small transformer
-   on the first 2,000 training pairs; with CUDA the paper's transformer_iwslt_de_en
-   on the whole corpus, in fp16.  Trains it twice with
-   identical settings and a fixed number of updates: R-Drop, then the baseline
-   (alpha 0).  With --minutes, R-Drop trains within 60% of that budget instead and
-   the baseline for as many updates; a run with fewer updates than the default is
-   flagged as not settling the comparison, and so are two runs with different
-   update counts (the baseline's own time limit, a safety net, can stop it first
-   on a busy machine).  A run that trained to its end is
-   kept: a rerun with the same settings reuses it, so an interrupted quickstart
-   goes on from the run it stopped in.
-3. For each run picks fairseq-generate's --lenpen on the valid set, translates the
-   test set with it and scores it with sacreBLEU on detokenised output (with the
-   paired bootstrap), prints a table and draws the curves.  The results and curves
-   of an earlier invocation are removed before training: OUT_DIR shows those of
-   the last invocation that got to its end, or none.
+What it does and its options: rdrop_fairseq.recipes.quickstart_cli, the command line.
 """
 import argparse
 import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -43,6 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from rdrop_fairseq.recipes import lohelp, plot
 from rdrop_fairseq.recipes.prepare import SPLITS, atomic_output, package_version, read_lines, write_lines
+from rdrop_fairseq.recipes.quickstart_cli import (  # noqa: F401 (the command line's, used here and by tests)
+    CPU, GPU, SMOKE, Setup, build_parser, default_work_dir, parse_args)
 
 logger = logging.getLogger("rdrop_fairseq.recipes.quickstart")
 
@@ -53,46 +31,6 @@ FINISHED = "finished.json"  # written when a run trains to its end: a rerun with
 SHARED_CORPORA = USER_DIR.parents[1] / "shared" / "corpora"
 # fairseq-generate's --lenpen values tried on the valid set, the same for both runs
 LENPENS = (0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Model, data and schedule of one quickstart size."""
-    arch: str
-    layers: int
-    embed_dim: int
-    ffn_dim: int
-    heads: int
-    dropout: float
-    max_tokens: int
-    lr: float
-    warmup: int
-    weight_decay: float
-    bpe_merges: int
-    train_pairs: int      # 0: all
-    heldout_pairs: int    # 0: all of valid and test
-    validate_every: int   # updates
-    log_every: int        # updates
-    beam: int
-    updates: int          # per run, unless --max-updates or --minutes say otherwise
-    alpha: float          # R-Drop's, unless --rdrop-alpha says otherwise
-
-
-# A small transformer on a 2-core CPU.  R-Drop pays off once the baseline starts to overfit, so the run
-# trains on the first 2,000 pairs only; valid and test stay whole.  The baseline's valid loss stops
-# improving after about 1,300 updates (docs/quickstart.md); 2,200 updates leave R-Drop room to pass it.
-# The output softmax dominates the cost: a small BPE vocabulary.
-CPU = Setup(arch="transformer", layers=2, embed_dim=128, ffn_dim=256, heads=4, dropout=0.3, max_tokens=2048,
-            lr=3e-3, warmup=100, weight_decay=0.0, bpe_merges=2500, train_pairs=2000, heldout_pairs=0,
-            validate_every=100, log_every=25, beam=5, updates=2200, alpha=2.0)
-# The paper's IWSLT model, dropout, alpha and batch size (scripts/train-iwslt14.sh) on the whole corpus
-# (29,603 pairs: about 170 updates an epoch).  A shorter warm-up than the recipe's 4,000: the run is short.
-GPU = Setup(arch="transformer_iwslt_de_en", layers=6, embed_dim=512, ffn_dim=1024, heads=4, dropout=0.3,
-            max_tokens=4096, lr=5e-4, warmup=1000, weight_decay=1e-4, bpe_merges=10000, train_pairs=0,
-            heldout_pairs=0, validate_every=250, log_every=50, beam=5, updates=4000, alpha=5.0)
-SMOKE = Setup(arch="transformer", layers=1, embed_dim=32, ffn_dim=64, heads=2, dropout=0.3, max_tokens=1024,
-              lr=1e-3, warmup=4, weight_decay=0.0, bpe_merges=200, train_pairs=400, heldout_pairs=40,
-              validate_every=3, log_every=1, beam=2, updates=6, alpha=2.0)
 
 
 @dataclass(frozen=True)
@@ -110,6 +48,7 @@ class Plan:
     alpha: float
     max_update: int          # per run; 0: R-Drop trains within the --minutes budget
     minutes: Optional[float]
+    smoke: bool = False
 
 
 def detect_device(force_cpu: bool) -> Device:
@@ -139,7 +78,7 @@ def plan_run(device: Device, args) -> Plan:
         max_update = setup.updates
     return Plan(setup=setup, device=device if cuda else Device(cuda=False), device_flags=device_flags,
                 alpha=args.rdrop_alpha or setup.alpha, max_update=max_update,
-                minutes=None if args.smoke else args.minutes)
+                minutes=None if args.smoke else args.minutes, smoke=args.smoke)
 
 
 RUN_LABELS = {"rdrop": "R-Drop", "baseline": "the baseline"}
@@ -171,16 +110,18 @@ def unequal_updates_warning(updates: Dict[str, int]) -> Optional[str]:
             "equal length.")
 
 
-def update_warnings(results: Dict[str, Dict[str, float]], setup: Setup) -> List[str]:
-    """The warnings about the runs' update counts: a run shorter than the default, runs of unequal length."""
+SMOKE_WARNING = ("This is a --smoke run: a few updates of a tiny model, to check that everything runs. Its numbers "
+                 "compare nothing, whatever the p-value says: run without --smoke for the comparison.")
+
+
+def update_warnings(results: Dict[str, Dict[str, float]], plan: Plan) -> List[str]:
+    """The warnings about the runs: a smoke run compares nothing; else a run shorter than the default, runs
+    of unequal length."""
+    if plan.smoke:
+        return [SMOKE_WARNING]
     updates = {name: int(results[name]["updates"]) for name in RUNS if name in results}
-    return [warning for warning in (shortfall_warning(updates, setup), unequal_updates_warning(updates))
+    return [warning for warning in (shortfall_warning(updates, plan.setup), unequal_updates_warning(updates))
             if warning]
-
-
-def default_work_dir() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "rdrop_fairseq"
 
 
 def resolve_corpus(args) -> Path:
@@ -306,8 +247,13 @@ def run_logged(cmd: Sequence[str], log: Path, echo: Callable[[str], Optional[str
         finally:  # stopped (Ctrl-C, SIGTERM, SIGHUP: see stop_on_signals) or failed: the command stops too
             stop_process(proc)
     if proc.returncode != 0:
-        raise RuntimeError(f"command failed (exit {proc.returncode}); its output is in {log}")
+        tail = "\n".join(lines[-FAILURE_TAIL_LINES:])
+        raise RuntimeError(f"command failed (exit {proc.returncode}); the end of its output:\n{tail}\n"
+                           f"(all of it: {log})")
     return lines
+
+
+FAILURE_TAIL_LINES = 20  # of a failed command's output, shown with the error (the rest is in its log)
 
 
 STOP_TIMEOUT_S = 10.0  # how long a command has to exit after SIGTERM before it is killed
@@ -341,7 +287,7 @@ def stop_on_signals():
     run_logged then stops the fairseq command it waits for instead of leaving it running on its own."""
     def stop(signum, _frame):
         name = signal.Signals(signum).name
-        sys.stderr.write(f"\nquickstart: {name} received; stopping\n")
+        sys.stderr.write(f"\nquickstart: {name} received; stopping; {INTERRUPTED}\n")
         raise SystemExit(128 + signum)
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
@@ -358,11 +304,17 @@ def stop_on_signals():
 
 def progress_echo(name: str, total_updates: int, budget_s: float) -> Callable[[str], Optional[str]]:
     """fairseq's periodic training records become one line of progress: updates done, updates in all and
-    the estimated time left (from the time budget under --minutes); every other line passes unchanged."""
+    the estimated time left (from the time budget under --minutes); a validation record, one line with the
+    valid loss.  The rest of fairseq's output (its config, the model, warnings) goes to the run's log only."""
     def echo(line: str) -> Optional[str]:
-        record = plot.parse_log_lines([line])["train_inner"]
+        records = plot.parse_log_lines([line])
+        valid = records["valid"]
+        if valid and isinstance(valid[0].get("valid_loss"), float):
+            return (f"[{name}] valid loss {valid[0]['valid_loss']:.3f} after "
+                    f"{int(valid[0].get('valid_num_updates', 0))} updates\n")
+        record = records["train_inner"]
         if not record:
-            return line
+            return None
         done, wall = int(record[0]["num_updates"]), float(record[0].get("wall", 0.0))
         if total_updates:
             left = wall / done * (total_updates - done) if done else float("nan")
@@ -443,10 +395,26 @@ def summarize(run_dir: Path, wall: float = 0.0) -> Dict[str, float]:
     inner = records["train_inner"]
     last_update = max([r.get("num_updates", 0) for r in inner] +
                       [r.get("valid_num_updates", 0) for r in valid] + [0])
-    wps = [r["wps"] for r in inner if isinstance(r.get("wps"), float)]
     return {"best_valid_loss": best.get("valid_loss", float("nan")),
             "valid_ppl": best.get("valid_ppl", float("nan")), "updates": int(last_update),
-            "wall_s": wall, "words_per_s": sum(wps) / len(wps) if wps else float("nan")}
+            "wall_s": wall, "words_per_s": words_per_second(inner)}
+
+
+def words_per_second(inner: List[dict]) -> float:
+    """Target words trained on per second of the logged intervals: each record's words (its words per batch
+    times the updates since the record before) over its time (those words over its words per second).  The
+    first record of a run has no rate yet (fairseq logs 0) and is left out, not averaged in."""
+    words = seconds = 0.0
+    previous = 0.0
+    for record in inner:
+        done, wpb, wps = (record.get(key) for key in ("num_updates", "wpb", "wps"))
+        if not isinstance(done, float):
+            continue
+        if isinstance(wpb, float) and isinstance(wps, float) and wps > 0 and done > previous:
+            words += wpb * (done - previous)
+            seconds += wpb * (done - previous) / wps
+        previous = done
+    return words / seconds if seconds else float("nan")
 
 
 TABLE_HEADER = ("| run | test BLEU ± 95% CI | p vs baseline | lenpen | BP | best valid loss | valid ppl | updates "
@@ -508,6 +476,7 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
+            logger.info("%s: training; fairseq's whole output goes to %s", name, run_dir / "stdout.log")
             start = time.time()
             run_logged(cmd, run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
             walls[name] = time.time() - start
@@ -576,7 +545,7 @@ def write_results(out_dir: Path, plan: Plan, raw: Path, results: Dict[str, Dict[
     """OUT_DIR/results.{json,md}; returns the markdown: the table, and a warning when a run trained less
     than the default, and another when the two runs' update counts differ (logged as well).  In the JSON,
     ``warnings`` lists them and ``warning`` is their text together (None when there is none)."""
-    warnings = update_warnings(results, plan.setup)
+    warnings = update_warnings(results, plan)
     report = format_table(results) + "".join(f"\n\n**Warning:** {warning}" for warning in warnings)
     with atomic_output(out_dir / "results.json") as handle:
         json.dump({"setup": asdict(plan.setup), "device": asdict(plan.device), "device_flags": plan.device_flags,
@@ -610,7 +579,7 @@ def quickstart(args) -> Dict[str, Dict[str, float]]:
     start = time.time()
     plan = plan_run(detect_device(args.cpu), args)
     setup = plan.setup
-    logger.info("device: %s (%s); %s, R-Drop alpha %g, %s", plan.device.name, " ".join(plan.device_flags),
+    logger.info("device: %s (fairseq-train %s); %s, R-Drop alpha %g, %s", plan.device.name, " ".join(plan.device_flags),
                 setup.arch, plan.alpha, f"{plan.max_update} updates per run" if plan.max_update
                 else f"R-Drop within 60% of {plan.minutes:g} min, the baseline for as many updates")
     raw = resolve_corpus(args)
@@ -641,49 +610,12 @@ def prepare_data(args, setup: Setup, raw: Path) -> Path:
                             bpe_merges=setup.bpe_merges, workers=args.workers)
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m rdrop_fairseq.recipes.quickstart")
-    parser.description = __doc__
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--max-updates", type=int, help=f"updates per run (default {CPU.updates:,} on a CPU, "
-                        f"{GPU.updates:,} with CUDA, {SMOKE.updates} with --smoke)")
-    parser.add_argument("--minutes", type=float, help="instead of a fixed number of updates, a time budget for "
-                        "training and translating (corpus preparation not counted): R-Drop trains for 60%% of "
-                        "90%% of it, the baseline for as many updates; with --max-updates too, R-Drop stops at whichever "
-                        "limit comes first; ignored by --smoke")
-    parser.add_argument("--corpus", type=Path, help="folder with {train,valid,test}.{SRC,TGT} raw text "
-                        "(default: build the LibreOffice help corpus)")
-    parser.add_argument("--train-pairs", type=int, help=f"train on the first N pairs of the corpus, 0 for all "
-                        f"(default {CPU.train_pairs} on a CPU, all with CUDA, {SMOKE.train_pairs} with --smoke)")
-    parser.add_argument("--src", default="de")
-    parser.add_argument("--tgt", default="en")
-    parser.add_argument("--work-dir", type=Path, default=default_work_dir(),
-                        help="cache for the corpus and prepared data (default ~/.cache/rdrop_fairseq)")
-    parser.add_argument("--out-dir", type=Path, default=Path("rdrop-quickstart"),
-                        help="checkpoints, logs, results.md and curves.png (default ./rdrop-quickstart)")
-    parser.add_argument("--rdrop-alpha", type=float,
-                        help=f"alpha of the R-Drop run (default {CPU.alpha:g} on a CPU: on its small model it "
-                        f"measured better than the paper's 5; {GPU.alpha:g} with CUDA, the paper's value for "
-                        "transformer_iwslt_de_en)")
-    parser.add_argument("--smoke", action="store_true", help="a few updates of a tiny model on a corpus slice")
-    parser.add_argument("--eval-bleu", action="store_true", help="also score valid BLEU at each validation")
-    parser.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is there")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2, help="binarisation workers")
-    return parser
+INTERRUPTED = ("run the same command again to go on: a run that trained to its end is reused, the one that was "
+               "cut off trains again")
 
 
 def main(argv: Optional[Sequence[str]] = None, parser: Optional[argparse.ArgumentParser] = None):
-    parser = build_parser(parser)
-    args = parser.parse_args(argv)
-    if args.minutes is not None and args.minutes <= 0:
-        parser.error("--minutes must be positive")
-    if args.max_updates is not None and args.max_updates <= 0:
-        parser.error("--max-updates must be positive")
-    if args.train_pairs is not None and args.train_pairs < 0:
-        parser.error("--train-pairs must be 0 (all) or positive")
-    if args.rdrop_alpha is not None and args.rdrop_alpha <= 0:
-        parser.error("--rdrop-alpha must be positive: the baseline run is the alpha 0 one")
+    args = parse_args(argv, parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         stream=sys.stdout, force=True)
     args.work_dir = args.work_dir.expanduser().resolve()
@@ -692,7 +624,11 @@ def main(argv: Optional[Sequence[str]] = None, parser: Optional[argparse.Argumen
         with stop_on_signals():
             quickstart(args)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
-        parser.exit(1, f"error: {err}\n")
+        sys.stderr.write(f"quickstart: error: {err}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\nquickstart: interrupted; {INTERRUPTED}\n")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

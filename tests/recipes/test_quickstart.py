@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import shutil
 import signal
@@ -323,8 +324,47 @@ def test_progress_shows_updates_done_of_all_and_the_time_left():
         "[rdrop] 500/2000 updates, 2.0 min so far, about 6.0 min left\n"
     assert quickstart.progress_echo("rdrop", 0, 600)(line) == \
         "[rdrop] 500 updates, 2.0 min so far, at most 8.0 min left of its time budget\n"
-    other = "2026-12-04 17:30:00 | INFO | valid | {\"epoch\": 3, \"valid_loss\": \"6.5\"}\n"
-    assert quickstart.progress_echo("rdrop", 2000, 0)(other) == other
+    valid = ('2026-12-04 17:30:00 | INFO | valid | {"epoch": 3, "valid_loss": "6.5", "valid_num_updates": "500"}\n')
+    assert quickstart.progress_echo("rdrop", 2000, 0)(valid) == "[rdrop] valid loss 6.500 after 500 updates\n"
+    # the rest (fairseq's config, the model, warnings) goes to the run's log only
+    for other in ("2026-12-04 17:30:00 | INFO | fairseq_cli.train | TransformerModel(\n", "  warnings.warn(\n"):
+        assert quickstart.progress_echo("rdrop", 2000, 0)(other) is None
+
+
+def test_words_per_second_weighs_each_interval_by_its_words_and_leaves_out_the_first_record():
+    inner = [{"num_updates": 1.0, "wpb": 600.0, "wps": 0.0},  # fairseq's first record: no rate yet
+             {"num_updates": 3.0, "wpb": 500.0, "wps": 1000.0},  # 1,000 words in 1 s
+             {"num_updates": 4.0, "wpb": 3000.0, "wps": 1500.0}]  # 3,000 words in 2 s
+    assert quickstart.words_per_second(inner) == pytest.approx(4000 / 3)
+    assert math.isnan(quickstart.words_per_second(inner[:1]))
+
+
+def test_a_failed_command_shows_the_end_of_its_output(tmp_path):
+    code = "import sys; print('\\n'.join(f'line {i}' for i in range(30))); sys.exit(3)"
+    with pytest.raises(RuntimeError) as raised:
+        quickstart.run_logged([sys.executable, "-c", code], tmp_path / "out.log", echo=lambda line: None)
+    message = str(raised.value)
+    assert "exit 3" in message and "line 29" in message and "line 9\n" not in message
+    assert str(tmp_path / "out.log") in message and len(read(tmp_path / "out.log")) == 30
+
+
+def test_ctrl_c_says_how_to_go_on_instead_of_a_traceback(tmp_path, monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quickstart, "quickstart", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--cpu", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == f"\nquickstart: interrupted; {quickstart.INTERRUPTED}\n"
+
+
+def test_a_smoke_run_says_its_numbers_compare_nothing_and_gives_no_update_advice():
+    smoke = quickstart.plan_run(CPU, parse("--smoke", "--max-updates", "3"))
+    results = {name: {"updates": 3} for name in ("rdrop", "baseline")}
+    assert quickstart.update_warnings(results, smoke) == [quickstart.SMOKE_WARNING]
+    default = quickstart.plan_run(CPU, parse("--max-updates", "3"))
+    assert quickstart.SMOKE_WARNING not in quickstart.update_warnings(results, default)
 
 
 def test_lenpen_reranks_the_finished_hypotheses_by_length():
@@ -625,14 +665,25 @@ def quickstart_env(tmp_path, python):
 
 
 def run_script(env, *args, timeout=120):
-    return subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+SCRIPT = REPO / "scripts" / "quickstart.sh"
+MODULE_ERROR = "missing train.de"  # what module_probe's arguments make the quickstart module say
+
+
+def module_probe(tmp_path):
+    """Arguments that pass the command line's own check, which needs no dependencies, and fail in the
+    quickstart module, which does: that they fail there says which interpreter ran it."""
+    empty = tmp_path / "empty-corpus"
+    empty.mkdir(exist_ok=True)
+    return "--cpu", "--corpus", str(empty), "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")
 
 
 def test_with_the_dependencies_installed_the_script_runs_them_as_they_are(tmp_path):
-    result = run_script(quickstart_env(tmp_path, sys.executable), "--minutes", "0")
-    # the interpreter's own argument check answered: it ran, and nothing was installed
-    assert result.returncode == 2 and "--minutes must be positive" in result.stderr
+    result = run_script(quickstart_env(tmp_path, sys.executable), *module_probe(tmp_path))
+    # the quickstart module answered: it ran, and nothing was installed
+    assert result.returncode == 1 and MODULE_ERROR in result.stderr
     assert "installing" not in result.stdout and "lacks" not in result.stdout
     assert not (tmp_path / "pip-calls").exists() and not (tmp_path / "venv").exists()
 
@@ -641,7 +692,21 @@ def test_without_the_dependencies_help_still_prints_the_usage(tmp_path):
     bare = bare_python(tmp_path)
     result = run_script(quickstart_env(tmp_path, bare), "--help")
     assert result.returncode == 0 and "Usage: scripts/quickstart.sh" in result.stdout
+    assert "--max-updates MAX_UPDATES" in result.stdout and "--workers WORKERS" in result.stdout  # every option
     assert not (tmp_path / "venv").exists()
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["--max-updates", "0"], "--max-updates must be positive"),
+    (["--max-updates", "abc"], "argument --max-updates: invalid int value: 'abc'"),
+    (["--corpus", "/no/such/corpus"], "--corpus /no/such/corpus: no such folder"),
+])
+def test_a_mistake_on_the_command_line_is_one_line_said_before_anything_is_installed(tmp_path, args, said):
+    result = run_script(quickstart_env(tmp_path, bare_python(tmp_path)), *args)
+    assert result.returncode == 2
+    assert result.stderr == f"{SCRIPT}: error: {said} (all options: {SCRIPT} --help)\n"
+    assert result.stdout == "" and not (tmp_path / "venv").exists() and not (tmp_path / "pip-calls").exists()
 
 
 def bare_python(tmp_path, name="bare") -> Path:
@@ -669,8 +734,8 @@ def path_env(tmp_path, python, python3):
 def test_unset_python_runs_with_python3_when_only_it_has_the_dependencies(tmp_path):
     """`python` is another interpreter (or Python 2), the packages were installed with pip3."""
     result = run_script(path_env(tmp_path, python=bare_python(tmp_path), python3=sys.executable),
-                        "--minutes", "0")
-    assert result.returncode == 2 and "--minutes must be positive" in result.stderr
+                        *module_probe(tmp_path))
+    assert result.returncode == 1 and MODULE_ERROR in result.stderr
     assert "lack" not in result.stdout and "installing" not in result.stdout
     assert not (tmp_path / "pip-calls").exists() and not (tmp_path / "venv").exists()
 
@@ -683,7 +748,7 @@ def test_unset_python_with_neither_interpreter_ready_makes_the_environment_with_
     recording_pip.write_text('#!/bin/sh\necho "$*" >> "$PIP_CALLS"\n')
     recording_pip.chmod(0o755)
     env["RDROP_QUICKSTART_PIP"] = str(recording_pip)
-    result = run_script(env, "--minutes", "0")
+    result = run_script(env, *module_probe(tmp_path))
     venv = tmp_path / "venv"
     made_by = [line for line in (venv / "pyvenv.cfg").read_text().splitlines() if line.startswith("command")]
     assert made_by == [f"command = {tmp_path}/bare-python3/bin/python -m venv {venv}"]
@@ -707,21 +772,21 @@ def test_an_environment_left_unfinished_is_installed_into_again_then_reused(tmp_
     (site / "fairseq" / "__init__.py").write_text(
         Path(__import__("fairseq").__file__).read_text(encoding="utf-8"), encoding="utf-8")
 
-    first = run_script(env, "--minutes", "0")
+    first = run_script(env, *module_probe(tmp_path))
     assert (tmp_path / "pip-calls").exists(), "the unfinished environment was used as it was"
     assert read(tmp_path / "pip-calls")[-1] == f"install -q -e {REPO}"  # the stand-in repairs nothing
     assert "has no record of a finished installation" in first.stdout and "installing into it again" in first.stdout
     assert first.returncode == 2 and "missing or broken" in first.stderr and not marker.exists()
 
     shutil.rmtree(site / "fairseq")  # as pip's reinstallation of fairseq would
-    second = run_script(env, "--minutes", "0")
+    second = run_script(env, *module_probe(tmp_path))
     assert "has no record of a finished installation" in second.stdout
-    assert second.returncode == 2 and "--minutes must be positive" in second.stderr and marker.is_file()
+    assert second.returncode == 1 and MODULE_ERROR in second.stderr and marker.is_file()
     calls = read(tmp_path / "pip-calls")
     assert len(calls) == 6
 
-    third = run_script(env, "--minutes", "0")
-    assert third.returncode == 2 and "--minutes must be positive" in third.stderr
+    third = run_script(env, *module_probe(tmp_path))
+    assert third.returncode == 1 and MODULE_ERROR in third.stderr
     assert f"using {venv}/bin/python" in third.stdout and read(tmp_path / "pip-calls") == calls
 
 
@@ -744,7 +809,8 @@ def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_dra
     rows = [line for line in out.splitlines() if line.startswith(("| baseline |", "| rdrop |"))]
     assert len(rows) == 2 and all(row.split("|")[8].strip() == "6" for row in rows)
     assert "[rdrop] 6/6 updates" in out and "[baseline] 3/6 updates" in out  # progress reaches the console
-    assert "**Warning:**" not in out  # the default number of updates
+    assert f"**Warning:** {quickstart.SMOKE_WARNING}" in out  # and no other: the default number of updates
+    assert out.count("**Warning:**") == 1
 
     png = tmp_path / "out" / "curves.png"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
@@ -753,7 +819,7 @@ def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_dra
     results = summary["results"]
     assert set(results) == {"baseline", "rdrop"} and results["rdrop"]["updates"] == 6
     assert all(r["lenpen"] in quickstart.LENPENS and 0 < r["bp"] <= 1 for r in results.values())
-    assert summary["warning"] is None
+    assert summary["warnings"] == [quickstart.SMOKE_WARNING]
 
     prepared = Path(summary["corpus"])
     for lang in ("de", "en"):
@@ -762,6 +828,6 @@ def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_dra
     hyps = read(tmp_path / "out" / "rdrop" / "test.hyp.en")
     assert len(hyps) == len(read(prepared / "test.en")) == quickstart.SMOKE.heldout_pairs
 
-    again = run_script(env, "--minutes", "0")  # a second run finds the environment made by the first
-    assert again.returncode == 2 and "--minutes must be positive" in again.stderr
+    again = run_script(env, *module_probe(tmp_path))  # a second run finds the environment made by the first
+    assert again.returncode == 1 and MODULE_ERROR in again.stderr
     assert f"using {venv}/bin/python" in again.stdout and len(read(tmp_path / "pip-calls")) == len(calls)
