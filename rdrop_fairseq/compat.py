@@ -102,7 +102,9 @@ def _patch_checkpoint_loading():
     for name in CHECKPOINT_LOAD_MODULES:
         try:
             module = importlib.import_module(name)
-        except ImportError:  # an optional dependency of that module is missing: nothing to build with it
+        except ImportError:  # an optional dependency of a model is missing: nothing to build with it
+            if name == "fairseq.checkpoint_utils":
+                raise
             continue
         if not isinstance(module.torch, _TorchWithLoad):
             module.torch = _TorchWithLoad(safe_load.load)
@@ -255,7 +257,9 @@ def _patch_prefetch_threads():
 
 def _quiet_tensorboardx_hint():
     """fairseq's text-to-speech task logs "Please install tensorboardX" when it is imported, in every process
-    that imports fairseq's tasks; only that task uses it (training logs go through torch's own tensorboard)."""
+    that imports fairseq's tasks; only that task uses it (--tensorboard-logdir tries torch's own writer first).
+    This quiets the processes that import the plugin before fairseq's tasks (the recipes, the quickstart), not
+    fairseq-train, which imports them before its --user-dir."""
     logging.getLogger("fairseq.tasks.text_to_speech").addFilter(
         lambda record: "tensorboardX" not in record.getMessage())
 

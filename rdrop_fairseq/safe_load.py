@@ -31,6 +31,7 @@ import ast
 import atexit
 import builtins
 import contextlib
+import contextvars
 import functools
 import io
 import logging
@@ -171,17 +172,31 @@ def _is_plain(dtype: "np.dtype") -> bool:
 
 
 def _plain(dtype: "np.dtype") -> "np.dtype":
+    # dtype.str, not str(dtype): a dtype the file rebuilt can have fields that hold itself
     if dtype.hasobject:
-        raise pickle.UnpicklingError(f"an array of Python objects (dtype {dtype}), read from raw pointers")
+        raise pickle.UnpicklingError(f"an array of Python objects (dtype {dtype.str}), read from raw pointers")
     if not _is_plain(dtype):
-        raise pickle.UnpicklingError(f"a numpy dtype ({dtype}) that is not one of bools and numbers")
+        raise pickle.UnpicklingError(f"a numpy dtype ({dtype.str}) that is not one of bools and numbers")
     return dtype
+
+
+# The numpy dtypes and arrays made by the load in progress: the file can rebuild their state (BUILD) after
+# they are made, and put them where no walk of the loaded state looks (a tensor's attributes, a dict's keys),
+# so each one is checked once the load is over (_numpy_made_not_plain).
+_MADE: "contextvars.ContextVar[Optional[list]]" = contextvars.ContextVar("rdrop_safe_load_numpy_made", default=None)
+
+
+def _made(obj):
+    made = _MADE.get()
+    if made is not None:
+        made.append(obj)
+    return obj
 
 
 def _dtype(*args) -> "np.dtype":
     """``numpy.dtype`` for a checkpoint: bools and numbers; an object dtype would let the file's bytes
     be read as pointers."""
-    return _plain(np.dtype(*args))
+    return _made(_plain(np.dtype(*args)))
 
 
 def _ndarray(*args):
@@ -195,9 +210,9 @@ def _ndarray(*args):
 def _reconstruct(subtype, shape, dtype):
     """numpy's ``_reconstruct`` (an empty array that BUILD then fills from the file's bytes), for
     plain arrays of numbers only."""
-    if subtype is not _ndarray and subtype is not np.ndarray:  # np.ndarray: the user's own allow-list has it
+    if subtype is not _ndarray:
         raise pickle.UnpicklingError(f"an array rebuilt as {subtype!r}, not numpy.ndarray")
-    return _numpy_reconstruct()(np.ndarray, shape, _plain(np.dtype(dtype)))
+    return _made(_numpy_reconstruct()(np.ndarray, shape, _plain(np.dtype(dtype))))
 
 
 def _build_only(cls: type) -> Tuple[type, str]:
@@ -293,14 +308,30 @@ def trusted() -> bool:
     return _trusted_by_flag or os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def _entry_name(entry) -> str:
+    return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+
+
 @contextlib.contextmanager
 def _allowed(entries):
-    # torch's allow-list is process-wide: add only what the user has not added, and
-    # take away only that.  It holds data types alone, so another load that sees it
-    # meanwhile gains nothing that runs code.
-    present = set(torch.serialization.get_safe_globals())
-    with torch.serialization.safe_globals([entry for entry in entries if entry not in present]):
-        yield
+    # torch's allow-list is process-wide: add only what the user has not added, and take away only that.
+    # It holds data types alone, so another load that sees it meanwhile gains nothing that runs code.  An
+    # entry of the user's under one of these names (numpy.ndarray, say, which torch's own error message
+    # suggests adding) would stand beside ours, and torch would pick one of the two at random: it is taken
+    # off the list for the load, and put back.
+    present = torch.serialization.get_safe_globals()
+    names = {_entry_name(entry) for entry in entries}
+    shadowing = [entry for entry in present if entry not in entries and _entry_name(entry) in names]
+    if shadowing:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals([entry for entry in present if entry not in shadowing])
+    try:
+        with torch.serialization.safe_globals([entry for entry in entries if entry not in present]):
+            yield
+    finally:
+        if shadowing:
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(present)
 
 
 def _refused_global(error: Exception) -> str:
@@ -323,9 +354,15 @@ def _describe(source) -> str:
     return str(getattr(source, "name", "checkpoint"))
 
 
-def _load_allowed(f, map_location=None):
-    with _allowed(checkpoint_globals()):
-        return torch.load(f, map_location=map_location, weights_only=True)
+def _load_allowed(f, map_location=None) -> Tuple[Any, list]:
+    """The state, unpickled with the allow-list, and the numpy dtypes and arrays the load made."""
+    made = []
+    token = _MADE.set(made)
+    try:
+        with _allowed(checkpoint_globals()):
+            return torch.load(f, map_location=map_location, weights_only=True), made
+    finally:
+        _MADE.reset(token)
 
 
 def _is_refusal(error: Exception) -> bool:
@@ -354,7 +391,7 @@ def load(f, map_location=None):
     global _warned
     start = f.tell() if isinstance(f, io.IOBase) and f.seekable() else None
     try:
-        state = _load_allowed(f, map_location)
+        state, made = _load_allowed(f, map_location)
     except pickle.UnpicklingError as error:
         if not _is_refusal(error):
             raise
@@ -362,7 +399,7 @@ def load(f, map_location=None):
         if not _is_torch_file(f, start):
             raise pickle.UnpicklingError(f"{name}: not a checkpoint: neither a zip file nor a pickle") from None
     else:
-        reason = None if trusted() else _unsafe_content(state)
+        reason = None if trusted() else _unsafe_content(state, made)
         if reason:
             raise UntrustedCheckpointError(f"{_describe(f)}: refused to load: {reason}.  If you trust this file, "
                                            f"{_opt_ins()}.")
@@ -386,26 +423,11 @@ def load(f, map_location=None):
     return torch.load(f, map_location=map_location, weights_only=False)
 
 
-def _arrays_not_plain(state: Any) -> List[str]:
-    """Where the loaded checkpoint holds a numpy array or dtype that is not numpy's own of bools and
-    numbers: the allow-list's constructors make only those, but the file rebuilds a dtype's state."""
-    found, stack, seen = [], [("", state)], set()
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, (np.ndarray, np.dtype)):
-            if not _is_plain(value.dtype if isinstance(value, np.ndarray) else value):
-                found.append(where or "the file")
-            continue
-        if torch.is_tensor(value) or isinstance(value, (str, bytes, int, float, bool, type(None))) or id(value) in seen:
-            continue
-        seen.add(id(value))
-        if isinstance(value, dict):
-            stack.extend((f"{where}[{key!r}]", item) for key, item in value.items())
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
-        elif hasattr(value, "__dict__"):  # argparse.Namespace, fairseq's meters
-            stack.extend((f"{where}.{key}", item) for key, item in vars(value).items())
-    return found
+def _numpy_made_not_plain(made: list) -> List[str]:
+    """The dtypes of the numpy arrays and dtypes a load made that are not numpy's own of bools and numbers:
+    the allow-list's constructors make only those, but the file can rebuild a dtype's state after."""
+    dtypes = [obj.dtype if isinstance(obj, np.ndarray) else obj for obj in made]
+    return [dtype.str for dtype in dtypes if dtype.hasobject or not _is_plain(dtype)]
 
 
 def outside_allow_list(path) -> Optional[List[str]]:
@@ -555,11 +577,12 @@ def _resolvers_in_config(state: Any) -> List[str]:
             if _calls_resolver(value) or (legacy and _may_interpolate_once_converted(value))]
 
 
-def _unsafe_content(state: Any) -> Optional[str]:
+def _unsafe_content(state: Any, made: list) -> Optional[str]:
     """Why a checkpoint that unpickled with the allow-list is refused all the same, or None."""
-    arrays = _arrays_not_plain(state)
-    if arrays:
-        return (f"it holds numpy arrays or dtypes other than numpy's own of bools and numbers ({', '.join(arrays[:3])}), "
+    dtypes = _numpy_made_not_plain(made)
+    if dtypes:
+        return (f"it holds numpy arrays or dtypes other than numpy's own of bools and numbers (dtypes "
+                f"{', '.join(dtypes[:3])}), "
                 "which no checkpoint fairseq writes holds: an array of Python objects would read pointers from the "
                 "file, and a dtype rebuilt with fields or sub-arrays of its own reaches memory outside its array")
     values = _config_values_not_data(state)
@@ -590,8 +613,8 @@ def check(path) -> Tuple[str, str]:
         names = outside_allow_list(path)
         if names:
             return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
-        state = _load_allowed(path, map_location="cpu")
-        reason = _unsafe_content(state)
+        state, made = _load_allowed(path, map_location="cpu")
+        reason = _unsafe_content(state, made)
         if reason:
             return "refused", f"{path}: refused: {reason}"
     except pickle.UnpicklingError as error:

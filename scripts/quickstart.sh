@@ -138,14 +138,20 @@ choose_python() {
 
 # check_args ARGS...: the quickstart's argument check, or its --help, with the first interpreter that is
 # Python 3.8 or later: the command line needs only the standard library, so a mistyped flag is said before
-# anything is installed.  An error ends the script with its status (2).
+# anything is installed.  An error ends the script with its status (2), and so does the help (0).
 check_args() {
-    local candidate
+    local candidate status
     candidate_pythons
+    (( ${#CANDIDATES[@]} )) || return 0  # choose_python says what is missing
     for candidate in "${CANDIDATES[@]}"; do
         if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 8))' >/dev/null 2>&1; then
-            "$candidate" "$REPO/rdrop_fairseq/recipes/quickstart_cli.py" "$@"
-            return
+            status=0
+            "$candidate" "$REPO/rdrop_fairseq/recipes/quickstart_cli.py" "$@" || status=$?
+            case $status in
+                0) return ;;
+                10) exit 0 ;;  # quickstart_cli.HELP_PRINTED
+                *) exit "$status" ;;
+            esac
         fi
     done
 }

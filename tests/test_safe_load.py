@@ -2,6 +2,7 @@
 checkpoints of every training setup load exactly as in full, a crafted one is refused
 before it can run anything, and the opt-in loads it with one warning."""
 import argparse
+import collections
 import io
 import os
 import pickle
@@ -620,15 +621,12 @@ def test_numpy_objects_the_file_builds_itself_are_refused(run_dir, tmp_path, cap
     assert status == 1 and "refused" in out
 
 
-def test_an_array_not_of_bools_and_numbers_is_found_wherever_the_state_holds_it():
-    state = {"model": {"w": torch.zeros(2)}, "extra_state": {"meters": [argparse.Namespace(counts=np.zeros(2))]}}
-    assert safe_load._arrays_not_plain(state) == []
-    for odd in (np.array([None, 1], dtype=object), np.array(["text"]), np.zeros(2, dtype=[("f", "i8")]),
-                np.zeros(2, dtype=complex), np.zeros(2, dtype=np.dtype("i8", metadata={"m": 1}))):
-        state["extra_state"]["meters"][0].counts = odd
-        assert safe_load._arrays_not_plain(state) == ["['extra_state']['meters'][0].counts"], odd.dtype
-    state["extra_state"]["meters"][0].counts = np.zeros(2, dtype=">i8")  # written on a big-endian machine
-    assert safe_load._arrays_not_plain(state) == []
+def test_every_numpy_object_a_load_made_is_checked_by_its_dtype():
+    plain = [np.zeros(2), np.zeros(2, dtype=">i8"), np.dtype("f2"), np.zeros((), dtype=bool)]  # ">": big-endian
+    assert safe_load._numpy_made_not_plain(plain) == []
+    odd = [np.array([None, 1], dtype=object), np.array(["text"]), np.zeros(2, dtype=[("f", "i8")]),
+           np.zeros(2, dtype=complex), np.dtype("i8", metadata={"m": 1})]
+    assert safe_load._numpy_made_not_plain(plain + odd) == ["|O", "<U4", "|V8", "<c16", "<i8"]
 
 
 class _DTypeWithState:
@@ -652,23 +650,78 @@ class _ReconstructedArray:
         return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), self.dtype, False, self.raw))
 
 
-@pytest.mark.parametrize("state", [
-    (3, "|", None, ("f",), {"f": (np.dtype("i1"), 100_000)}, 8, 1, 0),  # a field 100,000 bytes past each item
-    (3, "<", (np.dtype("i1"), (100_000,)), None, None, -1, -1, 0),  # a sub-array as long
-], ids=["field", "sub-array"])
+FIELD = (3, "|", None, ("f",), {"f": (np.dtype("i1"), 100_000)}, 8, 1, 0)  # a field 100,000 bytes past each item
+SUB_ARRAY = (3, "<", (np.dtype("i1"), (100_000,)), None, None, -1, -1, 0)  # a sub-array as long
+
+
+def _on_a_tensor(array):
+    tensor = torch.zeros(1)
+    tensor.counts = array  # pickled with the tensor's own attributes
+    return tensor
+
+
+def _in_an_ordered_dicts_attribute(array):
+    state = collections.OrderedDict(w=torch.zeros(1))
+    state._metadata = {"": {"version": array}}  # as torch's state dicts keep theirs
+    return state
+
+
+def _as_a_dict_key(array):
+    return {array.dtype: 1}  # the dtype alone
+
+
+@pytest.mark.parametrize("state", [FIELD, SUB_ARRAY], ids=["field", "sub-array"])
 @pytest.mark.parametrize("build", [_ReconstructedArray, _ArrayFromBytes], ids=["reconstructed", "constructed"])
-def test_a_dtype_the_file_rebuilds_to_reach_past_its_array_is_refused(run_dir, tmp_path, capsys, state, build):
+@pytest.mark.parametrize("place", [lambda array: array, _on_a_tensor, _in_an_ordered_dicts_attribute, _as_a_dict_key],
+                         ids=["value", "tensor", "ordered-dict", "key"])
+def test_a_dtype_the_file_rebuilds_to_reach_past_its_array_is_refused(run_dir, tmp_path, capsys, state, build, place):
     rebuilt = pickle.loads(pickle.dumps(_DTypeWithState(state)))
     assert rebuilt == np.dtype("i8")  # why equality is not the check
-    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "dtype.pt", build(b"\0" * 8, _DTypeWithState(state)))
+    payload = place(build(b"\0" * 8, _DTypeWithState(state)))
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "dtype.pt", payload)
     assert safe_load.outside_allow_list(checkpoint) == []  # it names only numpy.dtype, _reconstruct and ndarray
     # numpy.ndarray(shape, dtype, buffer) would size the buffer by the item before expanding the sub-array
-    refusal = "other than numpy's own of bools and numbers" if build is _ReconstructedArray else \
+    refusal = "other than numpy's own of bools and numbers" if build is _ReconstructedArray or place is _as_a_dict_key else \
         r"an array built by numpy.ndarray\(shape, dtype, buffer\)"
     with pytest.raises(safe_load.UntrustedCheckpointError, match=refusal):
         safe_load.load(checkpoint)
     status, out, _ = check_checkpoint(capsys, checkpoint)
     assert status == 1 and "refused" in out
+
+
+def test_a_users_own_numpy_ndarray_on_torchs_allow_list_cannot_stand_in_for_the_loaders(run_dir, tmp_path):
+    # torch's error message suggests add_safe_globals([numpy.ndarray]); under the same name as the loader's
+    # own entry, torch would pick either one, and the class itself builds over-reading arrays
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "dtype.pt",
+                         _ArrayFromBytes(b"\0" * 8, _DTypeWithState(SUB_ARRAY)))
+    torch.serialization.add_safe_globals([np.ndarray])
+    try:
+        for _ in range(8):
+            with pytest.raises(safe_load.UntrustedCheckpointError, match=r"numpy.ndarray\(shape, dtype, buffer\)"):
+                safe_load.load(checkpoint)
+        assert np.ndarray in torch.serialization.get_safe_globals()  # the user's entry is back
+        assert_same(safe_load.load(run_dir / "checkpoint_last.pt"), full_load(run_dir / "checkpoint_last.pt"))
+    finally:
+        torch.serialization.clear_safe_globals()
+
+
+class _DTypeHoldingItself:
+    def __reduce__(self):
+        return (np.dtype, ("i8", False, True), (3, "|", None, ("f",), {"f": (self, 0)}, 8, 1, 0))
+
+
+def test_a_dtype_that_holds_itself_is_refused_not_a_recursion_error(run_dir, tmp_path):
+    class Reconstructed:
+        def __init__(self, dtype):
+            self.dtype = dtype
+
+        def __reduce__(self):
+            return (np.core.multiarray._reconstruct, (np.ndarray, (0,), self.dtype))
+
+    dtype = _DTypeHoldingItself()
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "self.pt", [dtype, Reconstructed(dtype)])
+    with pytest.raises(safe_load.UntrustedCheckpointError, match="not one of bools and numbers"):
+        safe_load.load(checkpoint)
 
 
 def test_the_classes_only_build_fills_in_cannot_be_named_by_a_file():

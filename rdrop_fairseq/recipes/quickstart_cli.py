@@ -144,5 +144,14 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     return args
 
 
+HELP_PRINTED = 10  # the exit status of the file run as a script when it printed the help: nothing more to do
+
+
 if __name__ == "__main__":
-    parse_args()  # scripts/quickstart.sh: check the arguments (or print the help) before installing anything
+    # scripts/quickstart.sh: check the arguments, or print the help, before installing anything
+    try:
+        parse_args()
+    except SystemExit as exit_:
+        if exit_.code in (0, None):  # argparse's --help (-h, or an abbreviation such as --he)
+            raise SystemExit(HELP_PRINTED)
+        raise

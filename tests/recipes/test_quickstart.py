@@ -694,6 +694,10 @@ def test_without_the_dependencies_help_still_prints_the_usage(tmp_path):
     assert result.returncode == 0 and "Usage: scripts/quickstart.sh" in result.stdout
     assert "--max-updates MAX_UPDATES" in result.stdout and "--workers WORKERS" in result.stdout  # every option
     assert not (tmp_path / "venv").exists()
+    for later in (["--smoke", "--help"], ["--smoke", "--he"]):  # anywhere, and abbreviated as argparse allows
+        result = run_script(quickstart_env(tmp_path, bare), *later)
+        assert result.returncode == 0 and result.stdout.count("usage:") == 1 and "--workers WORKERS" in result.stdout, later
+        assert not (tmp_path / "venv").exists() and not (tmp_path / "pip-calls").exists()
 
 
 @pytest.mark.parametrize("args,said", [
