@@ -134,7 +134,7 @@ def compile_launch(kernel, arch, dtype, copies, vocab, block_size=0, variant=(Tr
     has_target, from_logits, with_kl = variant
     constexprs = dict(COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block, HAS_TARGET=has_target,
                       FROM_LOGITS=from_logits, WITH_KL=with_kl)
-    constexprs = dict(constexprs)
+    constexprs = {name: value for name, value in constexprs.items() if name in kernel.arg_names}
     signature, attrs = signature_of(kernel, constexprs, *launch_arguments(copies, vocab, dtype))
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
@@ -166,9 +166,14 @@ def main(argv=None):
     if args.block and args.block & (args.block - 1):
         parser.error(f"--block {args.block} is not a power of 2")
     routes = list(itertools.product((True, False), repeat=3)) if args.all_routes else [(True, True, True)]
+    # the capped-KL kernel runs on the route from logits with the KL only, and reads its scores only for
+    # tokens that hold -inf
+    launched = [(kernel, route) for kernel in (kernels._rdrop_forward_kernel, kernels._rdrop_backward_kernel,
+                                               kernels._rdrop_capped_kl_kernel)
+                for route in routes if kernel is not kernels._rdrop_capped_kl_kernel or route[1:] == (True, True)]
     rows = [compile_launch(kernel, arch, dtype, copies, vocab, args.block, route)
-            for arch in args.arch for kernel in (kernels._rdrop_forward_kernel, kernels._rdrop_backward_kernel)
-            for route in routes for dtype in args.dtype for copies in args.copies for vocab in args.vocab]
+            for arch in args.arch for kernel, route in launched
+            for dtype in args.dtype for copies in args.copies for vocab in args.vocab]
     print(f"## fused loss kernels, compiled by Triton {triton.__version__}")
     print("| kernel | route | arch | dtype | copies | V | BLOCK | warps | registers | stack bytes "
           "| stack ops in loops | shared bytes |")

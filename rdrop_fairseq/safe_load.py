@@ -43,7 +43,9 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import threading
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -194,9 +196,14 @@ def _made(obj):
 
 
 def _dtype(*args) -> "np.dtype":
-    """``numpy.dtype`` for a checkpoint: bools and numbers; an object dtype would let the file's bytes
-    be read as pointers."""
-    return _made(_plain(np.dtype(*args)))
+    """``numpy.dtype`` for a checkpoint: bools and numbers (an object dtype would let the file's bytes be
+    read as pointers), as numpy's own shared dtype of that type.  numpy pickles a dtype as a copy that BUILD
+    then gives its state; a file could give a copy fields that hold itself (hashing it, as a dict key does,
+    then recurses in C until the process dies) or that reach past an array's items.  The shared dtypes
+    ignore BUILD: so the byte order in the file's state is ignored too, and arrays are read in this
+    machine's (those of a file written on a big-endian machine would be misread; fairseq's arrays are
+    its validation meters' n-gram counts)."""
+    return _made(np.dtype(_plain(np.dtype(*args)).char))
 
 
 def _ndarray(*args):
@@ -354,15 +361,59 @@ def _describe(source) -> str:
     return str(getattr(source, "name", "checkpoint"))
 
 
+# torch's allow-list is process-wide: one load at a time changes it (_allowed), so that two in threads do not
+# take each other's entries away.
+_LOADING = threading.RLock()
+
+
 def _load_allowed(f, map_location=None) -> Tuple[Any, list]:
     """The state, unpickled with the allow-list, and the numpy dtypes and arrays the load made."""
     made = []
     token = _MADE.set(made)
     try:
-        with _allowed(checkpoint_globals()):
+        with _LOADING, _allowed(checkpoint_globals()):
             return torch.load(f, map_location=map_location, weights_only=True), made
     finally:
         _MADE.reset(token)
+
+
+# Globals that torch's weights-only unpickler allows by default, and that no checkpoint fairseq writes names.
+_REFUSED_GLOBALS = {
+    # a tensor over a numpy array's memory: the file can then BUILD the array again, which frees that
+    # memory while the tensor still reads and writes it (fairseq saves tensors, never numpy-backed ones)
+    "torch._utils._rebuild_device_tensor_from_numpy",
+}
+
+
+def _globals_named(f, start: Optional[int]) -> set:
+    """Every global named by the pickles that torch.load reads from ``f`` (GLOBAL is the only way its
+    weights-only unpickler looks one up): a zip file's data.pkl, or the five pickles that begin a file of
+    torch's legacy format.  Read statically: nothing is unpickled."""
+    is_path = isinstance(f, (str, os.PathLike))
+    if not is_path and start is None:
+        return set()  # cannot look without consuming it; torch.load needs a seekable file anyway
+    handle = open(f, "rb") if is_path else f
+    try:
+        if zipfile.is_zipfile(handle):
+            handle.seek(start or 0)
+            with zipfile.ZipFile(handle) as archive:
+                streams = [io.BytesIO(archive.read(name)) for name in archive.namelist() if name.endswith("data.pkl")]
+        else:
+            streams = [handle] * 5
+        handle.seek(start or 0)
+        names = set()
+        for stream in streams:
+            try:
+                names.update(arg.replace(" ", ".") for opcode, arg, _ in pickletools.genops(stream)
+                             if opcode.name == "GLOBAL")
+            except Exception:  # not a pickle (any more): torch.load says what is wrong with it
+                break
+        return names
+    finally:
+        if is_path:
+            handle.close()
+        else:
+            handle.seek(start)
 
 
 def _is_refusal(error: Exception) -> bool:
@@ -390,6 +441,13 @@ def load(f, map_location=None):
     outside :func:`checkpoint_globals` unless the user opted in."""
     global _warned
     start = f.tell() if isinstance(f, io.IOBase) and f.seekable() else None
+    refused = sorted(_globals_named(f, start) & _REFUSED_GLOBALS)
+    if refused and not trusted():
+        raise UntrustedCheckpointError(
+            f"{_describe(f)}: refused to load: it names {', '.join(refused)}, which torch allows but no checkpoint "
+            "fairseq writes holds: a tensor over a numpy array's memory, which the file can free while the tensor "
+            f"still reads and writes it.  If you trust this file, {_opt_ins()}."
+        )
     try:
         state, made = _load_allowed(f, map_location)
     except pickle.UnpicklingError as error:
@@ -435,7 +493,7 @@ def outside_allow_list(path) -> Optional[List[str]]:
     statically (nothing is unpickled); None for a file in torch's legacy format (torch <= 1.5,
     as the 2019 pretrained models), which only a load can check."""
     try:
-        with _allowed(checkpoint_globals()):
+        with _LOADING, _allowed(checkpoint_globals()):
             return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except ValueError:  # not a zip file
         return None
@@ -608,9 +666,7 @@ def check(path) -> Tuple[str, str]:
     ("refused") or cannot read it ("unreadable"), and a line that says why."""
     unreadable = f"{path}: not a checkpoint torch can read"
     try:
-        if not _is_torch_file(path, None):
-            return "unreadable", f"{unreadable} (neither a zip file nor a pickle)"
-        names = outside_allow_list(path)
+        names = (outside_allow_list(path) or []) + sorted(_globals_named(path, None) & _REFUSED_GLOBALS)
         if names:
             return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
         state, made = _load_allowed(path, map_location="cpu")
@@ -618,6 +674,8 @@ def check(path) -> Tuple[str, str]:
         if reason:
             return "refused", f"{path}: refused: {reason}"
     except pickle.UnpicklingError as error:
+        if _is_refusal(error) and not _is_torch_file(path, None):  # as load() says of it
+            return "unreadable", f"{unreadable} (neither a zip file nor a pickle)"
         if _is_refusal(error):
             return "refused", f"{path}: refused: it holds {_refused_global(error)}, outside the allow-list"
         return "unreadable", f"{unreadable} ({error})"

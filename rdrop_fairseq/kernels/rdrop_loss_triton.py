@@ -1,4 +1,5 @@
-"""The R-Drop loss of :mod:`rdrop_fairseq.rdrop_loss` as two fused Triton kernels.
+"""The R-Drop loss of :mod:`rdrop_fairseq.rdrop_loss` as two fused Triton kernels (and a third for tokens
+whose scores hold -inf).
 
 One program per target token handles all ``m`` copies of it, walking over the vocabulary
 in blocks:
@@ -28,10 +29,11 @@ check them against the torch Function.
 
 Where one copy alone has -inf (its P is 0 where another's is not) the KL is infinite, and
 both this and the torch Function cap the infinite gap at 1e4 (finite gaps are kept, however
-large).  The log-normalisers do not shift a capped gap, so the forward pass also sums, per
-ordered pair, the mass ``C_ij`` of copy i where copy j is -inf: ``KL(P_i || P_j) = A_ij / S_i
-- (log S_i - log S_j) (1 - C_ij / S_i)``, the torch Function's value, and the backward pass's
-closed-form row sum stays the row sum of its own gradient.  Without -inf, ``C`` is 0.
+large).  The log-normalisers do not shift a capped gap; the forward pass's centres did, so a
+token whose scores hold -inf has its KL made again by a third kernel, which also sums the mass
+that each cap carries (``_rdrop_capped_kl_kernel``): the KL is the torch Function's, and the
+backward pass's closed-form row sum the row sum of its own gradient.  Every other token's program
+there reads one number and ends.
 
 A target outside the vocabulary is an error (``rdrop_loss._check_targets``), and the loss is
 differentiable once: a backward with ``create_graph=True`` is refused.
@@ -122,7 +124,6 @@ def _rdrop_forward_kernel(
     run_sum = tl.zeros((COPIES_PAD,), tl.float32)
     score_sum = tl.zeros((COPIES_PAD,), tl.float32)
     pair_acc = tl.zeros((COPIES_PAD, COPIES_PAD), tl.float32)
-    pair_capped = tl.zeros((COPIES_PAD, COPIES_PAD), tl.float32)
     for start in range(0, end, BLOCK):
         col = start + cols
         ok = row_ok[:, None] & (col < vocab)[None, :]
@@ -136,12 +137,11 @@ def _rdrop_forward_kernel(
             moved = centre - new_centre
             score_sum += start * moved
             if WITH_KL:
-                # Capped gaps do not move.  A copy whose scores were all -inf so far had no centre: every
-                # gap to it is capped, which its first finite max must not shift by that max's level.
+                # A copy whose scores were all -inf so far had no centre: the gaps to it are the cap,
+                # which its first finite max must not shift by that max's level.
                 pair_moved = tl.where(run_max == float("-inf"), 0.0, moved)
-                pair_acc = (pair_acc + (run_sum[:, None] - pair_capped) * (pair_moved[:, None] - pair_moved[None, :])) \
+                pair_acc = (pair_acc + run_sum[:, None] * (pair_moved[:, None] - pair_moved[None, :])) \
                     * rescale[:, None]
-                pair_capped = pair_capped * rescale[:, None]
             centre = new_centre
             z = z - centre[:, None]
             e = tl.exp(z)
@@ -156,12 +156,8 @@ def _rdrop_forward_kernel(
                 e_i = _row(e, rows, i, 0.0)
                 for j in tl.static_range(COPIES):
                     if i != j:
-                        z_j = _row(z, rows, j, float("-inf"))
-                        term = tl.sum(tl.where(e_i > 0, e_i * _gap(z_i, z_j), 0.0))
-                        capped = tl.sum(tl.where(z_j == float("-inf"), e_i, 0.0))
-                        pair = (rows[:, None] == i) & (rows[None, :] == j)
-                        pair_acc += tl.where(pair, term, 0.0)
-                        pair_capped += tl.where(pair, capped, 0.0)
+                        term = tl.sum(tl.where(e_i > 0, e_i * _gap(z_i, _row(z, rows, j, float("-inf"))), 0.0))
+                        pair_acc += tl.where((rows[:, None] == i) & (rows[None, :] == j), term, 0.0)
 
     # log_sum = lse - centre: everything below is relative to the centres, so that no two
     # large log-normalisers are subtracted.
@@ -183,9 +179,7 @@ def _rdrop_forward_kernel(
     if WITH_KL:
         pair_ok = live[:, None] & row_ok[None, :] & (rows[:, None] != rows[None, :])
         safe_sum = tl.where(row_ok, run_sum, 1.0)
-        # The log-normalisers shift every gap but the capped ones (the torch Function caps x_i - x_j).
-        kl_pair = pair_acc / safe_sum[:, None] \
-            - (log_sum[:, None] - log_sum[None, :]) * (1.0 - pair_capped / safe_sum[:, None])
+        kl_pair = pair_acc / safe_sum[:, None] - log_sum[:, None] + log_sum[None, :]
         kl_row = tl.sum(tl.where(pair_ok, kl_pair, 0.0), 1)
     tl.store(centre_ptr + token * COPIES + rows, centre, mask=row_ok)
     tl.store(log_sum_ptr + token * COPIES + rows, log_sum, mask=row_ok)
@@ -193,6 +187,54 @@ def _rdrop_forward_kernel(
     tl.store(token_terms_ptr + token, tl.sum(nll, 0))
     tl.store(token_terms_ptr + num_tokens + token, tl.sum(smooth, 0))
     tl.store(token_terms_ptr + 2 * num_tokens + token, tl.sum(kl_row, 0))
+
+
+@triton.jit
+def _rdrop_capped_kl_kernel(
+    scores_ptr, target_ptr, centre_ptr, log_sum_ptr, kl_row_ptr, token_terms_ptr,
+    num_tokens, length, stride_group, stride_copy, stride_pos, vocab, ignore_index,
+    COPIES: tl.constexpr, COPIES_PAD: tl.constexpr, BLOCK: tl.constexpr, HAS_TARGET: tl.constexpr,
+):
+    """The KL of a token whose scores hold -inf, again, around the forward pass's final centres.  A gap to
+    -inf is capped, and the log-normalisers shift every gap but the capped ones: with ``C_ij``, the mass of
+    copy i where copy j is -inf, ``KL(P_i || P_j) = A_ij / S_i - (log S_i - log S_j) (1 - C_ij / S_i)``,
+    the torch Function's value.  The forward pass moved the capped gaps with the centres; a -inf score made
+    its copy's sum of scores, and so the token's smoothing term, -inf or NaN: only such tokens read their
+    scores here (R-Drop's copies of one model are -inf, if anywhere, at the same places).  A kernel of its
+    own: in the forward pass, this work made the common case spill registers."""
+    token = tl.program_id(0).to(tl.int64)
+    smooth = tl.load(token_terms_ptr + num_tokens + token)
+    if (smooth != smooth) | (smooth == float("inf")) | (smooth == float("-inf")):
+        rows = tl.arange(0, COPIES_PAD)
+        row_ok = rows < COPIES
+        cols = tl.arange(0, BLOCK)
+        base = _token_base(token, length, stride_group, stride_pos) + rows.to(tl.int64) * stride_copy
+        tgt, live = _target_and_live_rows(target_ptr, token, ignore_index, rows, row_ok, HAS_TARGET)
+        centre = tl.load(centre_ptr + token * COPIES + rows, mask=row_ok, other=0.0)
+        log_sum = tl.load(log_sum_ptr + token * COPIES + rows, mask=row_ok, other=0.0)
+        pair_acc = tl.zeros((COPIES_PAD, COPIES_PAD), tl.float32)
+        pair_capped = tl.zeros((COPIES_PAD, COPIES_PAD), tl.float32)
+        for start in range(0, vocab * tl.max(live.to(tl.int32), 0), BLOCK):
+            col = start + cols
+            ok = row_ok[:, None] & (col < vocab)[None, :]
+            z = tl.load(scores_ptr + base[:, None] + col[None, :], mask=ok, other=float("-inf")).to(tl.float32)
+            z = z - centre[:, None]
+            e = tl.exp(z)
+            for j in tl.static_range(COPIES):
+                z_j = _row(z, rows, j, float("-inf"))
+                # every copy's gaps to copy j at once, and the mass of each where j is -inf
+                terms = tl.sum(tl.where(e > 0, e * _gap(z, z_j[None, :]), 0.0), 1)
+                capped = tl.sum(tl.where((z_j == float("-inf"))[None, :], e, 0.0), 1)
+                column = (rows[None, :] == j) & (rows[:, None] != j)
+                pair_acc += tl.where(column, terms[:, None], 0.0)
+                pair_capped += tl.where(column, capped[:, None], 0.0)
+        pair_ok = live[:, None] & row_ok[None, :] & (rows[:, None] != rows[None, :])
+        safe_sum = tl.where(live, tl.exp(log_sum), 1.0)
+        kl_pair = pair_acc / safe_sum[:, None] \
+            - (log_sum[:, None] - log_sum[None, :]) * (1.0 - pair_capped / safe_sum[:, None])
+        kl_row = tl.sum(tl.where(pair_ok, kl_pair, 0.0), 1)
+        tl.store(kl_row_ptr + token * COPIES + rows, kl_row, mask=row_ok)
+        tl.store(token_terms_ptr + 2 * num_tokens + token, tl.sum(kl_row, 0))
 
 
 @triton.jit
@@ -296,6 +338,14 @@ class TritonRDropLossFunction(torch.autograd.Function):
                     COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block,
                     HAS_TARGET=has_target, FROM_LOGITS=from_logits, WITH_KL=with_kl, num_warps=num_warps,
                 )
+                if from_logits and with_kl:
+                    _rdrop_capped_kl_kernel[(num_tokens,)](
+                        scores, target_flat if has_target else centre, centre, log_sum, kl_row, token_terms,
+                        num_tokens, length, stride_group, stride_copy, stride_pos, vocab,
+                        -1 if ignore_index is None else ignore_index,
+                        COPIES=copies, COPIES_PAD=copies_pad, BLOCK=block, HAS_TARGET=has_target,
+                        num_warps=num_warps,
+                    )
         eps_other = epsilon / (vocab - 1) if vocab > 1 else 0.0
         nll, smooth_sum, kl = token_terms.sum(1).unbind()
         kl = kl / (copies * (copies - 1)) if copies > 1 else kl.zero_()
