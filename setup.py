@@ -32,7 +32,7 @@ setup(
     extras_require={
         # The fused CUDA loss kernel; on a CPU the tests run it under Triton's interpreter.
         "triton": ["triton>=3.3; platform_system == 'Linux'"],
-        "test": ["pytest>=7", "pytest-timeout", "triton>=3.3; platform_system == 'Linux'"],
+        "test": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3", "triton>=3.3; platform_system == 'Linux'"],
     },
     entry_points={"console_scripts": ["rdrop-fairseq=rdrop_fairseq.cli:main"]},
 )

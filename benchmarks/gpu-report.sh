@@ -54,14 +54,15 @@ fi
 "$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/device.txt"
 rm -f "$out"/{kernel-tests,checkpoint-tests,kernel-resources,step-cost-bf16,step-cost-fp16,loss-kernel-bf16,loss-kernel-fp16,train-throughput}.log
 stamp kernel tests
-logged kernel-tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_rdrop_loss_triton.py
+# -o addopts=: pytest.ini's worker processes need pytest-xdist, which a device machine may lack
+logged kernel-tests "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= tests/test_rdrop_loss_triton.py
 tail -n 3 "$out/kernel-tests.log" | tee "$out/kernel-tests.txt"
 stamp "kernel resources"
 arch=$("$PYTHON" -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())')
 logged kernel-resources "$PYTHON" benchmarks/kernel_resources.py --arch "$arch" --dtype bf16 fp16 --copies 2
 tables kernel-resources
 stamp "checkpoint written on CUDA"
-logged checkpoint-tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_safe_load.py -k written_on_cuda
+logged checkpoint-tests "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= tests/test_safe_load.py -k written_on_cuda
 tail -n 3 "$out/checkpoint-tests.log" | tee "$out/checkpoint-tests.txt"
 for shape in ${BF16_SHAPES-iwslt iwslt_full wmt wmt_full lm}; do
     stamp "step_cost $shape bf16"

@@ -38,9 +38,9 @@ install() {  # install PACKAGE==VERSION into FOLDER, whole or not at all
     rm -rf "$folder" && mv "$folder.partial" "$folder"
 }
 
-kernel_tests() {  # the pytest summary without its time, under PYTHONPATH $1
+kernel_tests() {  # the pytest summary without its time, under PYTHONPATH $1; in one process (-o addopts=)
     local log=$2
-    PYTHONPATH="$1${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m pytest -q -p no:cacheprovider $PYTEST_ARGS >"$log" 2>&1 || true
+    PYTHONPATH="$1${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= $PYTEST_ARGS >"$log" 2>&1 || true
     tail -n 1 "$log" | sed -E 's/^=+ //; s/ in [0-9.]+s.*//'
 }
 

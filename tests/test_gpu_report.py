@@ -17,7 +17,9 @@ case "$1" in
             *get_device_name*) echo "Fake GPU (no nvidia-smi)" ;;
             *) echo "torch 9.9 triton 9.9" ;;
         esac ;;
-    -m) [[ -n ${FAIL_TESTS:-} ]] && { echo "1 failed, 2 passed in 1.0s"; exit 1; }; echo "3 passed in 1.0s" ;;
+    -m) # pytest.ini's worker processes need pytest-xdist, which the device machine may lack
+        [[ " $* " == *" -o addopts= "* ]] || { echo "pytest would read pytest.ini's addopts: $*" >&2; exit 7; }
+        [[ -n ${FAIL_TESTS:-} ]] && { echo "1 failed, 2 passed in 1.0s"; exit 1; }; echo "3 passed in 1.0s" ;;
     benchmarks/step_cost.py)
         shape=$3
         echo "noise before the table"
