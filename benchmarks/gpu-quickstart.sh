@@ -13,6 +13,8 @@
 #        RUN_DIR   its --out-dir: runs and checkpoints (default rdrop-quickstart)
 #        OUT_DIR   where the report goes (default: $OUT/gpu-quickstart where OUT is set, else gpu-quickstart)
 #        LIMIT_S   seconds the quickstart may run (default 540)
+#        CONCURRENT  1: both runs train at once (--concurrent; the default, so that one call has time for
+#                  both on a GPU that one run leaves partly idle); 0: one after the other, e.g. with --minutes
 #        PYTHON    interpreter with rdrop_fairseq's dependencies (default python3)
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;; esac
@@ -23,6 +25,11 @@ out=${OUT_DIR:-${OUT:+$OUT/}gpu-quickstart}
 limit=${LIMIT_S:-540}
 export PYTHON=${PYTHON:-python3}
 [[ $limit =~ ^[1-9][0-9]*$ ]] || { echo "error: LIMIT_S must be a positive number of seconds, got '$limit'" >&2; exit 2; }
+case "${CONCURRENT:-1}" in
+    1) concurrent=(--concurrent) ;;
+    0) concurrent=() ;;
+    *) echo "error: CONCURRENT must be 1 or 0, got '$CONCURRENT'" >&2; exit 2 ;;
+esac
 [ -s "$corpus/train.de" ] || {
     echo "error: no corpus at CORPUS=$corpus (copy ../shared/corpora/lohelp-de-en there and carry it)" >&2; exit 2; }
 mkdir -p "$out"
@@ -31,7 +38,7 @@ mkdir -p "$out"
 
 status=0
 timeout -k 10 "$limit" bash "${QUICKSTART:-scripts/quickstart.sh}" --corpus "$corpus" --src de --tgt en \
-    --work-dir "${WORK_DIR:-.corpus/quickstart}" --out-dir "$run_dir" "$@" >"$out/quickstart.log" 2>&1 || status=$?
+    --work-dir "${WORK_DIR:-.corpus/quickstart}" --out-dir "$run_dir" ${concurrent[@]+"${concurrent[@]}"} "$@" >"$out/quickstart.log" 2>&1 || status=$?
 tail -n 40 "$out/quickstart.log"
 for file in results.md results.json curves.png; do
     [ ! -f "$run_dir/$file" ] || cp "$run_dir/$file" "$out/"

@@ -49,6 +49,16 @@ def test_a_finished_quickstart_brings_back_its_table_curves_and_logs(tmp_path):
     log = (out / "quickstart.log").read_text()
     assert "'max_updates': 2000" in log and f"'corpus': PosixPath('{tmp_path / 'corpus'}')" in log
     assert f"'out_dir': PosixPath('{tmp_path / 'runs'}')" in log and "done" in proc.stdout
+    assert "'concurrent': True" in log  # both runs at once, by default
+
+
+def test_concurrent_0_trains_one_run_after_the_other_and_anything_else_is_refused(tmp_path):
+    proc, out = run(tmp_path, "--minutes", "8", CONCURRENT="0")
+    assert proc.returncode == 0, proc.stderr
+    log = (out / "quickstart.log").read_text()
+    assert "'concurrent': False" in log and "'minutes': 8.0" in log
+    proc, out = run(tmp_path, CONCURRENT="yes")
+    assert proc.returncode == 2 and "CONCURRENT must be 1 or 0, got 'yes'" in proc.stderr
 
 
 def test_a_run_cut_off_by_the_limit_still_brings_back_what_it_trained(tmp_path):

@@ -49,6 +49,7 @@ class Plan:
     max_update: int          # per run; 0: R-Drop trains within the --minutes budget
     minutes: Optional[float]
     smoke: bool = False
+    concurrent: bool = False  # both runs at once
 
 
 def detect_device(force_cpu: bool) -> Device:
@@ -78,7 +79,7 @@ def plan_run(device: Device, args) -> Plan:
         max_update = setup.updates
     return Plan(setup=setup, device=device if cuda else Device(cuda=False), device_flags=device_flags,
                 alpha=args.rdrop_alpha or setup.alpha, max_update=max_update,
-                minutes=None if args.smoke else args.minutes, smoke=args.smoke)
+                minutes=None if args.smoke else args.minutes, smoke=args.smoke, concurrent=args.concurrent)
 
 
 RUN_LABELS = {"rdrop": "R-Drop", "baseline": "the baseline"}
@@ -227,25 +228,87 @@ def train_command(bin_dir: Path, run_dir: Path, plan: Plan, alpha: float, args,
     return cmd
 
 
-def run_logged(cmd: Sequence[str], log: Path, echo: Callable[[str], Optional[str]] = lambda line: line
-               ) -> List[str]:
-    """Run a command, printing what ``echo`` makes of each output line (None: nothing); all of the
-    output is kept in ``log`` and returned."""
-    logger.info("running: %s", " ".join(cmd))
-    lines = []
+Echo = Callable[[str], Optional[str]]  # what to print of an output line (None: nothing)
+Job = Tuple[Sequence[str], Path, Echo]  # a command, the file that keeps all of its output, and its echo
+PRINT_LOCK = threading.Lock()  # commands run side by side print whole lines
+
+
+def run_logged(cmd: Sequence[str], log: Path, echo: Echo = lambda line: line) -> List[str]:
+    """Run a command, printing what ``echo`` makes of each output line; all of the output is kept in
+    ``log`` and returned."""
     with open(log, "w", encoding="utf-8") as copy:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = start_command(cmd)
         try:
-            for line in proc.stdout:
-                shown = echo(line)
-                if shown is not None:
-                    sys.stdout.write(shown)
-                    sys.stdout.flush()
-                copy.write(line)
-                lines.append(line.rstrip("\n"))
-            proc.wait()
+            lines = follow_output(proc, copy, echo)
         finally:  # stopped (Ctrl-C, SIGTERM, SIGHUP: see stop_on_signals) or failed: the command stops too
             stop_process(proc)
+    return checked_output(proc, lines, log)
+
+
+@dataclass
+class Outcome:
+    """How one of the commands of run_logged_together ended: its output lines, or the error that ended it."""
+    lines: List[str]
+    error: Optional[Exception]
+    wall_s: float
+
+
+def run_logged_together(jobs: Dict[str, Job]) -> Dict[str, Outcome]:
+    """Run the commands at the same time, each as run_logged does; one that fails leaves the others running
+    to their end.  Leaving this function early (Ctrl-C, SIGTERM, SIGHUP) stops all of them."""
+    procs: Dict[str, subprocess.Popen] = {}
+    outcomes: Dict[str, Outcome] = {}
+    start = time.time()
+
+    def follow(name: str, log: Path, echo: Echo) -> None:
+        lines: List[str] = []
+        try:
+            with open(log, "w", encoding="utf-8") as copy:
+                lines = follow_output(procs[name], copy, echo)
+            checked_output(procs[name], lines, log)
+            error = None
+        except Exception as err:  # noqa: BLE001 (handed to the caller, which names the run)
+            error = err
+        finally:
+            stop_process(procs[name])
+        outcomes[name] = Outcome(lines, error, time.time() - start)
+
+    threads = []
+    try:
+        for name, (cmd, log, echo) in jobs.items():
+            procs[name] = start_command(cmd)
+            threads.append(threading.Thread(target=follow, args=(name, log, echo), name=name, daemon=True))
+            threads[-1].start()
+        for thread in threads:
+            while thread.is_alive():  # in short waits, so that a signal's handler runs in this thread
+                thread.join(0.2)
+    finally:
+        for proc in procs.values():
+            stop_process(proc)
+    return outcomes
+
+
+def start_command(cmd: Sequence[str]) -> subprocess.Popen:
+    logger.info("running: %s", " ".join(cmd))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def follow_output(proc: subprocess.Popen, copy, echo: Echo) -> List[str]:
+    """Every output line of ``proc`` until it exits: written to ``copy``, printed as ``echo`` makes it."""
+    lines = []
+    for line in proc.stdout:
+        shown = echo(line)
+        if shown is not None:
+            with PRINT_LOCK:
+                sys.stdout.write(shown)
+                sys.stdout.flush()
+        copy.write(line)
+        lines.append(line.rstrip("\n"))
+    proc.wait()
+    return lines
+
+
+def checked_output(proc: subprocess.Popen, lines: List[str], log: Path) -> List[str]:
     if proc.returncode != 0:
         tail = "\n".join(lines[-FAILURE_TAIL_LINES:])
         raise RuntimeError(f"command failed (exit {proc.returncode}); the end of its output:\n{tail}\n"
@@ -455,12 +518,14 @@ def _p_value(result, baseline_bleu: float) -> Optional[float]:
 
 
 def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, float]:
-    """Both runs for plan.max_update updates; under --minutes, R-Drop within 60% of 90% of the budget
-    (the rest is for translating), then the baseline for as many updates."""
+    """Both runs for plan.max_update updates, one after the other or with --concurrent at once; under
+    --minutes, R-Drop within 60% of 90% of the budget (the rest is for translating), then the baseline for
+    as many updates.  Returns each run's training time."""
     walls, max_update = {}, plan.max_update
     budget_s = (plan.minutes or 0.0) * 60 * 0.9
     shares = {"rdrop": 0.6, "baseline": 0.4}
     inputs = run_inputs(bin_dir)
+    together: Dict[str, Job] = {}
     for name in RUNS:
         alpha = plan.alpha if name == "rdrop" else 0.0
         run_dir = out_dir / name
@@ -477,15 +542,33 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
             logger.info("%s: training; fairseq's whole output goes to %s", name, run_dir / "stdout.log")
-            start = time.time()
-            run_logged(cmd, run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
-            walls[name] = time.time() - start
-            with atomic_output(run_dir / FINISHED) as handle:
-                json.dump({"command": cmd[1:], "inputs": inputs, "wall_s": walls[name]}, handle, indent=1)
+            job = (cmd, run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
+            if plan.concurrent:
+                together[name] = job
+            else:
+                start = time.time()
+                run_logged(*job)
+                walls[name] = record_finished(run_dir, cmd, inputs, time.time() - start)
         if name == "rdrop" and budget_s:  # the budget may have stopped it before --max-updates
             max_update = summarize(run_dir)["updates"]
             logger.info("R-Drop made %d updates; the baseline gets as many", max_update)
+    if together:
+        logger.info("training %s at the same time (--concurrent)", " and ".join(together))
+        outcomes = run_logged_together(together)
+        for name, outcome in outcomes.items():
+            if outcome.error is None:
+                walls[name] = record_finished(out_dir / name, together[name][0], inputs, outcome.wall_s)
+        failed = [f"{name}: {outcome.error}" for name, outcome in outcomes.items() if outcome.error is not None]
+        if failed:
+            raise RuntimeError("\n".join(failed))
     return walls
+
+
+def record_finished(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]], wall_s: float) -> float:
+    """Mark the run in ``run_dir`` as trained to its end, for finished_wall; returns ``wall_s``."""
+    with atomic_output(run_dir / FINISHED) as handle:
+        json.dump({"command": list(cmd[1:]), "inputs": inputs, "wall_s": wall_s}, handle, indent=1)
+    return wall_s
 
 
 def run_inputs(bin_dir: Path) -> Dict[str, Optional[str]]:
@@ -541,16 +624,21 @@ def score(bin_dir: Path, raw: Path, out_dir: Path, plan: Plan, args, walls) -> D
             for name in translations}
 
 
+CONCURRENT_NOTE = ("Trained with --concurrent: the runs this invocation trained shared the device, so their wall "
+                   "times and words/s are each one's while they ran side by side.")
+
+
 def write_results(out_dir: Path, plan: Plan, raw: Path, results: Dict[str, Dict[str, float]]) -> str:
     """OUT_DIR/results.{json,md}; returns the markdown: the table, and a warning when a run trained less
     than the default, and another when the two runs' update counts differ (logged as well).  In the JSON,
     ``warnings`` lists them and ``warning`` is their text together (None when there is none)."""
     warnings = update_warnings(results, plan)
-    report = format_table(results) + "".join(f"\n\n**Warning:** {warning}" for warning in warnings)
+    report = format_table(results) + (f"\n\n{CONCURRENT_NOTE}" if plan.concurrent else "")
+    report += "".join(f"\n\n**Warning:** {warning}" for warning in warnings)
     with atomic_output(out_dir / "results.json") as handle:
         json.dump({"setup": asdict(plan.setup), "device": asdict(plan.device), "device_flags": plan.device_flags,
-                   "rdrop_alpha": plan.alpha, "lenpen_grid": LENPENS, "corpus": str(raw),
-                   "warning": " ".join(warnings) or None, "warnings": warnings, "results": results},
+                   "rdrop_alpha": plan.alpha, "concurrent": plan.concurrent, "lenpen_grid": LENPENS,
+                   "corpus": str(raw), "warning": " ".join(warnings) or None, "warnings": warnings, "results": results},
                   handle, indent=1)
     with atomic_output(out_dir / "results.md") as handle:
         handle.write(report + "\n")
@@ -580,7 +668,8 @@ def quickstart(args) -> Dict[str, Dict[str, float]]:
     plan = plan_run(detect_device(args.cpu), args)
     setup = plan.setup
     logger.info("device: %s (fairseq-train %s); %s, R-Drop alpha %g, %s", plan.device.name, " ".join(plan.device_flags),
-                setup.arch, plan.alpha, f"{plan.max_update} updates per run" if plan.max_update
+                setup.arch, plan.alpha, (f"{plan.max_update} updates per run"
+                                         + (", both at once" if plan.concurrent else "")) if plan.max_update
                 else f"R-Drop within 60% of {plan.minutes:g} min, the baseline for as many updates")
     raw = resolve_corpus(args)
     raw = slice_corpus(raw, args.work_dir / "slices" / f"{raw.name}-{setup.train_pairs}-{setup.heldout_pairs}",

@@ -238,6 +238,59 @@ def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, mon
     assert [limit for limit, _ in limits] == ["2000", "625"]
 
 
+PROGRESS_LINE = '2026-12-04 17:30:00 | INFO | train_inner | {"epoch": 1, "loss": "5.0", "num_updates": "3", "wall": "6"}\n'
+
+
+def test_with_concurrent_both_runs_train_at_once_and_a_failed_one_trains_again_alone(tmp_path, monkeypatch):
+    out, batches, failing = tmp_path / "out", [], {"baseline"}
+
+    def fake_together(jobs):
+        batches.append({name: flag(cmd, "--rdrop-alpha") for name, (cmd, _, _) in jobs.items()})
+        outcomes = {}
+        for name, (cmd, log, echo) in jobs.items():
+            assert log == out / name / "stdout.log" and log.parent.is_dir()
+            assert echo(PROGRESS_LINE).startswith(f"[{name}] 3/6 updates")
+            if name in failing:
+                outcomes[name] = quickstart.Outcome([], RuntimeError("command failed (exit 1)"), 1.0)
+                continue
+            Path(flag(cmd, "--save-dir")).mkdir()
+            (Path(flag(cmd, "--save-dir")) / "checkpoint_best.pt").write_bytes(b"")
+            outcomes[name] = quickstart.Outcome([], None, 42.0)
+        return outcomes
+
+    monkeypatch.setattr(quickstart, "run_logged_together", fake_together)
+    monkeypatch.setattr(quickstart, "run_logged", lambda *args: pytest.fail("a run trained on its own"))
+
+    def train():
+        args = parse("--smoke", "--concurrent")
+        return quickstart.train_runs(tmp_path, out, quickstart.plan_run(CPU, args), args)
+
+    with pytest.raises(RuntimeError, match="^baseline: command failed"):
+        train()
+    assert batches == [{"rdrop": "2.0", "baseline": "0.0"}]  # one batch: both at once
+    assert (out / "rdrop" / quickstart.FINISHED).is_file() and not (out / "baseline" / quickstart.FINISHED).exists()
+    failing.clear()
+    batches.clear()
+    walls = train()
+    assert batches == [{"baseline": "0.0"}] and walls == {"rdrop": 42.0, "baseline": 42.0}
+    batches.clear()
+    assert train() == walls and batches == []
+
+
+def test_concurrent_runs_need_a_fixed_update_count_and_say_so_in_the_table(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        quickstart.parse_args(["--concurrent", "--minutes", "20"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--concurrent needs a fixed number of updates" in err and "--minutes" in err
+    assert quickstart.plan_run(H200, parse("--concurrent")).concurrent
+    results = {"baseline": dict(ROW, updates=4000), "rdrop": dict(ROW, updates=4000, bleu_p=0.01)}
+    for argv, concurrent in (((), False), (("--concurrent",), True)):
+        report = quickstart.write_results(tmp_path, quickstart.plan_run(H200, parse(*argv)), tmp_path, results)
+        assert (quickstart.CONCURRENT_NOTE in report) == concurrent and "Warning" not in report
+        assert json.loads((tmp_path / "results.json").read_text())["concurrent"] is concurrent
+
+
 def test_a_run_with_fewer_updates_than_the_default_says_it_settles_nothing(tmp_path, caplog):
     assert quickstart.shortfall_warning({"rdrop": 2200, "baseline": 2200}, quickstart.CPU) is None
     assert quickstart.shortfall_warning({"rdrop": 4000, "baseline": 4000}, quickstart.GPU) is None
@@ -600,6 +653,56 @@ def test_stop_process_kills_a_command_that_ignores_sigterm(tmp_path):
             proc.kill()
 
 
+# Writes its own file, then waits for its partner's: two of them get past the wait only when they run at once.
+RENDEZVOUS = """import pathlib, sys, time
+me, partner, status = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+me.touch()
+deadline = time.monotonic() + 30
+while not partner.exists():
+    if time.monotonic() > deadline:
+        print("alone", flush=True)
+        sys.exit(9)
+    time.sleep(0.05)
+print(f"met {partner.name}", flush=True)
+print("last line", flush=True)
+sys.exit(status)
+"""
+
+
+def test_commands_run_together_each_logged_and_one_that_fails_leaves_the_other_to_end(tmp_path, capsys):
+    def job(name, partner, status):
+        cmd = [sys.executable, "-c", RENDEZVOUS, str(tmp_path / name), str(tmp_path / partner), str(status)]
+        return cmd, tmp_path / f"{name}.log", lambda line: f"[{name}] {line}"
+
+    outcomes = quickstart.run_logged_together({"a": job("a", "b", 0), "b": job("b", "a", 3)})
+    assert outcomes["a"].error is None and outcomes["a"].lines == ["met b", "last line"]
+    assert (tmp_path / "a.log").read_text() == "met b\nlast line\n"
+    error = outcomes["b"].error
+    assert isinstance(error, RuntimeError) and "exit 3" in str(error) and "met a\nlast line" in str(error)
+    assert (tmp_path / "b.log").read_text() == "met a\nlast line\n"
+    assert all(0 < outcome.wall_s < 60 for outcome in outcomes.values())
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(printed) == ["[a] last line", "[a] met b", "[b] last line", "[b] met a"]
+
+
+def test_a_command_run_together_is_stopped_when_reading_its_output_fails(tmp_path):
+    pid_file = tmp_path / "command.pid"
+
+    def failing_echo(line):
+        raise RuntimeError("stopped while reading")
+
+    outcomes = quickstart.run_logged_together({
+        "long": ([sys.executable, "-c", LONG_COMMAND, str(pid_file)], tmp_path / "long.log", failing_echo),
+        "short": ([sys.executable, "-c", "print('done')"], tmp_path / "short.log", lambda line: None)})
+    pid = int(pid_file.read_text())
+    try:
+        assert not running(pid)
+        assert "stopped while reading" in str(outcomes["long"].error)
+        assert outcomes["short"].error is None and outcomes["short"].lines == ["done"]
+    finally:
+        kill_if_running(pid)
+
+
 # Runs quickstart.main with its training replaced by one long command, as the real one waits for fairseq-train.
 SIGNALLED_QUICKSTART = """import sys
 from pathlib import Path
@@ -612,29 +715,40 @@ def one_long_command(args):
     quickstart.run_logged([sys.executable, "-c", sys.argv[2], str(folder / "command.pid")], folder / "log")
 
 
-quickstart.quickstart = one_long_command
+def two_long_commands(args):
+    quickstart.run_logged_together({name: ([sys.executable, "-c", sys.argv[2], str(folder / f"{name}.pid")],
+                                           folder / f"{name}.log", lambda line: line)
+                                    for name in ("command", "other")})
+
+
+quickstart.quickstart = two_long_commands if sys.argv[3:] == ["together"] else one_long_command
 quickstart.main(["--cpu", "--work-dir", str(folder / "work"), "--out-dir", str(folder / "out")])
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_a_quickstart_stopped_by_a_signal_stops_the_command_it_runs(tmp_path, signum):
-    """`kill PID`, a scheduler's stop or a closed terminal: fairseq-train must not go on on its own."""
-    parent = subprocess.Popen([sys.executable, "-c", SIGNALLED_QUICKSTART, str(tmp_path), LONG_COMMAND],
+@pytest.mark.parametrize("signum, together", [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGTERM, True)],
+                         ids=["SIGTERM", "SIGHUP", "SIGTERM-concurrent"])
+def test_a_quickstart_stopped_by_a_signal_stops_the_command_it_runs(tmp_path, signum, together):
+    """`kill PID`, a scheduler's stop or a closed terminal: fairseq-train must not go on on its own, nor
+    the other run's beside it under --concurrent."""
+    parent = subprocess.Popen([sys.executable, "-c", SIGNALLED_QUICKSTART, str(tmp_path), LONG_COMMAND,
+                               *(["together"] if together else [])],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                               start_new_session=True)
-    pid = None
+    pids = []
     try:
-        pid = int(wait_for_file(tmp_path / "command.pid").read_text())
+        for name in ("command", "other") if together else ("command",):
+            pids.append(int(wait_for_file(tmp_path / f"{name}.pid").read_text()))
         os.kill(parent.pid, signum)
         _, err = parent.communicate(timeout=60)
-        assert not running(pid), "the command outlived the quickstart"
+        for pid in pids:
+            assert not running(pid), "a command outlived the quickstart"
         assert parent.returncode == 128 + signum, err[-2000:]
         assert f"{signal.Signals(signum).name} received; stopping" in err
     finally:
         if parent.poll() is None:
             parent.kill()
-        if pid is not None:
+        for pid in pids:
             kill_if_running(pid)
 
 
