@@ -238,7 +238,8 @@ def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, mon
     assert [limit for limit, _ in limits] == ["2000", "625"]
 
 
-PROGRESS_LINE = '2026-12-04 17:30:00 | INFO | train_inner | {"epoch": 1, "loss": "5.0", "num_updates": "3", "wall": "6"}\n'
+PROGRESS_LINE = ('2026-12-04 17:30:00 | INFO | train_inner | {"epoch": 1, "loss": "5.0", "num_updates": "3", '
+                 '"wall": "6"}\n')
 
 
 def test_with_concurrent_both_runs_train_at_once_and_a_failed_one_trains_again_alone(tmp_path, monkeypatch):
@@ -726,7 +727,8 @@ quickstart.main(["--cpu", "--work-dir", str(folder / "work"), "--out-dir", str(f
 """
 
 
-@pytest.mark.parametrize("signum, together", [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGTERM, True)],
+@pytest.mark.parametrize("signum, together",
+                         [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGTERM, True)],
                          ids=["SIGTERM", "SIGHUP", "SIGTERM-concurrent"])
 def test_a_quickstart_stopped_by_a_signal_stops_the_command_it_runs(tmp_path, signum, together):
     """`kill PID`, a scheduler's stop or a closed terminal: fairseq-train must not go on on its own, nor
