@@ -178,8 +178,9 @@ def slice_corpus(raw: Path, dest: Path, src: str, tgt: str, train_pairs: int, he
 
 
 def prepared_dir(args, setup: Setup, raw: Path) -> Path:
-    """Cache folder named after everything that changes the binarised data: the corpus by its content, so
-    that a copy elsewhere (or on another machine) finds the same cache."""
+    """Cache folder named after everything that changes the binarised data: the corpus by its folder's name
+    and its content, so that a copy under the same name elsewhere (or on another machine) finds the same
+    cache."""
     settings = f"{setup.bpe_merges}|{setup.train_pairs}|{setup.heldout_pairs}"
     digest = corpus_digest(raw, args.src, args.tgt, settings)
     return args.work_dir / "prepared" / f"{raw.name}-{args.src}{args.tgt}-{digest}"

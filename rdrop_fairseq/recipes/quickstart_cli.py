@@ -108,7 +108,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--src", default="de", help="source language: the corpus's file suffix (default de)")
     parser.add_argument("--tgt", default="en", help="target language (default en)")
     parser.add_argument("--work-dir", type=Path, default=default_work_dir(),
-                        help="cache for the corpus and prepared data (default ~/.cache/rdrop_fairseq)")
+                        help="cache for the corpus and prepared data (default ~/.cache/rdrop_fairseq, or "
+                        "$XDG_CACHE_HOME/rdrop_fairseq where that is set)")
     parser.add_argument("--out-dir", type=Path, default=Path("rdrop-quickstart"),
                         help="checkpoints, logs, results.md and curves.png (default ./rdrop-quickstart)")
     parser.add_argument("--rdrop-alpha", type=float,
