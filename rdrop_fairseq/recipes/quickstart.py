@@ -254,9 +254,12 @@ class Outcome:
     wall_s: float
 
 
-def run_logged_together(jobs: Dict[str, Job]) -> Dict[str, Outcome]:
+def run_logged_together(jobs: Dict[str, Job], on_success: Callable[[str, float], None] = lambda name, wall_s: None
+                        ) -> Dict[str, Outcome]:
     """Run the commands at the same time, each as run_logged does; one that fails leaves the others running
-    to their end.  Leaving this function early (Ctrl-C, SIGTERM, SIGHUP) stops all of them."""
+    to their end.  ``on_success(name, wall_s)`` is called as soon as a command has succeeded, so that what it
+    records stays when the others are stopped.  Leaving this function early (Ctrl-C, SIGTERM, SIGHUP) stops
+    all of them."""
     procs: Dict[str, subprocess.Popen] = {}
     outcomes: Dict[str, Outcome] = {}
     start = time.time()
@@ -267,11 +270,12 @@ def run_logged_together(jobs: Dict[str, Job]) -> Dict[str, Outcome]:
             with open(log, "w", encoding="utf-8") as copy:
                 lines = follow_output(procs[name], copy, echo)
             checked_output(procs[name], lines, log)
+            on_success(name, time.time() - start)
             error = None
         except Exception as err:  # noqa: BLE001 (handed to the caller, which names the run)
             error = err
         finally:
-            stop_process(procs[name])
+            stop_process(procs[name])  # this thread reads the pipe, so it closes it too
         outcomes[name] = Outcome(lines, error, time.time() - start)
 
     threads = []
@@ -284,8 +288,7 @@ def run_logged_together(jobs: Dict[str, Job]) -> Dict[str, Outcome]:
             while thread.is_alive():  # in short waits, so that a signal's handler runs in this thread
                 thread.join(0.2)
     finally:
-        for proc in procs.values():
-            stop_process(proc)
+        stop_processes(list(procs.values()))
     return outcomes
 
 
@@ -323,7 +326,24 @@ FAILURE_TAIL_LINES = 20  # of a failed command's output, shown with the error (t
 STOP_TIMEOUT_S = 10.0  # how long a command has to exit after SIGTERM before it is killed
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
+def stop_processes(procs: List[subprocess.Popen], timeout: float = STOP_TIMEOUT_S) -> None:
+    """Stop them all as stop_process stops one, within the time it gives one: each is sent SIGTERM first, and
+    an exception while one is awaited (a second signal) still reaches the others.  Their output pipes are left
+    open: the threads that read them close them (closing a pipe that another thread reads waits for it)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + timeout
+
+    def stop(proc: subprocess.Popen) -> None:
+        stop_process(proc, max(deadline - time.monotonic(), 0.0), close_output=False)
+
+    with contextlib.ExitStack() as stops:  # calls every stop, even after one has raised
+        for proc in procs:
+            stops.callback(stop, proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S, close_output: bool = True) -> None:
     """Terminate ``proc`` unless it has exited, kill it if it is still there after ``timeout`` seconds, and
     reap it."""
     try:
@@ -337,7 +357,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if proc.stdout is not None:
+        if close_output and proc.stdout is not None:
             proc.stdout.close()
 
 
@@ -461,7 +481,7 @@ def summarize(run_dir: Path, wall: float = 0.0) -> Dict[str, float]:
                       [r.get("valid_num_updates", 0) for r in valid] + [0])
     return {"best_valid_loss": best.get("valid_loss", float("nan")),
             "valid_ppl": best.get("valid_ppl", float("nan")), "updates": int(last_update),
-            "wall_s": wall, "words_per_s": words_per_second(inner)}
+            "wall_s": wall, "words_per_s": words_per_second(inner), "shared_device": shared_device(run_dir)}
 
 
 def words_per_second(inner: List[dict]) -> float:
@@ -555,21 +575,34 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
             logger.info("R-Drop made %d updates; the baseline gets as many", max_update)
     if together:
         logger.info("training %s at the same time (--concurrent)", " and ".join(together))
-        outcomes = run_logged_together(together)
-        for name, outcome in outcomes.items():
-            if outcome.error is None:
-                walls[name] = record_finished(out_dir / name, together[name][0], inputs, outcome.wall_s)
+        shared = len(together) > 1
+
+        def finished(name: str, wall_s: float) -> None:
+            walls[name] = record_finished(out_dir / name, together[name][0], inputs, wall_s, shared)
+
+        outcomes = run_logged_together(together, on_success=finished)
         failed = [f"{name}: {outcome.error}" for name, outcome in outcomes.items() if outcome.error is not None]
         if failed:
             raise RuntimeError("\n".join(failed))
     return walls
 
 
-def record_finished(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]], wall_s: float) -> float:
-    """Mark the run in ``run_dir`` as trained to its end, for finished_wall; returns ``wall_s``."""
+def record_finished(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]], wall_s: float,
+                    shared_device: bool = False) -> float:
+    """Mark the run in ``run_dir`` as trained to its end, for finished_wall; returns ``wall_s``.
+    ``shared_device``: it trained beside the other run (--concurrent), for the table's note."""
     with atomic_output(run_dir / FINISHED) as handle:
-        json.dump({"command": list(cmd[1:]), "inputs": inputs, "wall_s": wall_s}, handle, indent=1)
+        json.dump({"command": list(cmd[1:]), "inputs": inputs, "wall_s": wall_s, "shared_device": shared_device},
+                  handle, indent=1)
     return wall_s
+
+
+def shared_device(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` trained beside another (record_finished)."""
+    try:
+        return json.loads((run_dir / FINISHED).read_text(encoding="utf-8")).get("shared_device") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run_inputs(bin_dir: Path) -> Dict[str, Optional[str]]:
@@ -625,8 +658,16 @@ def score(bin_dir: Path, raw: Path, out_dir: Path, plan: Plan, args, walls) -> D
             for name in translations}
 
 
-CONCURRENT_NOTE = ("Trained with --concurrent: the runs this invocation trained shared the device, so their wall "
-                   "times and words/s are each one's while they ran side by side.")
+def concurrent_note(results: Dict[str, Dict[str, float]]) -> Optional[str]:
+    """What the table says of runs that trained beside another (--concurrent): their times were shared."""
+    shared = [RUN_LABELS.get(name, name) for name, row in results.items() if row.get("shared_device")]
+    if not shared:
+        return None
+    if len(shared) > 1:
+        return ("The runs trained side by side (--concurrent), sharing the device: their wall times and words/s "
+                "are not the speed of a run alone.")
+    return (f"{shared[0][0].upper()}{shared[0][1:]} trained beside the other run (--concurrent), sharing the "
+            "device: its wall time and words/s are not the speed of a run alone.")
 
 
 def write_results(out_dir: Path, plan: Plan, raw: Path, results: Dict[str, Dict[str, float]]) -> str:
@@ -634,7 +675,8 @@ def write_results(out_dir: Path, plan: Plan, raw: Path, results: Dict[str, Dict[
     than the default, and another when the two runs' update counts differ (logged as well).  In the JSON,
     ``warnings`` lists them and ``warning`` is their text together (None when there is none)."""
     warnings = update_warnings(results, plan)
-    report = format_table(results) + (f"\n\n{CONCURRENT_NOTE}" if plan.concurrent else "")
+    note = concurrent_note(results)
+    report = format_table(results) + (f"\n\n{note}" if note else "")
     report += "".join(f"\n\n**Warning:** {warning}" for warning in warnings)
     with atomic_output(out_dir / "results.json") as handle:
         json.dump({"setup": asdict(plan.setup), "device": asdict(plan.device), "device_flags": plan.device_flags,

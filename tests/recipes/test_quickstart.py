@@ -1,3 +1,4 @@
+import _thread
 import json
 import math
 import os
@@ -5,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -245,7 +247,7 @@ PROGRESS_LINE = ('2026-12-04 17:30:00 | INFO | train_inner | {"epoch": 1, "loss"
 def test_with_concurrent_both_runs_train_at_once_and_a_failed_one_trains_again_alone(tmp_path, monkeypatch):
     out, batches, failing = tmp_path / "out", [], {"baseline"}
 
-    def fake_together(jobs):
+    def fake_together(jobs, on_success):
         batches.append({name: flag(cmd, "--rdrop-alpha") for name, (cmd, _, _) in jobs.items()})
         outcomes = {}
         for name, (cmd, log, echo) in jobs.items():
@@ -256,6 +258,7 @@ def test_with_concurrent_both_runs_train_at_once_and_a_failed_one_trains_again_a
                 continue
             Path(flag(cmd, "--save-dir")).mkdir()
             (Path(flag(cmd, "--save-dir")) / "checkpoint_best.pt").write_bytes(b"")
+            on_success(name, 42.0)
             outcomes[name] = quickstart.Outcome([], None, 42.0)
         return outcomes
 
@@ -269,27 +272,61 @@ def test_with_concurrent_both_runs_train_at_once_and_a_failed_one_trains_again_a
     with pytest.raises(RuntimeError, match="^baseline: command failed"):
         train()
     assert batches == [{"rdrop": "2.0", "baseline": "0.0"}]  # one batch: both at once
-    assert (out / "rdrop" / quickstart.FINISHED).is_file() and not (out / "baseline" / quickstart.FINISHED).exists()
+    assert quickstart.shared_device(out / "rdrop") and not (out / "baseline" / quickstart.FINISHED).exists()
     failing.clear()
     batches.clear()
     walls = train()
     assert batches == [{"baseline": "0.0"}] and walls == {"rdrop": 42.0, "baseline": 42.0}
+    assert not quickstart.shared_device(out / "baseline")  # it trained alone this time
     batches.clear()
     assert train() == walls and batches == []
 
 
-def test_concurrent_runs_need_a_fixed_update_count_and_say_so_in_the_table(tmp_path, capsys):
+def test_a_run_that_finished_beside_an_interrupted_one_is_recorded_and_reused(tmp_path, monkeypatch):
+    """The baseline ends first; a stop (the device's time limit, Ctrl-C) during R-Drop must not lose it."""
+    out = tmp_path / "out"
+
+    def baseline_ends_then_interrupted(jobs, on_success):
+        cmd = jobs["baseline"][0]
+        Path(flag(cmd, "--save-dir")).mkdir()
+        (Path(flag(cmd, "--save-dir")) / "checkpoint_best.pt").write_bytes(b"")
+        on_success("baseline", 7.0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quickstart, "run_logged_together", baseline_ends_then_interrupted)
+    args = parse("--smoke", "--concurrent")
+    with pytest.raises(KeyboardInterrupt):
+        quickstart.train_runs(tmp_path, out, quickstart.plan_run(CPU, args), args)
+    assert quickstart.shared_device(out / "baseline") and not (out / "rdrop" / quickstart.FINISHED).exists()
+    cmd = quickstart.train_command(tmp_path, out / "baseline", quickstart.plan_run(CPU, args), 0.0, args,
+                                   quickstart.SMOKE.updates, 0.0)
+    assert quickstart.finished_wall(out / "baseline", cmd, quickstart.run_inputs(tmp_path)) == 7.0
+
+
+def test_concurrent_runs_need_a_fixed_update_count(capsys):
     with pytest.raises(SystemExit) as exit_:
         quickstart.parse_args(["--concurrent", "--minutes", "20"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "--concurrent needs a fixed number of updates" in err and "--minutes" in err
     assert quickstart.plan_run(H200, parse("--concurrent")).concurrent
-    results = {"baseline": dict(ROW, updates=4000), "rdrop": dict(ROW, updates=4000, bleu_p=0.01)}
-    for argv, concurrent in (((), False), (("--concurrent",), True)):
-        report = quickstart.write_results(tmp_path, quickstart.plan_run(H200, parse(*argv)), tmp_path, results)
-        assert (quickstart.CONCURRENT_NOTE in report) == concurrent and "Warning" not in report
-        assert json.loads((tmp_path / "results.json").read_text())["concurrent"] is concurrent
+
+
+def test_the_table_says_which_runs_shared_the_device(tmp_path):
+    def report(rdrop_shared, baseline_shared):
+        results = {"baseline": dict(ROW, updates=4000, shared_device=baseline_shared),
+                   "rdrop": dict(ROW, updates=4000, bleu_p=0.01, shared_device=rdrop_shared)}
+        text = quickstart.write_results(tmp_path, quickstart.plan_run(H200, parse("--concurrent")), tmp_path,
+                                        results)
+        assert "Warning" not in text and (tmp_path / "results.md").read_text() == text + "\n"
+        return text
+
+    both = report(True, True)
+    assert both.endswith("The runs trained side by side (--concurrent), sharing the device: their wall times "
+                         "and words/s are not the speed of a run alone.")
+    assert "\n\nR-Drop trained beside the other run (--concurrent)" in report(True, False)
+    assert "\n\nThe baseline trained beside the other run" in report(False, True)
+    assert "beside" not in report(False, False)  # --concurrent, but each trained alone (one was reused)
 
 
 def test_a_run_with_fewer_updates_than_the_default_says_it_settles_nothing(tmp_path, caplog):
@@ -684,6 +721,56 @@ def test_commands_run_together_each_logged_and_one_that_fails_leaves_the_other_t
     assert all(0 < outcome.wall_s < 60 for outcome in outcomes.values())
     printed = capsys.readouterr().out.splitlines()
     assert sorted(printed) == ["[a] last line", "[a] met b", "[b] last line", "[b] met a"]
+
+
+def test_a_command_run_together_is_recorded_as_soon_as_it_succeeds(tmp_path):
+    """The record of a run that ended is written while the other still runs: a stop then keeps it."""
+    recorded = tmp_path / "quick.recorded"
+    waits_for_the_record = [sys.executable, "-c", RENDEZVOUS, str(tmp_path / "long"), str(recorded), "0"]
+    outcomes = quickstart.run_logged_together(
+        {"quick": ([sys.executable, "-c", "print('done')"], tmp_path / "quick.log", lambda line: None),
+         "long": (waits_for_the_record, tmp_path / "long.log", lambda line: None)},
+        on_success=lambda name, wall_s: name == "quick" and recorded.write_text(str(wall_s)))
+    assert outcomes["long"].error is None and outcomes["long"].lines == ["met quick.recorded", "last line"]
+    assert 0 < float(recorded.read_text()) <= outcomes["long"].wall_s
+
+
+def test_a_second_interruption_while_stopping_still_stops_every_command(tmp_path):
+    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); " \
+               "time.sleep(300)"
+    procs = [subprocess.Popen([sys.executable, "-c", ignoring], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline() == "ready\n"
+        threading.Timer(0.5, _thread.interrupt_main).start()  # as a second Ctrl-C or SIGTERM would
+        with pytest.raises(KeyboardInterrupt):
+            quickstart.stop_processes(procs, timeout=3.0)
+        assert [proc.returncode for proc in procs] == [-signal.SIGKILL] * 2
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_a_stop_does_not_wait_for_a_pipe_that_a_command_s_child_holds_open(tmp_path):
+    """Closing a pipe that another thread reads waits for that read: a command's child that keeps the pipe
+    open must not hold up the stop."""
+    children = []
+
+    def interrupt_once_started(line):
+        children.append(int(line))
+        _thread.interrupt_main()
+
+    cmd = ["sh", "-c", "sleep 60 & echo $!; wait"]
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            quickstart.run_logged_together({"a": (cmd, tmp_path / "a.log", interrupt_once_started)})
+        assert time.monotonic() - start < 20
+    finally:
+        for pid in children:
+            kill_if_running(pid)
 
 
 def test_a_command_run_together_is_stopped_when_reading_its_output_fails(tmp_path):
