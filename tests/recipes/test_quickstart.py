@@ -677,10 +677,13 @@ def test_a_command_is_stopped_when_run_logged_is_left_by_an_exception(tmp_path):
         kill_if_running(pid)
 
 
+# A command that says it is ready, then outlives SIGTERM.
+IGNORES_SIGTERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                   "time.sleep(300)")
+
+
 def test_stop_process_kills_a_command_that_ignores_sigterm(tmp_path):
-    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); " \
-               "time.sleep(300)"
-    proc = subprocess.Popen([sys.executable, "-c", ignoring], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", IGNORES_SIGTERM], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
         start = time.monotonic()
@@ -736,9 +739,7 @@ def test_a_command_run_together_is_recorded_as_soon_as_it_succeeds(tmp_path):
 
 
 def test_a_second_interruption_while_stopping_still_stops_every_command(tmp_path):
-    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); " \
-               "time.sleep(300)"
-    procs = [subprocess.Popen([sys.executable, "-c", ignoring], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", IGNORES_SIGTERM], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     try:
         for proc in procs:
             assert proc.stdout.readline() == "ready\n"
