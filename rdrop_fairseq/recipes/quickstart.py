@@ -236,14 +236,12 @@ PRINT_LOCK = threading.Lock()  # commands run side by side print whole lines
 
 def run_logged(cmd: Sequence[str], log: Path, echo: Echo = lambda line: line) -> List[str]:
     """Run a command, printing what ``echo`` makes of each output line; all of the output is kept in
-    ``log`` and returned."""
-    with open(log, "w", encoding="utf-8") as copy:
-        proc = start_command(cmd)
-        try:
-            lines = follow_output(proc, copy, echo)
-        finally:  # stopped (Ctrl-C, SIGTERM, SIGHUP: see stop_on_signals) or failed: the command stops too
-            stop_process(proc)
-    return checked_output(proc, lines, log)
+    ``log`` and returned.  Stopped (Ctrl-C, SIGTERM, SIGHUP: see stop_on_signals) or failed, the command
+    stops too."""
+    outcome = run_logged_together({"command": (cmd, log, echo)})["command"]
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.lines
 
 
 @dataclass
