@@ -93,11 +93,12 @@ class RDropCriterionMixin:
         )
         extra_logs = {}
         if getattr(self, "report_accuracy", False):
+            # on the baseline's scale, like ntokens: the copies' mean count of correct tokens
             copies_target = target.repeat_interleave(copies, dim=0)
             mask = copies_target.ne(self.padding_idx)
             correct = scores.argmax(-1).eq(copies_target) & mask
-            extra_logs["n_correct"] = correct.sum().item()
-            extra_logs["total"] = mask.sum().item()
+            extra_logs["n_correct"] = correct.sum().item() / copies
+            extra_logs["total"] = mask.sum().item() // copies
         return terms, extra_logs
 
     def trim_prefix(self, scores, target):
