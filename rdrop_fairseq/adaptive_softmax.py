@@ -102,9 +102,15 @@ def adaptive_rdrop_loss(
     # (tokens, copies, d): one token's copies adjacent, so a chunk's rows stay interleaved
     features = hidden.view(-1, copies, hidden.size(1), dim).transpose(1, 2).reshape(-1, copies, dim)
     target = target.reshape(-1)
+    weight = 1.0
     if ignore_index is not None:
         keep = target.ne(ignore_index)
-        features, target = features[keep], target[keep]
+        if keep.any():
+            features, target = features[keep], target[keep]
+        else:
+            # an all-padding batch: one padding token's loss times 0 keeps the graph, so every parameter
+            # gets its zero gradient, as fairseq's criteria give (a tied head cannot take zero rows)
+            features, target, weight = features[:1], target[:1], 0.0
     num_tokens = features.size(0)
     step = chunk_tokens_for(num_tokens, adaptive_softmax.vocab_size, copies, chunk_tokens)
 
@@ -121,12 +127,10 @@ def adaptive_rdrop_loss(
 
     loss_sum = features.new_zeros((), dtype=torch.float32)
     nll_sum, kl_sum = loss_sum.clone(), loss_sum.clone()
-    # an all-padding batch still runs one (empty) chunk, so the loss keeps its graph and
-    # every parameter gets its zero gradient, as fairseq's criteria give
-    for start in range(0, max(num_tokens, 1), step):
+    for start in range(0, num_tokens, step):
         loss, nll, kl = checkpoint(chunk_loss, features[start : start + step], target[start : start + step],
                                    use_reentrant=False)
         loss_sum = loss_sum + loss
         nll_sum += nll
         kl_sum += kl
-    return loss_sum, nll_sum, kl_sum
+    return loss_sum * weight, nll_sum * weight, kl_sum * weight

@@ -104,6 +104,23 @@ def test_token_counts_are_adaptive_losss_whatever_the_batch_says(lm):
     assert log["ntokens"] == stock_log["ntokens"] == int(sample["target"].ne(task.dictionary.pad()).sum())
 
 
+def test_an_all_padding_batch_gives_zero_loss_and_zero_gradients_as_adaptive_loss(lm):
+    # transformer_lm_wiki103 ties the adaptive softmax's head to the adaptive input, and that
+    # head cannot take zero rows: the criterion must not hand it the batch's zero kept tokens
+    task, model, criterion = lm
+    assert model.decoder.adaptive_softmax.head.__class__.__name__ == "TiedHeadModule"
+    model.train()
+    sample = lm_sample(task.dictionary)
+    sample["target"][:] = task.dictionary.pad()
+    for run in (criterion, lambda model, sample: stock_adaptive_loss(task, model, sample)):
+        model.zero_grad(set_to_none=True)
+        loss, sample_size, log = run(model, sample)
+        loss.sum().backward()
+        assert loss.sum().item() == 0.0 and sample_size == 0 and log["ntokens"] == 0
+        assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+
+
 def test_nll_is_adaptive_loss_of_each_copy(lm):
     """With the sub-models made identical (no dropout), the NLL is twice adaptive_loss, also for
     the words adaptive_loss counts only by their cluster: those at index padding_idx of a tail
