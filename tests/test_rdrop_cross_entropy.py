@@ -131,3 +131,20 @@ def test_works_with_stock_language_modeling_task(tmp_path):
     ref_loss, _, ref_kl = run_seeded(SEED, reference_rdrop_lm_loss, model, sample, 1.0, task.dictionary.pad())
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(log["kl_loss"], ref_kl.detach(), rtol=1e-5, atol=1e-4)
+
+
+def test_a_model_with_an_adaptive_softmax_is_sent_to_rdrop_adaptive_loss(tmp_path):
+    # fairseq's AdaptiveSoftmax.get_log_prob writes in place: without the refusal the step fails in
+    # backward with autograd's "modified by an inplace operation"
+    task, model, criterion, _ = build(
+        tmp_path, "--adaptive-softmax-cutoff", "12,24", "--adaptive-input-cutoff", "12,24",
+        "--ddp-backend", "legacy_ddp", criterion="rdrop_cross_entropy", arch="transformer_lm_wiki103",
+    )
+    sample = lm_sample(task.dictionary)
+    model.train()
+    with pytest.raises(ValueError, match="--criterion rdrop_cross_entropy .*adaptive softmax.*rdrop_adaptive_loss"):
+        criterion(model, sample)
+    model.eval()
+    with torch.no_grad():
+        loss, _, _ = criterion(model, sample)  # validation is stock cross_entropy's one pass
+    assert torch.isfinite(loss)

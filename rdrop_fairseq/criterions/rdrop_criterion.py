@@ -3,6 +3,7 @@ import logging
 import math
 
 import torch
+from fairseq.criterions import CRITERION_REGISTRY
 from fairseq.logging import metrics
 from fairseq.models import BaseFairseqModel, FairseqDecoder
 from fairseq.models.transformer import TransformerModelBase
@@ -76,6 +77,12 @@ class RDropCriterionMixin:
         ``(copies * B, T, V)`` log-probabilities overrides this."""
         target = model.get_targets(sample, net_output)
         logits = log_softmax_input(model, net_output)
+        if getattr(getattr(unwrapped(model), "decoder", None), "adaptive_softmax", None) is not None:
+            raise ValueError(
+                f"--criterion {registered_name(self)} cannot train a model with an adaptive softmax "
+                "(--adaptive-softmax-cutoff): fairseq's AdaptiveSoftmax.get_log_prob writes its result in "
+                "place, so no gradient passes through it; use --criterion rdrop_adaptive_loss"
+            )
         if logits is not None:
             scores, target = self.trim_prefix(logits, target)
             loss_fn = rdrop_loss_from_logits
@@ -143,8 +150,7 @@ def log_softmax_input(model, net_output):
     without an adaptive softmax), else None.  The loss then starts from these logits
     and never stores the log-probabilities; any other model goes through its own
     ``get_normalized_probs``."""
-    while not isinstance(model, BaseFairseqModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module  # distributed wrappers
+    model = unwrapped(model)
     decoder = getattr(model, "decoder", None)
     plain = (
         isinstance(model, BaseFairseqModel)
@@ -156,6 +162,19 @@ def log_softmax_input(model, net_output):
         and getattr(decoder, "adaptive_softmax", None) is None
     )
     return net_output[0] if plain else None
+
+
+def registered_name(criterion) -> str:
+    """The name ``--criterion`` takes for ``criterion``'s class."""
+    names = [name for name, cls in CRITERION_REGISTRY.items() if cls is type(criterion)]
+    return names[0] if names else type(criterion).__name__
+
+
+def unwrapped(model):
+    """The fairseq model inside distributed wrappers."""
+    while not isinstance(model, BaseFairseqModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
 
 
 def _method(obj, name):
