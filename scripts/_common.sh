@@ -26,6 +26,31 @@ need_number() {  # need_number NAME VALUE
     [[ $2 =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || die "$1 must be a non-negative number, not '$2'"
 }
 
+# need_env KIND NAME...: each NAME that is set (the defaults are right by construction) must be a
+# positive (integer >= 1), count (integer >= 0), int (integer >= -1, fairseq's "all"), number (>= 0),
+# real (any number) or fraction (a number below 1: a dropout or smoothing rate); fairseq would take most of them as
+# they are and fail later with a traceback, or not at all.
+need_env() {
+    local kind=$1 name value
+    shift
+    for name; do
+        value=${!name:-}
+        [[ -n $value ]] || continue
+        case $kind in
+            positive) [[ $value =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, not '$value'" ;;
+            count) [[ $value =~ ^[0-9]+$ ]] || die "$name must be an integer >= 0, not '$value'" ;;
+            int) [[ $value =~ ^(-1|[0-9]+)$ ]] || die "$name must be an integer >= -1, not '$value'" ;;
+            number) need_number "$name" "$value" ;;
+            real) need_number "$name" "${value#-}" ;;
+            fraction)
+                need_number "$name" "$value"
+                awk "BEGIN { exit !($value < 1) }" || die "$name must be a number below 1, not '$value'"
+                ;;
+            *) die "need_env: unknown kind '$kind'" ;;
+        esac
+    done
+}
+
 need_command() {
     command -v "$1" >/dev/null || die "'$1' not found on PATH: activate the environment that has fairseq installed"
 }
@@ -60,6 +85,17 @@ need_data_dir() {
     compgen -G "$1/dict*.txt" >/dev/null || die "--data: $1 has no dict*.txt: not a fairseq-preprocess output folder"
 }
 
+# need_glue_data DIR TASK: prepare-glue.sh's output for TASK, inputs and labels (an interrupted
+# preparation can leave the inputs without the labels).
+need_glue_data() {
+    local labels=label/dict.txt
+    [[ $2 == STS-B ]] && labels=label/train.label  # scores, not classes: no dictionary
+    local file
+    for file in input0/dict.txt "$labels"; do
+        [[ -f $1/$file ]] || die "--data: $1 has no $file: run scripts/prepare-glue.sh --task $2, or pass --data"
+    done
+}
+
 # An evaluation's --save-dir: given and a folder; RESULTS_DIR defaults to it.
 need_save_dir() {
     [[ -n ${SAVE_DIR:-} ]] || die "--save-dir is required"
@@ -67,10 +103,10 @@ need_save_dir() {
     RESULTS_DIR=${RESULTS_DIR:-$SAVE_DIR}
 }
 
-# The checkpoint to score: --checkpoint, else the save dir's checkpoint_best.pt; it must exist.
+# The checkpoint to score: --checkpoint (or CHECKPOINT), else the save dir's checkpoint_best.pt; it must exist.
 need_checkpoint() {
     CHECKPOINT=${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}
-    [[ -f $CHECKPOINT ]] || die "--checkpoint: no such file: $CHECKPOINT"
+    [[ -f $CHECKPOINT ]] || die "--checkpoint (or CHECKPOINT): no such file: $CHECKPOINT"
 }
 
 # scripts/prepare-*.sh: the script's header comment is its --help; the work is python -m MODULE.

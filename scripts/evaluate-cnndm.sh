@@ -21,7 +21,7 @@ usage: scripts/evaluate-cnndm.sh --save-dir DIR [options] [-- extra python -m rd
   --gpt2-dir DIR     encoder.json and vocab.bpe that encoded the data
                                                     (env GPT2_DIR; default $DATA_ROOT/cnn_dm/gpt2)
   --save-dir DIR     the fine-tuning run's checkpoints (env SAVE_DIR)
-  --checkpoint FILE  score this checkpoint          (default <save-dir>/checkpoint_best.pt)
+  --checkpoint FILE  score this checkpoint          (env CHECKPOINT; default <save-dir>/checkpoint_best.pt)
   --subset NAME      split to summarise: test, or valid (val.*)  (env SUBSET; default test)
   --cpu              generate on CPU (also env CPU=1)
 
@@ -65,6 +65,9 @@ case $SUBSET in
     valid | val) TEXT_SPLIT=val ;;
     *) die "--subset must be test or valid, not '$SUBSET'" ;;
 esac
+need_env positive BEAM BATCH_SIZE
+need_env count MAX_LEN_B MIN_LEN NO_REPEAT_NGRAM_SIZE
+need_env number LENPEN
 need_data_dir "$DATA"
 for side in source target; do
     [[ -f $TEXT_DIR/$TEXT_SPLIT.$side ]] || die "--text-dir: $TEXT_DIR has no $TEXT_SPLIT.$side (scripts/prepare-cnndm.sh writes the untokenised text to DATA_ROOT/cnn_dm)"

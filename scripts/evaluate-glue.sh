@@ -15,7 +15,7 @@ usage: scripts/evaluate-glue.sh --task NAME --save-dir DIR [options] [-- extra f
   --task NAME        MNLI, QNLI, QQP, RTE, SST-2, MRPC, CoLA or STS-B (env GLUE_TASK)
   --data DIR         binarised task                 (env DATA; default $DATA_ROOT/data-bin/glue/<NAME>)
   --save-dir DIR     the fine-tuning run's checkpoints (env SAVE_DIR)
-  --checkpoint FILE  score this checkpoint          (default <save-dir>/checkpoint_best.pt)
+  --checkpoint FILE  score this checkpoint          (env CHECKPOINT; default <save-dir>/checkpoint_best.pt)
   --cpu              evaluate on CPU (also env CPU=1)
 
 Env: BATCH_SIZE (default 32), RESULTS_DIR (default the save dir).
@@ -52,7 +52,8 @@ case $GLUE_TASK in
     *) die "--task must be one of MNLI, QNLI, QQP, RTE, SST-2, MRPC, CoLA, STS-B, not '$GLUE_TASK'" ;;
 esac
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/glue/$GLUE_TASK}
-[[ -f $DATA/input0/dict.txt ]] || die "--data: $DATA has no input0/dict.txt: run scripts/prepare-glue.sh --task $GLUE_TASK, or pass --data"
+need_glue_data "$DATA" "$GLUE_TASK"
+need_env positive BATCH_SIZE
 need_save_dir
 need_checkpoint
 need_command fairseq-validate

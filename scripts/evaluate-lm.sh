@@ -22,7 +22,8 @@ usage: scripts/evaluate-lm.sh --save-dir DIR [options] [-- extra fairseq-eval-lm
   --smoke            windows small enough for a --smoke model (64 tokens, context 32), on CPU
   --cpu              evaluate on CPU (also env CPU=1)
 
-Env: TOKENS_PER_SAMPLE, CONTEXT_WINDOW, RESULTS_DIR (default the save dir).
+Env: TOKENS_PER_SAMPLE, CONTEXT_WINDOW (below TOKENS_PER_SAMPLE; both go into the JSON),
+  RESULTS_DIR (default the save dir).
 USAGE
 }
 
@@ -55,14 +56,20 @@ need_save_dir
 need_checkpoint
 need_command fairseq-eval-lm
 
+need_env positive TOKENS_PER_SAMPLE
+need_env count CONTEXT_WINDOW
 EVAL_ARGS=("$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --gen-subset "$SUBSET")
 if [[ $ADAPTIVE == 1 ]]; then
-    EVAL_ARGS+=(--sample-break-mode complete --max-tokens 3072 --tokens-per-sample "${TOKENS_PER_SAMPLE:-3072}"
-        --context-window "${CONTEXT_WINDOW:-2560}" --softmax-batch 1024)
+    TOKENS_PER_SAMPLE=${TOKENS_PER_SAMPLE:-3072} CONTEXT_WINDOW=${CONTEXT_WINDOW:-2560}
+    EVAL_ARGS+=(--sample-break-mode complete --max-tokens 3072 --softmax-batch 1024)
 else
-    EVAL_ARGS+=(--batch-size 2 --tokens-per-sample "${TOKENS_PER_SAMPLE:-512}"
-        --context-window "${CONTEXT_WINDOW:-400}")
+    TOKENS_PER_SAMPLE=${TOKENS_PER_SAMPLE:-512} CONTEXT_WINDOW=${CONTEXT_WINDOW:-400}
+    EVAL_ARGS+=(--batch-size 2)
 fi
+# each block scores its last TOKENS_PER_SAMPLE - CONTEXT_WINDOW tokens
+((CONTEXT_WINDOW < TOKENS_PER_SAMPLE)) \
+    || die "CONTEXT_WINDOW ($CONTEXT_WINDOW) must be below TOKENS_PER_SAMPLE ($TOKENS_PER_SAMPLE)"
+EVAL_ARGS+=(--tokens-per-sample "$TOKENS_PER_SAMPLE" --context-window "$CONTEXT_WINDOW")
 [[ $CPU == 1 ]] && EVAL_ARGS+=(--cpu)
 mkdir -p "$RESULTS_DIR"
 log=$RESULTS_DIR/eval-lm-$SUBSET.txt
@@ -81,7 +88,9 @@ json=$RESULTS_DIR/perplexity-$SUBSET.json
 # json.dumps: a path may hold a quote or a backslash
 "$PYTHON" -c 'import json, sys
 print(json.dumps({"checkpoint": sys.argv[1], "subset": sys.argv[2], "loss_base2": float(sys.argv[3]),
-                  "perplexity": float(sys.argv[4])}))' "$CHECKPOINT" "$SUBSET" "$loss" "$ppl" >"$json.part"
+                  "perplexity": float(sys.argv[4]), "tokens_per_sample": int(sys.argv[5]),
+                  "context_window": int(sys.argv[6])}))' \
+    "$CHECKPOINT" "$SUBSET" "$loss" "$ppl" "$TOKENS_PER_SAMPLE" "$CONTEXT_WINDOW" >"$json.part"
 mv "$json.part" "$json"
 echo "checkpoint: $CHECKPOINT"
 echo "$SUBSET perplexity = $ppl (loss $loss bits/token)"

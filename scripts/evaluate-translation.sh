@@ -19,7 +19,7 @@ usage: scripts/evaluate-translation.sh --setup iwslt14|wmt14 --save-dir DIR [opt
   --average N        average the last N update checkpoints (checkpoint_<epoch>_<update>.pt,
                      written by --save-interval-updates), or 1: score checkpoint_best.pt (env AVERAGE;
                      default: iwslt14 1, the best by validation BLEU as the authors scored it; wmt14 5)
-  --checkpoint FILE  score this checkpoint instead (not with --average)
+  --checkpoint FILE  score this checkpoint instead (env CHECKPOINT; not with --average)
   --subset NAME      split to translate             (env SUBSET; default test)
   --cpu              generate on CPU (also env CPU=1)
 
@@ -68,13 +68,15 @@ case $SETUP in
     *) die "--setup must be iwslt14 or wmt14, not '$SETUP'" ;;
 esac
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/$DATA_NAME}
+need_env positive BEAM MAX_TOKENS
+need_env real LENPEN
 need_data_dir "$DATA"
 need_save_dir
 [[ $AVERAGE =~ ^[1-9][0-9]*$ ]] || die "--average must be a positive integer, not '$AVERAGE'"
 need_command fairseq-generate
 
 if [[ -n $CHECKPOINT ]]; then
-    [[ -f $CHECKPOINT ]] || die "--checkpoint: no such file: $CHECKPOINT"
+    [[ -f $CHECKPOINT ]] || die "--checkpoint (or CHECKPOINT): no such file: $CHECKPOINT"
 elif [[ $AVERAGE == 1 ]]; then
     CHECKPOINT=$SAVE_DIR/checkpoint_best.pt
     [[ -f $CHECKPOINT ]] || die "--average 1 scores $CHECKPOINT, which does not exist"

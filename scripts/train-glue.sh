@@ -60,6 +60,10 @@ parse_script_flag() {
 
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
+need_env positive UPDATE_FREQ LOG_INTERVAL NUM_CLASSES
+need_env count SEED
+need_env number LR WEIGHT_DECAY
+need_env fraction DROPOUT ATTENTION_DROPOUT
 
 # README.glue.md: --num-classes, --lr, --max-sentences, --total-num-update, --warmup-updates.
 case $GLUE_TASK in
@@ -95,7 +99,7 @@ MAX_EPOCH=${MAX_EPOCH:-10}
 [[ $MAX_EPOCH =~ ^[1-9][0-9]*$ ]] || die "MAX_EPOCH must be a positive integer, not '$MAX_EPOCH'"
 MAX_EPOCH=$(variant_max_tokens "$MAX_EPOCH")
 if [[ $PRINT_ARGS != 1 ]]; then
-    [[ -f $DATA/input0/dict.txt ]] || die "--data: $DATA has no input0/dict.txt: run scripts/prepare-glue.sh --task $GLUE_TASK, or pass --data"
+    need_glue_data "$DATA" "$GLUE_TASK"
     if [[ -z $RESTORE && $SMOKE != 1 ]]; then
         RESTORE=$("$PYTHON" -m rdrop_fairseq.recipes.datasets.pretrained roberta.large --out "${MODELS_DIR:-models}" | tail -n 1)
     fi

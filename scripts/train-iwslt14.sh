@@ -33,6 +33,11 @@ USAGE
 
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
+need_env positive WARMUP UPDATE_FREQ MAX_UPDATE LOG_INTERVAL BEAM
+need_env count SEED SAVE_INTERVAL_UPDATES
+need_env int KEEP_INTERVAL_UPDATES
+need_env number LR WEIGHT_DECAY
+need_env fraction DROPOUT LABEL_SMOOTHING
 
 ALPHA=${ALPHA:-5}
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/iwslt14.de-en}

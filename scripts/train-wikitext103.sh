@@ -50,6 +50,11 @@ parse_script_flag() {
 
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
+need_env positive WARMUP UPDATE_FREQ MAX_UPDATE LOG_INTERVAL TOKENS_PER_SAMPLE
+need_env count SEED SAVE_INTERVAL_UPDATES
+need_env int KEEP_INTERVAL_UPDATES
+need_env number LR WEIGHT_DECAY
+need_env fraction DROPOUT
 
 ALPHA=${ALPHA:-1.0}
 if [[ $ADAPTIVE == 1 ]]; then

@@ -2,6 +2,7 @@
 tests/recipes/test_train_scripts.py (shared through pytest's session temp dir)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -53,6 +54,8 @@ def test_evaluate_translation_averages_generates_and_scores(setup, run, tokenize
     (["--setup", "iwslt15"], "--setup must be iwslt14 or wmt14"),
     (["--setup", "iwslt14", "--data", "/nonexistent"], "--data: no such folder"),
     (["--setup", "iwslt14", "CPU=yes"], "CPU must be 0 or 1, not 'yes'"),
+    (["--setup", "iwslt14", "BEAM=0"], "BEAM must be a positive integer, not '0'"),
+    (["--setup", "iwslt14", "LENPEN=long"], "LENPEN must be a non-negative number, not 'long'"),
 ])
 def test_evaluate_translation_names_bad_input(args, message):
     env = dict(arg.split("=", 1) for arg in args if "=" in arg)
@@ -72,8 +75,20 @@ def test_evaluate_lm_reports_perplexity(lm_run, lm_bin):
 
 
 def test_evaluate_lm_names_a_missing_checkpoint(lm_bin, tmp_path):
-    with pytest.raises(AssertionError, match="--checkpoint: no such file"):
+    with pytest.raises(AssertionError, match=r"--checkpoint \(or CHECKPOINT\): no such file"):
         run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"CONTEXT_WINDOW": "512"}, "CONTEXT_WINDOW (512) must be below TOKENS_PER_SAMPLE (512)"),
+    ({"CONTEXT_WINDOW": "-1"}, "CONTEXT_WINDOW must be an integer >= 0, not '-1'"),
+    ({"TOKENS_PER_SAMPLE": "0"}, "TOKENS_PER_SAMPLE must be a positive integer, not '0'"),
+])
+def test_evaluate_lm_names_a_bad_window(lm_bin, tmp_path, env, message):
+    (tmp_path / "checkpoint_best.pt").write_bytes(b"")
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path, **env)
+    assert not list(tmp_path.glob("*.json"))
 
 
 def stand_in(bin_dir, name, body):
@@ -85,8 +100,8 @@ def stand_in(bin_dir, name, body):
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--adaptive"], "--sample-break-mode complete --max-tokens 3072 --tokens-per-sample 3072 --context-window 2560 "
-                     "--softmax-batch 1024"),
+    (["--adaptive"], "--sample-break-mode complete --max-tokens 3072 --softmax-batch 1024 --tokens-per-sample 3072 "
+                     "--context-window 2560"),
     ([], "--batch-size 2 --tokens-per-sample 512 --context-window 400"),
 ])
 def test_evaluate_lm_runs_fairseqs_evaluation_of_each_model(tmp_path, lm_bin, flags, expected):
@@ -160,5 +175,5 @@ def test_evaluate_scripts_run_their_python_steps_with_PYTHON(tmp_path, lm_bin):
     run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", run, PATH=path, PYTHON=str(wrapper))
     result = json.loads((run / "perplexity-test.json").read_text())
     assert result == {"checkpoint": str(run / "checkpoint_best.pt"), "subset": "test", "loss_base2": 4.0,
-                      "perplexity": 16.0}
+                      "perplexity": 16.0, "tokens_per_sample": 512, "context_window": 400}
     assert "import json" in (tmp_path / "python.calls").read_text()

@@ -251,6 +251,14 @@ def test_bad_input_is_named(tmp_path):
     assert proc.returncode == 2 and "BATCH_SIZE must be a positive integer" in proc.stderr
     proc = run_script("train-glue.sh", "--task", "RTE", "--data", tmp_path, env=script_env(FP16="0"))
     assert proc.returncode == 2 and f"{tmp_path} has no input0/dict.txt" in proc.stderr
+    # inputs without labels, as a preparation interrupted before its label step leaves them
+    (tmp_path / "input0").mkdir()
+    (tmp_path / "input0" / "dict.txt").write_text("a 1\n")
+    for task, labels in (("RTE", "label/dict.txt"), ("STS-B", "label/train.label")):
+        for script in ("train-glue.sh", "evaluate-glue.sh"):
+            proc = run_script(script, "--task", task, "--data", tmp_path, "--save-dir", tmp_path,
+                              env=script_env(FP16="0"))
+            assert proc.returncode == 2 and f"{tmp_path} has no {labels}" in proc.stderr, (script, task)
 
 
 @pytest.mark.parametrize("script", ["prepare-glue.sh", "train-glue.sh", "evaluate-glue.sh",

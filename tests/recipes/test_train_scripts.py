@@ -201,6 +201,13 @@ def test_a_relative_path_finds_the_checkout_whatever_cdpath_says(tmp_path):
     assert flag(shlex.split(proc.stdout)[1:], "--user-dir") == str(REPO / "rdrop_fairseq")
 
 
+@pytest.mark.parametrize("script", TRAIN_SCRIPTS)
+def test_hyperparameters_at_their_limits_are_taken(script):
+    argv = dry_run(script, DROPOUT="0", LR="1e-3", KEEP_INTERVAL_UPDATES="-1", SEED="0", UPDATE_FREQ="1")
+    assert (flag(argv, "--dropout"), flag(argv, "--lr"), flag(argv, "--keep-interval-updates"), flag(argv, "--seed"),
+            flag(argv, "--update-freq")) == ("0", "1e-3", "-1", "0", "1")
+
+
 def test_every_hyperparameter_can_be_overridden():
     argv = dry_run("train-iwslt14.sh", "--alpha", "3", LR="7e-4", DROPOUT="0.2", MAX_TOKENS="1000")
     assert (flag(argv, "--rdrop-alpha"), flag(argv, "--lr"), flag(argv, "--dropout"), flag(argv, "--max-tokens")) \
@@ -325,6 +332,16 @@ def test_smoke_is_a_tiny_cpu_model(script):
     (["--print-args"], {"SMOKE": "on"}, "SMOKE must be 0 or 1, not 'on'"),
     (["--print-args", "--cpu"], {"FP16": "1"}, "FP16=1 asks for --fp16, which is for CUDA, but --cpu"),
     (["--print-args", "--", "--cpu"], {"FP16": "1"}, "FP16=1 asks for --fp16, which is for CUDA, but --cpu"),
+    # hyperparameters that fairseq-train would take and then fail on with a traceback, or train a run that
+    # looks finished after one update
+    (["--print-args"], {"MAX_UPDATE": "-5"}, "MAX_UPDATE must be a positive integer, not '-5'"),
+    (["--print-args"], {"UPDATE_FREQ": "0"}, "UPDATE_FREQ must be a positive integer, not '0'"),
+    (["--print-args"], {"BEAM": "abc"}, "BEAM must be a positive integer, not 'abc'"),
+    (["--print-args"], {"LR": "fast"}, "LR must be a non-negative number, not 'fast'"),
+    (["--print-args"], {"DROPOUT": "1.5"}, "DROPOUT must be a number below 1, not '1.5'"),
+    (["--print-args"], {"LABEL_SMOOTHING": "-0.1"}, "LABEL_SMOOTHING must be a non-negative number"),
+    (["--print-args"], {"KEEP_INTERVAL_UPDATES": "-2"}, "KEEP_INTERVAL_UPDATES must be an integer >= -1"),
+    (["--print-args"], {"SEED": "1.5"}, "SEED must be an integer >= 0, not '1.5'"),
 ])
 def test_bad_input_is_named(args, env, message):
     proc = subprocess.run(["bash", str(SCRIPTS / "train-iwslt14.sh"), *args], env=script_env(**{"FP16": "0", **env}),
