@@ -36,7 +36,8 @@ def assert_nothing_written(save_dir):
 
 
 BAD_OPTIONS = {
-    "negative alpha": (("--rdrop-alpha", "-1"), "--rdrop-alpha must be >= 0"),
+    "negative alpha": (("--rdrop-alpha", "-1"), "--rdrop-alpha must be a finite number >= 0"),
+    "nan alpha": (("--rdrop-alpha", "nan"), "--rdrop-alpha must be a finite number >= 0, got nan"),
     "negative chunk": (("--rdrop-chunk-tokens", "-1"), "--rdrop-chunk-tokens must be >= 0"),
     "one copy": (("--rdrop-copies", "1"), "--rdrop-copies must be at least 2"),
     "k = 0": (("--rdrop-every-k-steps", "0"), "--rdrop-every-k-steps must be at least 1"),
@@ -70,7 +71,7 @@ def test_fairseq_train_command_reports_the_bad_option(data, tmp_path):
                           *train_args(data, save_dir, "--max-update", "1", "--rdrop-alpha", "-1")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
-    assert "ValueError: --rdrop-alpha must be >= 0, got -1.0" in run.stderr
+    assert "ValueError: --rdrop-alpha must be a finite number >= 0, got -1.0" in run.stderr
     assert_nothing_written(save_dir)
 
 

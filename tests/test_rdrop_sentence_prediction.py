@@ -214,7 +214,7 @@ def test_alpha_zero_is_the_stock_training_step(tmp_path):
 def test_defaults_and_refusals(tmp_path):
     _, model, criterion, _ = build(tmp_path / "ok")
     assert isinstance(criterion, RDropSentencePredictionCriterion) and criterion.rdrop_alpha == 1.0
-    with pytest.raises(ValueError, match="--rdrop-alpha must be >= 0"):
+    with pytest.raises(ValueError, match="--rdrop-alpha must be a finite number >= 0"):
         build(tmp_path / "negative", "--rdrop-alpha", "-0.5")
     criterion.classification_head_name = "missing_head"
     model.train()

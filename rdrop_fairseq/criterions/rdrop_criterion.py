@@ -29,8 +29,8 @@ class RDropCriterionMixin:
     """
 
     def init_rdrop(self, task, rdrop_alpha: float, rdrop_chunk_tokens: int):
-        if rdrop_alpha < 0:
-            raise ValueError(f"--rdrop-alpha must be >= 0, got {rdrop_alpha}")
+        if not (math.isfinite(rdrop_alpha) and rdrop_alpha >= 0):  # nan would pass "< 0" and silently turn R-Drop off
+            raise ValueError(f"--rdrop-alpha must be a finite number >= 0, got {rdrop_alpha}")
         if rdrop_chunk_tokens < 0:
             raise ValueError(f"--rdrop-chunk-tokens must be >= 0, got {rdrop_chunk_tokens}")
         self.rdrop_alpha = float(rdrop_alpha)

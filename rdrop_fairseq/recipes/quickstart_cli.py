@@ -31,6 +31,7 @@ runs it as a file (``python rdrop_fairseq/recipes/quickstart_cli.py ARGS``) to c
 and print the help before anything is installed; rdrop_fairseq.recipes.quickstart does the work.
 """
 import argparse
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,14 +136,16 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     """The arguments, checked: an error names the flag (argparse's exit status 2)."""
     parser = build_parser(parser)
     args = parser.parse_args(argv)
-    if args.minutes is not None and args.minutes <= 0:
-        parser.error("--minutes must be positive")
+    # "not > 0": nan passes "<= 0"
+    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
+        parser.error(f"--minutes must be a positive number, not {args.minutes}")
     if args.max_updates is not None and args.max_updates <= 0:
         parser.error("--max-updates must be positive")
     if args.train_pairs is not None and args.train_pairs < 0:
         parser.error("--train-pairs must be 0 (all) or positive")
-    if args.rdrop_alpha is not None and args.rdrop_alpha <= 0:
-        parser.error("--rdrop-alpha must be positive: the baseline run is the alpha 0 one")
+    if args.rdrop_alpha is not None and not (math.isfinite(args.rdrop_alpha) and args.rdrop_alpha > 0):
+        parser.error(f"--rdrop-alpha must be a positive number, not {args.rdrop_alpha}: the baseline run is the "
+                     "alpha 0 one")
     if args.concurrent and args.minutes is not None:
         parser.error("--concurrent needs a fixed number of updates, and under --minutes the baseline waits for "
                      "R-Drop's count: drop --minutes (--max-updates N sets the count) or --concurrent")

@@ -908,6 +908,9 @@ def test_without_the_dependencies_help_still_prints_the_usage(tmp_path):
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     (["--max-updates", "0"], "--max-updates must be positive"),
     (["--max-updates", "abc"], "argument --max-updates: invalid int value: 'abc'"),
+    # nan passes a "<= 0" check: R-Drop at alpha nan trained as a second baseline
+    (["--rdrop-alpha", "nan"], "--rdrop-alpha must be a positive number, not nan: the baseline run is the alpha 0 one"),
+    (["--minutes", "inf"], "--minutes must be a positive number, not inf"),
     (["--corpus", "/no/such/corpus"], "--corpus /no/such/corpus: no such folder"),
 ])
 def test_a_mistake_on_the_command_line_is_one_line_said_before_anything_is_installed(tmp_path, args, said):
