@@ -1,7 +1,7 @@
 """rdrop_fairseq/recipes/datasets/common.py: what every prepare-*.sh shares, through the smallest of them."""
 import pytest
 
-from rdrop_fairseq.recipes.datasets import wikitext103
+from rdrop_fairseq.recipes.datasets import iwslt14, wikitext103, wmt14
 from rdrop_fairseq.recipes.download import MIRROR_ENV
 
 
@@ -16,6 +16,26 @@ def test_a_path_that_is_not_a_folder_is_named(tmp_path, capsys, monkeypatch, fla
     assert exited.value.code == 2
     assert f"{flag} {afile}: {'no such folder' if flag == '--mirror' else 'not a folder'}" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("module,args,said", [
+    # an empty --out is Path("."): the data would land in the current folder
+    (wikitext103, ["--out", ""], "argument --out: needs a path, not an empty string"),
+    (wikitext103, ["--download-dir", ""], "argument --download-dir: needs a path, not an empty string"),
+    (wikitext103, ["--workers", "0"], "argument --workers: must be a positive integer, not 0"),
+    # subword-nmt would fail on its own codes after tokenising everything, and params.json would hold the value
+    (iwslt14, ["--bpe-merges", "-5"], "argument --bpe-merges: must be a positive integer, not -5"),
+    (wmt14, ["--bpe-merges", "0"], "argument --bpe-merges: must be a positive integer, not 0"),
+    (wmt14, ["--spm", "--spm-vocab-size", "0"], "argument --spm-vocab-size: must be a positive integer, not 0"),
+    (wmt14, ["--spm", "--spm-sample", "many"], "argument --spm-sample: invalid int value: 'many'"),
+])
+def test_bad_values_are_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, module, args, said):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        module.main(args)
+    assert exited.value.code == 2 and said in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_mirror_from_the_environment_is_named_as_such(tmp_path, capsys, monkeypatch):

@@ -50,21 +50,39 @@ class Layout:
         return self.out / "data-bin" / self.name
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of merges, words, sentences or processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    return value
+
+
+def path_given(text: str) -> Path:
+    """An argparse type: a path, not the empty string (which Path reads as the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("needs a path, not an empty string")
+    return Path(text)
+
+
 def build_parser(prog: str, description: str, archives: Sequence[Archive]) -> argparse.ArgumentParser:
     names = ", ".join(a.name for a in archives)
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("data"),
+    parser.add_argument("--out", type=path_given, default=Path("data"),
                         help="output root: text in OUT/<name>/, binaries in OUT/data-bin/<name>/ (default: ./data)")
-    parser.add_argument("--archive", type=Path, action="append", default=[], metavar="PATH",
+    parser.add_argument("--archive", type=path_given, action="append", default=[], metavar="PATH",
                         help=f"an already downloaded archive ({names}); repeat for several")
     parser.add_argument("--mirror", type=Path, default=os.environ.get(MIRROR_ENV) or None, metavar="DIR",
                         help=f"a folder holding the archives under their upstream names (default: ${MIRROR_ENV})")
-    parser.add_argument("--download-dir", type=Path, metavar="DIR",
+    parser.add_argument("--download-dir", type=path_given, metavar="DIR",
                         help="where downloads are kept (default: OUT/downloads)")
     parser.add_argument("--hash", action="append", default=[], metavar="NAME=ALG:HEX",
                         help="expected hash of an archive, e.g. de-en.tgz=sha256:..., or NAME=none to skip the check")
-    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+    parser.add_argument("--workers", type=positive_int, default=max(1, min(8, os.cpu_count() or 1)),
                         help="processes for tokenisation and fairseq-preprocess")
     return parser
 
@@ -208,8 +226,6 @@ def run(parser: argparse.ArgumentParser, prepare_fn: Callable[[argparse.Namespac
     """Parse, run, and print the data-bin folder; expected failures become one
     ``error:`` line (exit 1) instead of a traceback."""
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
     for name, path in (("--out", args.out), ("--download-dir", args.download_dir)):
         if path is not None and path.exists() and not path.is_dir():
             parser.error(f"{name} {path}: not a folder")
