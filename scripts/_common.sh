@@ -180,6 +180,16 @@ pretrained_model_path() {
     echo "${MODELS_DIR:-models}/$1/orig/${1%%.*}/model.pt"
 }
 
+# fetch_pretrained MODEL ENV: MODEL's model.pt, fetched into MODELS_DIR; a failed fetch says this
+# script's ways round it (the module's own error names its flags, which the script does not take).
+fetch_pretrained() {
+    local models=${MODELS_DIR:-models}
+    "$PYTHON" -m rdrop_fairseq.recipes.datasets.pretrained "$1" --out "$models" | tail -n 1 \
+        || die "could not fetch $1 (see above): set RDROP_DATA_MIRROR to a folder holding its archive, or run" \
+               "python -m rdrop_fairseq.recipes.datasets.pretrained $1 --out $models --archive FILE on a downloaded" \
+               "copy, or pass its model.pt with --restore-file (or $2)"
+}
+
 # default_save_dir SETUP: one folder per setup, variant and alpha.
 default_save_dir() {
     local name=$VARIANT

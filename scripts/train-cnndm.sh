@@ -63,7 +63,7 @@ TOTAL_NUM_UPDATE=${TOTAL_NUM_UPDATE:-20000}
 if [[ $PRINT_ARGS != 1 ]]; then
     need_data_dir "$DATA"
     if [[ -z $RESTORE && $SMOKE != 1 ]]; then
-        RESTORE=$("$PYTHON" -m rdrop_fairseq.recipes.datasets.pretrained bart.large --out "${MODELS_DIR:-models}" | tail -n 1)
+        RESTORE=$(fetch_pretrained bart.large BART_PATH)
     fi
     [[ -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
 elif [[ -z $RESTORE && $SMOKE != 1 ]]; then

@@ -101,7 +101,7 @@ MAX_EPOCH=$(variant_max_tokens "$MAX_EPOCH")
 if [[ $PRINT_ARGS != 1 ]]; then
     need_glue_data "$DATA" "$GLUE_TASK"
     if [[ -z $RESTORE && $SMOKE != 1 ]]; then
-        RESTORE=$("$PYTHON" -m rdrop_fairseq.recipes.datasets.pretrained roberta.large --out "${MODELS_DIR:-models}" | tail -n 1)
+        RESTORE=$(fetch_pretrained roberta.large ROBERTA_PATH)
     fi
     [[ -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
 elif [[ -z $RESTORE && $SMOKE != 1 ]]; then
