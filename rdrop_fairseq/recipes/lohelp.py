@@ -10,7 +10,8 @@ dataset.  The packages hold rendered ``.html`` pages (``<p id="par_id...">``,
 
     python -m rdrop_fairseq.recipes.lohelp OUT_DIR [--src de --tgt en] [--deb-dir DIR | --help-root DIR]
 
-writes ``OUT_DIR/{train,valid,test}.{src,tgt}`` and ``OUT_DIR/stats.json``.
+writes ``OUT_DIR/{train,valid,test}.{src,tgt}`` and ``OUT_DIR/stats.json``; a later run into the same
+OUT_DIR reuses that corpus, and refuses other languages or held-out sizes.
 """
 import argparse
 import hashlib
@@ -226,12 +227,15 @@ def corpus_stats(split: Dict[str, List[Pair]], src: str, tgt: str, source: str) 
 
 
 def write_corpus(split: Dict[str, List[Pair]], out_dir: Path, src: str, tgt: str,
-                 source: str) -> dict:
-    """Write the split; ``stats.json`` goes last and marks the corpus complete."""
+                 source: str, settings: Optional[dict] = None) -> dict:
+    """Write the split; ``stats.json`` goes last and marks the corpus complete (with the
+    ``settings`` it was built with, which a later build into the same folder must match)."""
     for name, pairs in split.items():
         write_lines(out_dir / f"{name}.{src}", (s for s, _ in pairs))
         write_lines(out_dir / f"{name}.{tgt}", (t for _, t in pairs))
     stats = corpus_stats(split, src, tgt, source)
+    if settings is not None:
+        stats["settings"] = settings
     with atomic_output(out_dir / "stats.json") as handle:
         json.dump(stats, handle, indent=1)
     return stats
@@ -240,7 +244,7 @@ def write_corpus(split: Dict[str, List[Pair]], out_dir: Path, src: str, tgt: str
 def build_corpus(out_dir: Path, src: str = "de", tgt: str = "en", deb_dir: Optional[Path] = None,
                  help_root: Optional[Path] = None, valid_size: int = 1500,
                  test_size: int = 1500) -> dict:
-    """Build (or reuse, when ``stats.json`` exists) the corpus in ``out_dir``.
+    """Build (or reuse, when ``stats.json`` exists and the settings agree) the corpus in ``out_dir``.
 
     The split groups pairs by their English side (the target unless ``src`` is en).
 
@@ -248,9 +252,20 @@ def build_corpus(out_dir: Path, src: str = "de", tgt: str = "en", deb_dir: Optio
     otherwise the packages are downloaded into ``deb_dir`` (default
     ``out_dir/debs``) and unpacked in a temporary folder."""
     out_dir = Path(out_dir)
+    settings = {"src": src, "tgt": tgt, "valid_size": valid_size, "test_size": test_size}
     if (out_dir / "stats.json").exists():
+        stats = json.loads((out_dir / "stats.json").read_text())
+        missing = [f"{name}.{lang}" for name in ("train", "valid", "test") for lang in (src, tgt)
+                   if not (out_dir / f"{name}.{lang}").exists()]
+        # corpora built before the settings were recorded name their source language only
+        built = stats.get("settings", {"src": stats.get("lang", src), "tgt": tgt, "valid_size": valid_size,
+                                       "test_size": test_size})
+        if missing or built != settings:
+            raise ValueError(f"{out_dir} holds a corpus built with other settings ({built}, asked for {settings}"
+                             f"{'; no ' + ', '.join(missing) if missing else ''}): choose another OUT_DIR or "
+                             "delete this one")
         logger.info("corpus already built: %s", out_dir)
-        return json.loads((out_dir / "stats.json").read_text())
+        return stats
     with tempfile.TemporaryDirectory(prefix="lohelp.") as tmp:
         if help_root is None:
             debs = download_debs((src, tgt), Path(deb_dir or out_dir / "debs"))
@@ -271,7 +286,7 @@ def build_corpus(out_dir: Path, src: str = "de", tgt: str = "en", deb_dir: Optio
         raise RuntimeError(f"the help pages in {source} give too small a corpus: {sizes} pairs, for "
                            f"--valid-size {valid_size} and --test-size {test_size} (at least half of each "
                            "must stay held out)")
-    stats = write_corpus(split, out_dir, src, tgt, source)
+    stats = write_corpus(split, out_dir, src, tgt, source, settings)
     logger.info("corpus %s: %s", out_dir, {k: stats[k]["pairs"] for k in ("train", "valid", "test")})
     return stats
 

@@ -148,10 +148,35 @@ def test_real_packages_align(debs, tmp_path):
     assert not train & set((out / "test.en").read_text(encoding="utf-8").splitlines())
 
 
+def built_corpus(out, stats):
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            (out / f"{name}.{lang}").write_text("x\n")
+    (out / "stats.json").write_text(json.dumps(stats))
+
+
 def test_cli_reuses_a_built_corpus(tmp_path, capsys):
-    (tmp_path / "stats.json").write_text('{"train": {"pairs": 3}}')
+    built_corpus(tmp_path, {"lang": "de", "train": {"pairs": 3}})  # as built before the settings were recorded
     lohelp.main([str(tmp_path), "--help-root", str(tmp_path / "nowhere")])
-    assert json.loads(capsys.readouterr().out) == {"train": {"pairs": 3}}
+    assert json.loads(capsys.readouterr().out) == {"lang": "de", "train": {"pairs": 3}}
+    settings = {"src": "de", "tgt": "en", "valid_size": 100, "test_size": 1500}
+    built_corpus(tmp_path, {"settings": settings, "train": {"pairs": 3}})
+    lohelp.main([str(tmp_path), "--help-root", str(tmp_path / "nowhere"), "--valid-size", "100"])
+    assert json.loads(capsys.readouterr().out)["settings"] == settings
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--src", "fr"], "no train.fr"),
+    (["--src", "en", "--tgt", "de"], "'src': 'de'"),  # the same files, split by the other side
+    (["--valid-size", "100"], "'valid_size': 1500"),
+])
+def test_cli_refuses_a_corpus_built_with_other_settings(tmp_path, capsys, args, said):
+    built_corpus(tmp_path, {"settings": {"src": "de", "tgt": "en", "valid_size": 1500, "test_size": 1500}})
+    with pytest.raises(SystemExit) as exit_info:
+        lohelp.main([str(tmp_path), "--help-root", str(tmp_path / "nowhere"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "built with other settings" in err and said in err
 
 
 def test_a_help_tree_too_small_for_the_held_out_sets_is_refused_and_nothing_is_written(help_tree, capsys):
