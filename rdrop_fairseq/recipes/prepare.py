@@ -16,9 +16,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -143,6 +145,31 @@ def apply_bpe(codes: Path, source: Path, dest: Path) -> None:
     with open(codes, encoding="utf-8") as handle:
         bpe = BPE(handle)
     write_lines(dest, (bpe.process_line(line + "\n").rstrip("\n") for line in read_lines(source)))
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # Ctrl-C's SIGINT raises KeyboardInterrupt already
+
+
+@contextlib.contextmanager
+def stop_on_signals(on_stop: Optional[Callable[[str], Any]] = None):
+    """Within it, SIGTERM and SIGHUP (``kill PID``, a scheduler's stop, a closed terminal) raise SystemExit
+    (exit status 128 + the signal's number), as Ctrl-C raises KeyboardInterrupt, so that cleanups run
+    (a half-written output is removed, a child command is stopped); ``on_stop`` gets the signal's name first."""
+    def stop(signum, _frame):
+        if on_stop is not None:
+            on_stop(signal.Signals(signum).name)
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    signums = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, stop) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def binarize(text_dir: Path, dest: Path, src: str, tgt: Optional[str] = None,

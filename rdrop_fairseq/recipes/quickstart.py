@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from rdrop_fairseq.recipes import lohelp, plot
+from rdrop_fairseq.recipes import lohelp, plot, prepare
 from rdrop_fairseq.recipes.prepare import SPLITS, atomic_output, package_version, read_lines, write_lines
 from rdrop_fairseq.recipes.quickstart_cli import (  # noqa: F401 (the command line's, used here and by tests)
     CPU, GPU, SMOKE, Setup, build_parser, default_work_dir, parse_args)
@@ -359,29 +358,11 @@ def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S, close_
             proc.stdout.close()
 
 
-STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # Ctrl-C's SIGINT raises KeyboardInterrupt already
-
-
-@contextlib.contextmanager
 def stop_on_signals():
-    """Within it, SIGTERM and SIGHUP (``kill PID``, a scheduler's stop, a closed terminal) raise SystemExit
-    (exit status 128 + the signal's number), as Ctrl-C raises KeyboardInterrupt, so that cleanups run:
-    run_logged then stops the fairseq command it waits for instead of leaving it running on its own."""
-    def stop(signum, _frame):
-        name = signal.Signals(signum).name
-        sys.stderr.write(f"\nquickstart: {name} received; stopping; {INTERRUPTED}\n")
-        raise SystemExit(128 + signum)
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    signums = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
-    previous = {signum: signal.signal(signum, stop) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    """:func:`prepare.stop_on_signals` with the quickstart's word on what a rerun reuses: run_logged then
+    stops the fairseq command it waits for instead of leaving it running on its own."""
+    return prepare.stop_on_signals(
+        lambda name: sys.stderr.write(f"\nquickstart: {name} received; stopping; {INTERRUPTED}\n"))
 
 
 def progress_echo(name: str, total_updates: int, budget_s: float) -> Callable[[str], Optional[str]]:

@@ -1,6 +1,12 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
-from fixtures_upstream import build_wikitext103, run_script, sha256
+from fixtures_upstream import REPO, build_wikitext103, run_script, sha256
 from rdrop_fairseq.recipes.datasets import wikitext103
 
 pytestmark = pytest.mark.e2e
@@ -31,3 +37,31 @@ def test_the_published_md5_is_checked(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{fixture.archive}: md5 is" in err and "expected 9ddaacaf6af0710eda8c456decff7832" in err
     assert not (tmp_path / "data" / "data-bin").exists()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_stopped_binarisation_leaves_no_staging_folder(tmp_path, signame):
+    # a stand-in fairseq-preprocess that says it started and waits, so that the signal comes mid-step
+    fake = tmp_path / "fake"
+    (fake / "fairseq_cli").mkdir(parents=True)
+    (fake / "fairseq_cli" / "__init__.py").write_text("")
+    started = tmp_path / "started"
+    (fake / "fairseq_cli" / "preprocess.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(started)!r}).write_text('')\ntime.sleep(120)\n")
+    fixture = build_wikitext103(tmp_path, {"train": 5, "valid": 2, "test": 2})
+    out = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(REPO)]), "PYTHON": sys.executable}
+    env.pop("RDROP_DATA_MIRROR", None)
+    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "prepare-wikitext103.sh"), "--out", str(out),
+                             "--archive", str(fixture.archive), "--hash", "wikitext-103-v1.zip=none",
+                             "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert [p.name for p in (out / "data-bin").iterdir()][0].startswith(".wikitext-103.")  # staging, mid-step
+    proc.send_signal(getattr(signal, signame))
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + getattr(signal, signame)
+    assert not list((out / "data-bin").iterdir())

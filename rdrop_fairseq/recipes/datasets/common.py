@@ -236,7 +236,8 @@ def run(parser: argparse.ArgumentParser, prepare_fn: Callable[[argparse.Namespac
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         force=True)
     try:
-        bin_dir = prepare_fn(args)
+        with prepare.stop_on_signals():  # a stopped preparation removes its unfinished output
+            bin_dir = prepare_fn(args)
     except (DownloadError, OSError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)
