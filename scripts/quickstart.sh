@@ -4,6 +4,7 @@
 #
 # Usage: scripts/quickstart.sh [--max-updates N | --minutes M] [--rdrop-alpha A] [--corpus DIR --src de --tgt en]
 #            [--work-dir DIR] [--train-pairs N] [--out-dir DIR] [--smoke] [--eval-bleu] [--cpu] [--seed N]
+#            [--concurrent] [--workers N]
 # Env:   PYTHON  interpreter to run it with (default: the first of python and python3 that has rdrop_fairseq's
 #                dependencies).  When it lacks them (unset: when both do), they are installed once into a
 #                virtual environment in the checkout (.venv, made with python3 where it is there), which later

@@ -1,5 +1,6 @@
 import _thread
 import json
+import re
 import math
 import os
 import shutil
@@ -1042,3 +1043,11 @@ def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_dra
     again = run_script(env, *module_probe(tmp_path))  # a second run finds the environment made by the first
     assert again.returncode == 1 and MODULE_ERROR in again.stderr
     assert f"using {venv}/bin/python" in again.stdout and len(read(tmp_path / "pip-calls")) == len(calls)
+
+
+def test_the_scripts_usage_lines_name_every_option():
+    header = (REPO / "scripts" / "quickstart.sh").read_text().split("\nset -euo")[0]
+    usage = header.split("# Usage:")[1].split("# Env:")[0]
+    options = {opt for action in quickstart.build_parser()._actions for opt in action.option_strings
+               if opt.startswith("--") and opt != "--help"}
+    assert options == set(re.findall(r"--[a-z][a-z-]*", usage))
