@@ -346,6 +346,8 @@ def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, f
         raise ValueError(f"{scores.size(0)} rows cannot be split into {copies} copies")
     if target is not None and target.numel() * copies != scores[..., 0].numel():
         raise ValueError("target must have one entry per token of one copy")
+    if ignore_index is not None:
+        ignore_index = int(ignore_index)  # the kernels take a Python int (a numpy or 0-dim tensor index would fail)
     if target is not None:
         _check_targets(target, scores.size(-1), ignore_index)
     if kernel_for(scores, copies) == "triton":

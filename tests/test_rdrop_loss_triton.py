@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,6 +141,16 @@ def test_rdrop_kernel_switch(monkeypatch):
     monkeypatch.setenv("RDROP_KERNEL", "triton")
     with pytest.raises(ValueError, match="fp64"):
         rdrop_loss_module.kernel_for(logits.double())
+
+
+@pytest.mark.parametrize("padding", [np.int64(PAD), torch.tensor(PAD)], ids=["numpy", "tensor"])
+def test_an_index_type_other_than_int_pads_as_the_int_does(monkeypatch, padding):
+    logits, target = make_case()
+    monkeypatch.setenv("RDROP_KERNEL", "triton")
+    expected = rdrop_loss_from_logits(logits, target, 2, 5.0, 0.1, PAD)
+    got = rdrop_loss_from_logits(logits, target, 2, 5.0, 0.1, padding)
+    for got_term, expected_term in zip(got, expected):
+        torch.testing.assert_close(got_term, expected_term, rtol=0, atol=0)
 
 
 def test_cpu_tensors_are_refused_where_cuda_is_present(monkeypatch):
