@@ -5,13 +5,19 @@ REPO_DIR=$(CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)  # CDPAT
 USER_DIR=${USER_DIR:-$REPO_DIR/rdrop_fairseq}
 # python -m rdrop_fairseq.* from a checkout that is not installed.
 export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
-# the interpreter of every python -m / -c step (fairseq-* are console scripts with their own)
-PYTHON=${PYTHON:-python}
-
 die() {
     printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2
     exit 2
 }
+
+# the interpreter of every python -m / -c step (fairseq-* are console scripts with their own): PYTHON, else
+# python, else python3
+if [[ -n ${PYTHON:-} ]]; then
+    command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON: no such command"
+else
+    PYTHON=python
+    command -v python >/dev/null || ! command -v python3 >/dev/null || PYTHON=python3
+fi
 
 # need_value FLAG [VALUE...]: FLAG must be followed by a non-empty value.
 need_value() {
@@ -116,7 +122,8 @@ run_prepare() {
     case ${1:-} in
         -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     esac
-    exec "$PYTHON" -m "$module" "$@"
+    # its errors and usage line then name the script the user ran, not the module
+    RDROP_SCRIPT_PROG="scripts/$(basename "$0")" exec "$PYTHON" -m "$module" "$@"
 }
 
 # One shell-quoted line, ready to paste.

@@ -65,9 +65,9 @@ case $SUBSET in
     valid | val) TEXT_SPLIT=val ;;
     *) die "--subset must be test or valid, not '$SUBSET'" ;;
 esac
-need_env positive BEAM BATCH_SIZE
-need_env count MAX_LEN_B MIN_LEN NO_REPEAT_NGRAM_SIZE
-need_env number LENPEN
+need_env positive BEAM BATCH_SIZE MAX_LEN_B MIN_LEN
+need_env count NO_REPEAT_NGRAM_SIZE
+need_env real LENPEN
 need_data_dir "$DATA"
 for side in source target; do
     [[ -f $TEXT_DIR/$TEXT_SPLIT.$side ]] || die "--text-dir: $TEXT_DIR has no $TEXT_SPLIT.$side (scripts/prepare-cnndm.sh writes the untokenised text to DATA_ROOT/cnn_dm)"

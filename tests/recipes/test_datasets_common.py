@@ -1,6 +1,9 @@
 """rdrop_fairseq/recipes/datasets/common.py: what every prepare-*.sh shares, through the smallest of them."""
+import sys
+
 import pytest
 
+from fixtures_upstream import run_script
 from rdrop_fairseq.recipes.datasets import iwslt14, wikitext103, wmt14
 from rdrop_fairseq.recipes.download import MIRROR_ENV
 
@@ -56,3 +59,11 @@ def test_an_os_error_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
         wikitext103.main(["--out", str(out), "--archive", str(archive), "--hash", "wikitext-103-v1.zip=none"])
     assert exited.value.code == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_errors_of_a_prepare_script_name_the_script():
+    proc = run_script("prepare-wikitext103.sh", "--workers", "0", env={"PYTHON": sys.executable})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == ("scripts/prepare-wikitext103.sh: error: argument --workers: "
+                                            "must be a positive integer, not 0")
+    assert proc.stderr.startswith("usage: scripts/prepare-wikitext103.sh ")

@@ -342,6 +342,7 @@ def test_smoke_is_a_tiny_cpu_model(script):
     (["--print-args"], {"LABEL_SMOOTHING": "-0.1"}, "LABEL_SMOOTHING must be a non-negative number"),
     (["--print-args"], {"KEEP_INTERVAL_UPDATES": "-2"}, "KEEP_INTERVAL_UPDATES must be an integer >= -1"),
     (["--print-args"], {"SEED": "1.5"}, "SEED must be an integer >= 0, not '1.5'"),
+    (["--print-args"], {"PYTHON": "/no/such/python"}, "PYTHON=/no/such/python: no such command"),
 ])
 def test_bad_input_is_named(args, env, message):
     proc = subprocess.run(["bash", str(SCRIPTS / "train-iwslt14.sh"), *args], env=script_env(**{"FP16": "0", **env}),

@@ -68,9 +68,12 @@ def path_given(text: str) -> Path:
     return Path(text)
 
 
+PROG_ENV = "RDROP_SCRIPT_PROG"  # set by scripts/prepare-*.sh: the command the user typed
+
+
 def build_parser(prog: str, description: str, archives: Sequence[Archive]) -> argparse.ArgumentParser:
     names = ", ".join(a.name for a in archives)
-    parser = argparse.ArgumentParser(prog=prog, description=description,
+    parser = argparse.ArgumentParser(prog=os.environ.get(PROG_ENV) or prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=path_given, default=Path("data"),
                         help="output root: text in OUT/<name>/, binaries in OUT/data-bin/<name>/ (default: ./data)")
