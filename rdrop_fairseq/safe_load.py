@@ -15,9 +15,10 @@ builds the model, the criterion or the optimizer (``adaptive_softmax_cutoff``, f
 ``encoder_layers``, wav2vec's ``conv_feature_layers``, ...).  :func:`config_eval` takes
 ``eval``'s place in those modules (:mod:`rdrop_fairseq.compat`): it evaluates literals and
 ``+ - *`` on them, which is all fairseq's values need, and refuses anything else unless the
-user opted in.  OmegaConf calls a resolver named in a config string (``${oc.env:VAR}``) when the
-value is read; fairseq saves configs resolved, so :func:`load` refuses a checkpoint whose config
-holds such a call.
+user opted in.  OmegaConf resolves an interpolation in a config string (``${oc.env:VAR}`` calls a
+resolver) when the value is read; fairseq saves configs resolved, so :func:`load` refuses a
+checkpoint whose config holds one, or is no tree of the size fairseq writes.  A zip file that
+lists an entry twice is refused too: torch and ``zipfile`` read different ones.
 
 ``from_pretrained`` of a model archive (``.tar.gz``) extracts it with
 :func:`load_archive_file`, which refuses members that would land outside the folder it
@@ -30,6 +31,7 @@ import argparse
 import ast
 import atexit
 import builtins
+import collections
 import contextlib
 import contextvars
 import functools
@@ -388,32 +390,55 @@ _REFUSED_GLOBALS = {
 def _globals_named(f, start: Optional[int]) -> set:
     """Every global named by the pickles that torch.load reads from ``f`` (GLOBAL is the only way its
     weights-only unpickler looks one up): a zip file's data.pkl, or the five pickles that begin a file of
-    torch's legacy format.  Read statically: nothing is unpickled."""
+    torch's legacy format; and, for a zip file that lists one name twice, ``<duplicate entry NAME>``
+    (torch reads the first such entry, Python's zipfile the last, so what is read here could be another
+    pickle than the one torch loads; torch never writes one).  Read statically, a pickle at a time:
+    nothing is unpickled."""
     is_path = isinstance(f, (str, os.PathLike))
     if not is_path and start is None:
         return set()  # cannot look without consuming it; torch.load needs a seekable file anyway
     handle = open(f, "rb") if is_path else f
     try:
+        names = set()
         if zipfile.is_zipfile(handle):
             handle.seek(start or 0)
             with zipfile.ZipFile(handle) as archive:
-                streams = [io.BytesIO(archive.read(name)) for name in archive.namelist() if name.endswith("data.pkl")]
+                entries = archive.namelist()
+                names.update(f"{_DUPLICATE_ENTRY} {name}>" for name, count in collections.Counter(entries).items()
+                             if count > 1)
+                for name in dict.fromkeys(entries):
+                    if name.endswith("data.pkl") and not names:
+                        with archive.open(name) as stream:
+                            names.update(_pickle_globals(stream, 1))
         else:
-            streams = [handle] * 5
-        handle.seek(start or 0)
-        names = set()
-        for stream in streams:
-            try:
-                names.update(arg.replace(" ", ".") for opcode, arg, _ in pickletools.genops(stream)
-                             if opcode.name == "GLOBAL")
-            except Exception:  # not a pickle (any more): torch.load says what is wrong with it
-                break
+            handle.seek(start or 0)
+            names.update(_pickle_globals(handle, 5))
         return names
     finally:
         if is_path:
             handle.close()
         else:
             handle.seek(start)
+
+
+_DUPLICATE_ENTRY = "<duplicate entry"
+
+
+def _duplicate_entries(named: set) -> List[str]:
+    """The zip entries that :func:`_globals_named` found listed more than once."""
+    return sorted(name[len(_DUPLICATE_ENTRY) + 1:-1] for name in named if name.startswith(_DUPLICATE_ENTRY))
+
+
+def _pickle_globals(stream, pickles: int) -> set:
+    """The globals named by the next ``pickles`` pickles of ``stream``."""
+    names = set()
+    for _ in range(pickles):
+        try:
+            names.update(arg.replace(" ", ".") for opcode, arg, _ in pickletools.genops(stream)
+                         if opcode.name == "GLOBAL")
+        except Exception:  # not a pickle (any more): torch.load says what is wrong with it
+            break
+    return names
 
 
 def _is_refusal(error: Exception) -> bool:
@@ -441,7 +466,15 @@ def load(f, map_location=None):
     outside :func:`checkpoint_globals` unless the user opted in."""
     global _warned
     start = f.tell() if isinstance(f, io.IOBase) and f.seekable() else None
-    refused = sorted(_globals_named(f, start) & _REFUSED_GLOBALS)
+    named = _globals_named(f, start)
+    duplicates = _duplicate_entries(named)
+    if duplicates and not trusted():
+        raise UntrustedCheckpointError(
+            f"{_describe(f)}: refused to load: the zip file lists the entry {duplicates[0]} twice, which no "
+            "checkpoint torch writes does: torch and this check would read different ones.  If you trust this "
+            f"file, {_opt_ins()}."
+        )
+    refused = sorted(named & _REFUSED_GLOBALS)
     if refused and not trusted():
         raise UntrustedCheckpointError(
             f"{_describe(f)}: refused to load: it names {', '.join(refused)}, which torch allows but no checkpoint "
@@ -574,29 +607,25 @@ def _code_in_config(state: Any) -> List[str]:
     return [f"{where} = {value!r}" for where, value, _ in _config_strings(state) if _has_call(value)]
 
 
-# OmegaConf < 2.1 (fairseq 0.12.2's pin) has no grammar and no nested interpolations: ``${name:...}``.
-_RESOLVER_CALL = re.compile(r"\$\{\s*[A-Za-z_][\w.\-]*\s*:")
-
-
-def _calls_resolver(value: str) -> bool:
-    """Whether OmegaConf would call a resolver to read ``value``: its own parser says, so that escapes
-    (``\\${`` is a literal, ``\\\\${`` a backslash and an interpolation) and resolver names built
-    from interpolations (``${oc.${part}:X}``) are read as OmegaConf reads them.  A value it cannot
-    parse counts as a call: OmegaConf would fail on it anyway."""
+def _interpolates(value: str) -> bool:
+    """Whether OmegaConf would resolve an interpolation to read ``value`` (a resolver call such as
+    ``${oc.env:X}``, or another key's value ``${a.b}``): its own parser says, so that escapes (``\\${``
+    is a literal, ``\\\\${`` a backslash and an interpolation) are read as OmegaConf reads them.  A
+    value it cannot parse counts: OmegaConf would fail on it anyway."""
     if "${" not in value:
         return False
     try:
         from omegaconf import grammar_parser
         from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
-    except ImportError:
-        return bool(_RESOLVER_CALL.search(value))
+    except ImportError:  # OmegaConf < 2.1: no grammar, and no escapes either
+        return True
     try:
         nodes = [grammar_parser.parse(value)]
     except Exception:
         return True
     while nodes:
         node = nodes.pop()
-        if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
+        if isinstance(node, OmegaConfGrammarParser.InterpolationContext):
             return True
         nodes.extend(node.getChildren() if hasattr(node, "getChildren") else ())
     return False
@@ -628,15 +657,59 @@ def _may_interpolate_once_converted(value: str) -> bool:
     return False
 
 
-def _resolvers_in_config(state: Any) -> List[str]:
-    """``where = value`` for every string of the checkpoint's saved config that calls an OmegaConf
-    resolver: fairseq makes an OmegaConf config of it, which resolves them when read."""
+def _interpolations_in_config(state: Any) -> List[str]:
+    """``where = value`` for every string of the checkpoint's saved config that OmegaConf would
+    interpolate: fairseq makes an OmegaConf config of it, which resolves them when read."""
     return [f"{where} = {value!r}" for where, value, legacy in _config_strings(state)
-            if _calls_resolver(value) or (legacy and _may_interpolate_once_converted(value))]
+            if _interpolates(value) or (legacy and _may_interpolate_once_converted(value))]
+
+
+# Far above any config fairseq writes (a few levels of nesting, a few thousand values).
+CONFIG_MAX_DEPTH = 64
+CONFIG_MAX_VALUES = 1_000_000
+
+
+def _config_shape_problem(state: Any) -> Optional[str]:
+    """Why the saved config is not a tree of the size fairseq writes, or None.  A pickle can make one
+    list an item of itself, or of another list twice over: forty lists, each holding the last one twice,
+    read as 2^40 values by any walk over the config (the checks here, OmegaConf's copy).  Measured
+    without walking it so: each list, dict or Namespace once, its expanded size from its items'."""
+    def items(value):
+        if isinstance(value, argparse.Namespace):
+            value = vars(value)
+        if isinstance(value, dict):
+            return list(value.values())
+        return list(value) if isinstance(value, (list, tuple)) else None
+
+    sizes = {}  # id of a container: the values it holds, expanded
+    for where, root in [(key, state[key]) for key in ("cfg", "args") if isinstance(state, dict) and key in state]:
+        ancestors, stack = set(), [(root, 1, False)]
+        while stack:
+            node, depth, finished = stack.pop()
+            children = items(node)
+            if children is None or (not finished and id(node) in sizes):
+                continue
+            if finished:
+                ancestors.discard(id(node))
+                sizes[id(node)] = 1 + sum(sizes.get(id(child), 1) for child in children)
+                if sizes[id(node)] > CONFIG_MAX_VALUES:
+                    return f"its {where} holds more than {CONFIG_MAX_VALUES:,} values once expanded"
+                continue
+            if id(node) in ancestors:
+                return f"its {where} holds a list, dict or Namespace inside itself"
+            if depth > CONFIG_MAX_DEPTH:
+                return f"its {where} is nested more than {CONFIG_MAX_DEPTH} levels deep"
+            ancestors.add(id(node))
+            stack.append((node, depth, True))
+            stack.extend((child, depth + 1, False) for child in children)
+    return None
 
 
 def _unsafe_content(state: Any, made: list) -> Optional[str]:
     """Why a checkpoint that unpickled with the allow-list is refused all the same, or None."""
+    shape = _config_shape_problem(state)
+    if shape:
+        return f"{shape}, which no config fairseq writes does: walking it, as this check and OmegaConf do, would not end in time"
     dtypes = _numpy_made_not_plain(made)
     if dtypes:
         return (f"it holds numpy arrays or dtypes other than numpy's own of bools and numbers (dtypes "
@@ -652,12 +725,13 @@ def _unsafe_content(state: Any, made: list) -> Optional[str]:
     if choices:
         return (f"its legacy config names registry choices that are not plain names ({'; '.join(choices[:3])}): "
                 "fairseq hands them to Hydra as config groups, which would read YAML files from wherever they point")
-    resolvers = _resolvers_in_config(state)
-    if resolvers:
-        return (f"its config calls OmegaConf resolvers, which run when the value is read ({'; '.join(resolvers)}): "
-                "oc.env, for one, would copy an environment variable into the config, the logs and every checkpoint "
-                "saved from it.  fairseq saves configs with their interpolations resolved, so no checkpoint it wrote "
-                "holds one")
+    interpolations = _interpolations_in_config(state)
+    if interpolations:
+        return (f"its config holds OmegaConf interpolations, which are resolved when the value is read "
+                f"({'; '.join(interpolations[:3])}): a resolver call such as oc.env would copy an environment "
+                "variable into the config, the logs and every checkpoint saved from it, and interpolations of "
+                "interpolations take exponential time.  fairseq saves configs with their interpolations resolved, "
+                "so no checkpoint it wrote holds one")
     return None
 
 
@@ -666,7 +740,11 @@ def check(path) -> Tuple[str, str]:
     ("refused") or cannot read it ("unreadable"), and a line that says why."""
     unreadable = f"{path}: not a checkpoint torch can read"
     try:
-        names = (outside_allow_list(path) or []) + sorted(_globals_named(path, None) & _REFUSED_GLOBALS)
+        named = _globals_named(path, None)
+        duplicates = _duplicate_entries(named)
+        if duplicates:
+            return "refused", f"{path}: refused: the zip file lists the entry {duplicates[0]} twice"
+        names = (outside_allow_list(path) or []) + sorted(named & _REFUSED_GLOBALS)
         if names:
             return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
         state, made = _load_allowed(path, map_location="cpu")
@@ -694,12 +772,15 @@ def _extract(archive_path: str, dest: str) -> str:
     """Extract a tar archive into ``dest``; the folder that holds what it extracted.  Every member must
     be a file or a folder with a relative name and no ``..``: a model archive needs no links, devices or
     absolute paths, and refusing them keeps extraction inside ``dest`` even on Pythons whose tarfile
-    "data" filter (used as well, where there is one) can be bypassed."""
+    "data" filter (used as well, where there is one) can be bypassed.  Nor sparse files, whose size the
+    archive states freely, unbacked by its own (a 45 kB archive can hold a 1 GB dict.txt that fairseq reads
+    into memory whole)."""
     with tarfile.open(archive_path, "r:*") as archive:
         members = archive.getmembers()
         for member in members:
             parts = member.name.replace("\\", "/").split("/")
-            if not (member.isfile() or member.isdir()) or member.name.startswith("/") or ".." in parts:
+            if (not (member.isfile() or member.isdir()) or member.issparse() or member.name.startswith("/")
+                    or ".." in parts):
                 raise ValueError(f"{archive_path}: refused to extract the model archive: its member "
                                  f"{member.name!r} is not a plain file or folder inside the archive")
         try:

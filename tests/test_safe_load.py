@@ -3,11 +3,13 @@ checkpoints of every training setup load exactly as in full, a crafted one is re
 before it can run anything, and the opt-in loads it with one warning."""
 import argparse
 import collections
+import functools
 import io
 import os
 import pickle
 import tarfile
 import threading
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -498,20 +500,21 @@ def test_a_config_value_that_calls_an_omegaconf_resolver_is_refused(run_dir, dat
 
     monkeypatch.setenv("RDROP_TEST_SECRET", "s3cr3t")
     reads_env = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "env.pt", "${oc.env:RDROP_TEST_SECRET}")
-    with pytest.raises(safe_load.UntrustedCheckpointError, match="calls OmegaConf resolvers") as raised:
+    with pytest.raises(safe_load.UntrustedCheckpointError, match="holds OmegaConf interpolations") as raised:
         generate.main(generate_config(data, reads_env))
     assert "cfg.task.note = '${oc.env:RDROP_TEST_SECRET}'" in str(raised.value)
     assert "s3cr3t" not in str(raised.value)
     status, out, _ = check_checkpoint(capsys, reads_env)
     assert status == 1 and "refused" in out and "cfg.task.note" in out
-    # an interpolation of another key, or an escaped one, calls nothing
-    for value, resolved in (("${task.source_lang}", "de"), (r"\${oc.env:RDROP_TEST_SECRET}", "${oc.env:RDROP_TEST_SECRET}")):
-        plain = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "plain.pt", value)
-        assert checkpoint_utils.load_checkpoint_to_cpu(str(plain))["cfg"]["task"]["note"] == resolved
-    # an escaped backslash before it, and a resolver named by an interpolation, still call it
-    for value in (r"\\${oc.env:RDROP_TEST_SECRET}", "${oc.${task.source_lang}v:RDROP_TEST_SECRET}"):
+    # an escaped one is a literal
+    plain = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "plain.pt", r"\${oc.env:RDROP_TEST_SECRET}")
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(plain))["cfg"]["task"]["note"] == "${oc.env:RDROP_TEST_SECRET}"
+    # an escaped backslash before it, a resolver named by an interpolation, and an interpolation of another key
+    # (fairseq saves its configs resolved; forty of them, each of the last twice, take 2^40 steps to read)
+    for value in (r"\\${oc.env:RDROP_TEST_SECRET}", "${oc.${task.source_lang}v:RDROP_TEST_SECRET}",
+                  "${task.source_lang}"):
         crafted = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "bypass.pt", value)
-        with pytest.raises(safe_load.UntrustedCheckpointError, match="calls OmegaConf resolvers"):
+        with pytest.raises(safe_load.UntrustedCheckpointError, match="holds OmegaConf interpolations"):
             checkpoint_utils.load_checkpoint_to_cpu(str(crafted))
     monkeypatch.setenv(safe_load.TRUST_ENV, "1")
     assert checkpoint_utils.load_checkpoint_to_cpu(str(reads_env))["cfg"]["task"]["note"] == "s3cr3t"
@@ -556,6 +559,21 @@ def test_a_model_archive_is_extracted_safely_and_kept(tmp_path):
         file_utils.load_archive_file(str(evil))
     assert not escape.exists() and evil.is_file()
     assert Path(file_utils.load_archive_file(good)).is_dir() and good.is_file()  # a Path is the user's too
+
+
+def test_a_model_archive_with_a_sparse_member_is_refused(tmp_path):
+    # a sparse member states its size freely: 1 GB of dict.txt in a few hundred bytes of archive
+    info = tarfile.TarInfo("model/dict.txt")
+    info.type, info.size, info.sparse = tarfile.GNUTYPE_SPARSE, 0, [(1 << 30, 0)]
+    assert info.issparse()
+    archive = tmp_path / "sparse.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(ValueError, match="'model/dict.txt' is not a plain file"):
+        safe_load._extract(str(archive), str(dest))
+    assert not list(dest.iterdir())
 
 
 def test_a_model_archive_with_a_link_or_an_absolute_name_is_refused(tmp_path):
@@ -747,6 +765,55 @@ def test_a_tensor_over_a_numpy_arrays_memory_is_refused(run_dir, tmp_path, capsy
         assert torch.equal(safe_load.load(checkpoint)["extra_state"]["injected"], torch.zeros(4, dtype=torch.float64))
 
 
+def test_a_zip_file_that_lists_its_pickle_twice_is_refused(run_dir, tmp_path, capsys, monkeypatch):
+    # torch reads the first data.pkl, Python's zipfile (and so a check that used it) the last: a refused
+    # first one (here a tensor over a numpy array's memory, which the file could free) behind a harmless last
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "twice.pt", _TensorOverNumpy())
+    with zipfile.ZipFile(checkpoint) as archive:
+        pickle_name = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile: "Duplicate name"
+        with zipfile.ZipFile(checkpoint, "a") as archive:
+            archive.writestr(pickle_name, pickle.dumps({"model": {}}, protocol=2))
+    with pytest.raises(safe_load.UntrustedCheckpointError, match=f"lists the entry {pickle_name} twice"):
+        safe_load.load(checkpoint)
+    status, out, _ = check_checkpoint(capsys, checkpoint)
+    assert status == 1 and f"lists the entry {pickle_name} twice" in out
+    monkeypatch.setenv(safe_load.TRUST_ENV, "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(safe_load.load(checkpoint)["extra_state"]["injected"], torch.zeros(4, dtype=torch.float64))
+
+
+def _doubling_lists(levels):
+    node = ["x"]
+    for _ in range(levels):
+        node = [node, node]  # one list, twice: pickled once, then by reference
+    return node
+
+
+def _list_inside_itself():
+    node = ["x"]
+    node.append(node)
+    return node
+
+
+@pytest.mark.parametrize("value,said", [
+    (_doubling_lists(40), "holds more than 1,000,000 values once expanded"),
+    (_list_inside_itself(), "holds a list, dict or Namespace inside itself"),
+    (functools.reduce(lambda inner, _: [inner], range(200), "x"), "nested more than 64 levels deep"),
+], ids=["2^40 values", "a cycle", "200 levels"])
+def test_a_config_that_is_no_tree_of_fairseqs_size_is_refused_at_once(run_dir, tmp_path, capsys, value, said):
+    # each a few kB: the walks over the config (the checks here, OmegaConf's) would never end, or recurse too deep
+    checkpoint = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "shape.pt", value)
+    assert checkpoint.stat().st_size < 2 * (run_dir / "checkpoint_last.pt").stat().st_size
+    started = time.monotonic()
+    with pytest.raises(safe_load.UntrustedCheckpointError, match=said):
+        safe_load.load(checkpoint)
+    status, out, _ = check_checkpoint(capsys, checkpoint)
+    assert status == 1 and said in out and time.monotonic() - started < 30
+
+
 def test_loads_in_threads_do_not_take_each_others_allow_list_away(run_dir):
     before = set(torch.serialization.get_safe_globals())
     errors = []
@@ -865,7 +932,7 @@ def test_legacy_args_that_become_a_resolver_call_once_converted_are_refused(run_
 
     monkeypatch.setenv("RDROP_TEST_SECRET", "s3cr3t")
     legacy = legacy_checkpoint(run_dir, tmp_path / "legacy.pt", criterion="hubert", log_keys=value)
-    with pytest.raises(safe_load.UntrustedCheckpointError, match="calls OmegaConf resolvers") as raised:
+    with pytest.raises(safe_load.UntrustedCheckpointError, match="holds OmegaConf interpolations") as raised:
         checkpoint_utils.load_checkpoint_to_cpu(str(legacy))
     assert "args.log_keys" in str(raised.value) and "s3cr3t" not in str(raised.value)
     status, out, _ = check_checkpoint(capsys, legacy)
