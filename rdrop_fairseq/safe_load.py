@@ -17,8 +17,10 @@ builds the model, the criterion or the optimizer (``adaptive_softmax_cutoff``, f
 ``+ - *`` on them, which is all fairseq's values need, and refuses anything else unless the
 user opted in.  OmegaConf resolves an interpolation in a config string (``${oc.env:VAR}`` calls a
 resolver) when the value is read; fairseq saves configs resolved, so :func:`load` refuses a
-checkpoint whose config holds one, or is no tree of the size fairseq writes.  A zip file that
-lists an entry twice is refused too: torch and ``zipfile`` read different ones.
+checkpoint whose config holds one, or is no tree of the size fairseq writes.  The globals that
+torch allows by default but no fairseq checkpoint names are withheld from torch's own unpickler
+for the load (``_rebuild_device_tensor_from_numpy``), so whichever pickle of the file torch reads,
+they are refused there.
 
 ``from_pretrained`` of a model archive (``.tar.gz``) extracts it with
 :func:`load_archive_file`, which refuses members that would land outside the folder it
@@ -31,7 +33,6 @@ import argparse
 import ast
 import atexit
 import builtins
-import collections
 import contextlib
 import contextvars
 import functools
@@ -47,12 +48,12 @@ import tarfile
 import tempfile
 import threading
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from torch import _weights_only_unpickler
 
 logger = logging.getLogger(__name__)
 TRUST_ENV = "RDROP_TRUST_CHECKPOINTS"
@@ -327,20 +328,33 @@ def _allowed(entries):
     # It holds data types alone, so another load that sees it meanwhile gains nothing that runs code.  An
     # entry of the user's under one of these names (numpy.ndarray, say, which torch's own error message
     # suggests adding) would stand beside ours, and torch would pick one of the two at random: it is taken
-    # off the list for the load, and put back.
+    # off the list for the load, and put back.  So are the globals torch allows by default that no
+    # checkpoint fairseq writes names (_WITHHELD_GLOBALS): the unpickler itself refuses them, whichever of
+    # the file's pickles it reads.
     present = torch.serialization.get_safe_globals()
     names = {_entry_name(entry) for entry in entries}
     shadowing = [entry for entry in present if entry not in entries and _entry_name(entry) in names]
     if shadowing:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals([entry for entry in present if entry not in shadowing])
+    defaults = _weights_only_unpickler._get_allowed_globals()  # torch's own, cached: the dict every load reads
+    withheld = {name: defaults.pop(name) for name in _WITHHELD_GLOBALS if name in defaults}
     try:
         with torch.serialization.safe_globals([entry for entry in entries if entry not in present]):
             yield
     finally:
+        defaults.update(withheld)
         if shadowing:
             torch.serialization.clear_safe_globals()
             torch.serialization.add_safe_globals(present)
+
+
+# Globals that torch's weights-only unpickler allows by default, and that no checkpoint fairseq writes names.
+_WITHHELD_GLOBALS = {
+    # a tensor over a numpy array's memory: the file can then BUILD the array again, which frees that
+    # memory while the tensor still reads and writes it (fairseq saves tensors, never numpy-backed ones)
+    "torch._utils._rebuild_device_tensor_from_numpy",
+}
 
 
 def _refused_global(error: Exception) -> str:
@@ -379,66 +393,6 @@ def _load_allowed(f, map_location=None) -> Tuple[Any, list]:
         _MADE.reset(token)
 
 
-# Globals that torch's weights-only unpickler allows by default, and that no checkpoint fairseq writes names.
-_REFUSED_GLOBALS = {
-    # a tensor over a numpy array's memory: the file can then BUILD the array again, which frees that
-    # memory while the tensor still reads and writes it (fairseq saves tensors, never numpy-backed ones)
-    "torch._utils._rebuild_device_tensor_from_numpy",
-}
-
-
-def _globals_named(f, start: Optional[int]) -> set:
-    """Every global named by the pickles that torch.load reads from ``f`` (GLOBAL is the only way its
-    weights-only unpickler looks one up): a zip file's data.pkl, or the five pickles that begin a file of
-    torch's legacy format; and, for a zip file that lists one name twice, ``<duplicate entry NAME>``
-    (torch reads the first such entry, Python's zipfile the last, so what is read here could be another
-    pickle than the one torch loads; torch never writes one).  Read statically, a pickle at a time:
-    nothing is unpickled."""
-    is_path = isinstance(f, (str, os.PathLike))
-    if not is_path and start is None:
-        return set()  # cannot look without consuming it; torch.load needs a seekable file anyway
-    handle = open(f, "rb") if is_path else f
-    try:
-        names = set()
-        if zipfile.is_zipfile(handle):
-            handle.seek(start or 0)
-            with zipfile.ZipFile(handle) as archive:
-                entries = archive.namelist()
-                names.update(f"{_DUPLICATE_ENTRY} {name}>" for name, count in collections.Counter(entries).items()
-                             if count > 1)
-                for name in dict.fromkeys(entries):
-                    if name.endswith("data.pkl") and not names:
-                        with archive.open(name) as stream:
-                            names.update(_pickle_globals(stream, 1))
-        else:
-            handle.seek(start or 0)
-            names.update(_pickle_globals(handle, 5))
-        return names
-    finally:
-        if is_path:
-            handle.close()
-        else:
-            handle.seek(start)
-
-
-_DUPLICATE_ENTRY = "<duplicate entry"
-
-
-def _duplicate_entries(named: set) -> List[str]:
-    """The zip entries that :func:`_globals_named` found listed more than once."""
-    return sorted(name[len(_DUPLICATE_ENTRY) + 1:-1] for name in named if name.startswith(_DUPLICATE_ENTRY))
-
-
-def _pickle_globals(stream, pickles: int) -> set:
-    """The globals named by the next ``pickles`` pickles of ``stream``."""
-    names = set()
-    for _ in range(pickles):
-        try:
-            names.update(arg.replace(" ", ".") for opcode, arg, _ in pickletools.genops(stream)
-                         if opcode.name == "GLOBAL")
-        except Exception:  # not a pickle (any more): torch.load says what is wrong with it
-            break
-    return names
 
 
 def _is_refusal(error: Exception) -> bool:
@@ -466,21 +420,6 @@ def load(f, map_location=None):
     outside :func:`checkpoint_globals` unless the user opted in."""
     global _warned
     start = f.tell() if isinstance(f, io.IOBase) and f.seekable() else None
-    named = _globals_named(f, start)
-    duplicates = _duplicate_entries(named)
-    if duplicates and not trusted():
-        raise UntrustedCheckpointError(
-            f"{_describe(f)}: refused to load: the zip file lists the entry {duplicates[0]} twice, which no "
-            "checkpoint torch writes does: torch and this check would read different ones.  If you trust this "
-            f"file, {_opt_ins()}."
-        )
-    refused = sorted(named & _REFUSED_GLOBALS)
-    if refused and not trusted():
-        raise UntrustedCheckpointError(
-            f"{_describe(f)}: refused to load: it names {', '.join(refused)}, which torch allows but no checkpoint "
-            "fairseq writes holds: a tensor over a numpy array's memory, which the file can free while the tensor "
-            f"still reads and writes it.  If you trust this file, {_opt_ins()}."
-        )
     try:
         state, made = _load_allowed(f, map_location)
     except pickle.UnpicklingError as error:
@@ -673,7 +612,8 @@ def _config_shape_problem(state: Any) -> Optional[str]:
     """Why the saved config is not a tree of the size fairseq writes, or None.  A pickle can make one
     list an item of itself, or of another list twice over: forty lists, each holding the last one twice,
     read as 2^40 values by any walk over the config (the checks here, OmegaConf's copy).  Measured
-    without walking it so: each list, dict or Namespace once, its expanded size from its items'."""
+    without walking it so: each list, dict or Namespace once, its expanded size and its height (the
+    levels below it, however it is reached) from its items'."""
     def items(value):
         if isinstance(value, argparse.Namespace):
             value = vars(value)
@@ -681,27 +621,28 @@ def _config_shape_problem(state: Any) -> Optional[str]:
             return list(value.values())
         return list(value) if isinstance(value, (list, tuple)) else None
 
-    sizes = {}  # id of a container: the values it holds, expanded
+    sizes, heights = {}, {}  # id of a container: the values it holds, expanded; the levels it spans
     for where, root in [(key, state[key]) for key in ("cfg", "args") if isinstance(state, dict) and key in state]:
-        ancestors, stack = set(), [(root, 1, False)]
+        ancestors, stack = set(), [(root, False)]
         while stack:
-            node, depth, finished = stack.pop()
+            node, finished = stack.pop()
             children = items(node)
             if children is None or (not finished and id(node) in sizes):
                 continue
             if finished:
                 ancestors.discard(id(node))
                 sizes[id(node)] = 1 + sum(sizes.get(id(child), 1) for child in children)
+                heights[id(node)] = 1 + max((heights.get(id(child), 0) for child in children), default=0)
                 if sizes[id(node)] > CONFIG_MAX_VALUES:
                     return f"its {where} holds more than {CONFIG_MAX_VALUES:,} values once expanded"
+                if heights[id(node)] > CONFIG_MAX_DEPTH:
+                    return f"its {where} is nested more than {CONFIG_MAX_DEPTH} levels deep"
                 continue
             if id(node) in ancestors:
                 return f"its {where} holds a list, dict or Namespace inside itself"
-            if depth > CONFIG_MAX_DEPTH:
-                return f"its {where} is nested more than {CONFIG_MAX_DEPTH} levels deep"
             ancestors.add(id(node))
-            stack.append((node, depth, True))
-            stack.extend((child, depth + 1, False) for child in children)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
     return None
 
 
@@ -709,7 +650,8 @@ def _unsafe_content(state: Any, made: list) -> Optional[str]:
     """Why a checkpoint that unpickled with the allow-list is refused all the same, or None."""
     shape = _config_shape_problem(state)
     if shape:
-        return f"{shape}, which no config fairseq writes does: walking it, as this check and OmegaConf do, would not end in time"
+        return (f"{shape}, which no config fairseq writes does: walks over it, as these checks and OmegaConf make, "
+                "would not end in time or would exceed Python's recursion limit")
     dtypes = _numpy_made_not_plain(made)
     if dtypes:
         return (f"it holds numpy arrays or dtypes other than numpy's own of bools and numbers (dtypes "
@@ -740,11 +682,7 @@ def check(path) -> Tuple[str, str]:
     ("refused") or cannot read it ("unreadable"), and a line that says why."""
     unreadable = f"{path}: not a checkpoint torch can read"
     try:
-        named = _globals_named(path, None)
-        duplicates = _duplicate_entries(named)
-        if duplicates:
-            return "refused", f"{path}: refused: the zip file lists the entry {duplicates[0]} twice"
-        names = (outside_allow_list(path) or []) + sorted(named & _REFUSED_GLOBALS)
+        names = outside_allow_list(path) or []
         if names:
             return "refused", f"{path}: refused: it names {', '.join(names)}, outside the allow-list"
         state, made = _load_allowed(path, map_location="cpu")

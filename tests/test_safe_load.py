@@ -765,24 +765,52 @@ def test_a_tensor_over_a_numpy_arrays_memory_is_refused(run_dir, tmp_path, capsy
         assert torch.equal(safe_load.load(checkpoint)["extra_state"]["injected"], torch.zeros(4, dtype=torch.float64))
 
 
-def test_a_zip_file_that_lists_its_pickle_twice_is_refused(run_dir, tmp_path, capsys, monkeypatch):
-    # torch reads the first data.pkl, Python's zipfile (and so a check that used it) the last: a refused
-    # first one (here a tensor over a numpy array's memory, which the file could free) behind a harmless last
-    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "twice.pt", _TensorOverNumpy())
+def _rewritten(checkpoint, out, entries):
+    """``checkpoint`` (a zip file) written again as ``entries(name, data)`` makes of its entries."""
     with zipfile.ZipFile(checkpoint) as archive:
-        pickle_name = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+        old = [(info.filename, archive.read(info)) for info in archive.infolist()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile: "Duplicate name"
-        with zipfile.ZipFile(checkpoint, "a") as archive:
-            archive.writestr(pickle_name, pickle.dumps({"model": {}}, protocol=2))
-    with pytest.raises(safe_load.UntrustedCheckpointError, match=f"lists the entry {pickle_name} twice"):
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+            for name, data in old:
+                for new_name, new_data in entries(name, data):
+                    archive.writestr(new_name, new_data)
+    return out
+
+
+_HARMLESS = pickle.dumps(collections.OrderedDict(model={}), protocol=2)  # names a global, as checkpoints do
+# Layouts where Python's zipfile and torch's reader pick different pickles: torch reads the first
+# archive/data.pkl, matched without regard to case, or a legacy file's leading pickles when byte 0 is no
+# zip header; zipfile the last entry of a name, and finds a zip anywhere in the file.
+_DISAGREEING_LAYOUTS = {
+    "listed twice": lambda name, data: [(name, data)] + ([(name, _HARMLESS)] if name.endswith("/data.pkl") else []),
+    "name in capitals": lambda name, data: [(name[:-len("data.pkl")] + "DATA.PKL" if name.endswith("/data.pkl")
+                                             else name, data)],
+    "a decoy listed first": lambda name, data: (
+        [(name.replace("data.pkl", "xdata.pkl"), _HARMLESS)] if name.endswith("/data.pkl") else []) + [(name, data)],
+}
+
+
+@pytest.mark.parametrize("layout", [*_DISAGREEING_LAYOUTS, "legacy pickles with a zip after"])
+def test_a_tensor_over_numpy_memory_is_refused_whichever_pickle_torch_reads(run_dir, tmp_path, capsys, layout):
+    # the refused global is withheld from torch's own unpickler, not looked for in the file beforehand, where
+    # Python's zipfile could read another pickle than torch does
+    if layout in _DISAGREEING_LAYOUTS:
+        crafted(run_dir / "checkpoint_last.pt", tmp_path / "base.pt", _TensorOverNumpy())
+        checkpoint = _rewritten(tmp_path / "base.pt", tmp_path / "odd.pt", _DISAGREEING_LAYOUTS[layout])
+    else:
+        crafted(run_dir / "checkpoint_last.pt", tmp_path / "base.pt", _TensorOverNumpy(), legacy_format=True)
+        harmless = io.BytesIO()
+        torch.save({"model": {}}, harmless)
+        checkpoint = tmp_path / "odd.pt"
+        checkpoint.write_bytes((tmp_path / "base.pt").read_bytes() + harmless.getvalue())
+    with pytest.raises(safe_load.UntrustedCheckpointError, match="_rebuild_device_tensor_from_numpy"):
         safe_load.load(checkpoint)
     status, out, _ = check_checkpoint(capsys, checkpoint)
-    assert status == 1 and f"lists the entry {pickle_name} twice" in out
-    monkeypatch.setenv(safe_load.TRUST_ENV, "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert torch.equal(safe_load.load(checkpoint)["extra_state"]["injected"], torch.zeros(4, dtype=torch.float64))
+    assert status == 1 and "_rebuild_device_tensor_from_numpy" in out
+    # withheld for the plugin's loads only: torch's own default list is as it was
+    from torch import _weights_only_unpickler
+    assert "torch._utils._rebuild_device_tensor_from_numpy" in _weights_only_unpickler._get_allowed_globals()
 
 
 def _doubling_lists(levels):
@@ -790,6 +818,14 @@ def _doubling_lists(levels):
     for _ in range(levels):
         node = [node, node]  # one list, twice: pickled once, then by reference
     return node
+
+
+def _chains_listed_innermost_first(chains, length):
+    heads, tail = [], "x"
+    for _ in range(chains):
+        tail = functools.reduce(lambda inner, _: [inner], range(length), tail)
+        heads.append(tail)
+    return heads[::-1]  # walked from the end: the innermost chain first
 
 
 def _list_inside_itself():
@@ -802,7 +838,10 @@ def _list_inside_itself():
     (_doubling_lists(40), "holds more than 1,000,000 values once expanded"),
     (_list_inside_itself(), "holds a list, dict or Namespace inside itself"),
     (functools.reduce(lambda inner, _: [inner], range(200), "x"), "nested more than 64 levels deep"),
-], ids=["2^40 values", "a cycle", "200 levels"])
+    # chains of 40 lists, each ending at the head of the one before, all listed at the top with the innermost
+    # reached first: by the path it is reached on each chain is 41 levels deep, the whole 400
+    (_chains_listed_innermost_first(10, 40), "nested more than 64 levels deep"),
+], ids=["2^40 values", "a cycle", "200 levels", "10 chains of 40"])
 def test_a_config_that_is_no_tree_of_fairseqs_size_is_refused_at_once(run_dir, tmp_path, capsys, value, said):
     # each a few kB: the walks over the config (the checks here, OmegaConf's) would never end, or recurse too deep
     checkpoint = crafted_task_note(run_dir / "checkpoint_last.pt", tmp_path / "shape.pt", value)
