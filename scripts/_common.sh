@@ -11,9 +11,10 @@ die() {
 }
 
 # the interpreter of every python -m / -c step (fairseq-* are console scripts with their own): PYTHON, else
-# python, else python3
+# python, else python3.  Sourced, this file sees the script's arguments: --help needs no interpreter.
 if [[ -n ${PYTHON:-} ]]; then
-    command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON: no such command"
+    [[ " $* " == *" -h "* || " $* " == *" --help "* ]] || command -v "$PYTHON" >/dev/null \
+        || die "PYTHON=$PYTHON: no such command"
 else
     PYTHON=python
     command -v python >/dev/null || ! command -v python3 >/dev/null || PYTHON=python3
@@ -33,9 +34,11 @@ need_number() {  # need_number NAME VALUE
 }
 
 # need_env KIND NAME...: each NAME that is set (the defaults are right by construction) must be a
-# positive (integer >= 1), count (integer >= 0), int (integer >= -1, fairseq's "all"), number (>= 0),
-# real (any number) or fraction (a number below 1: a dropout or smoothing rate); fairseq would take most of them as
-# they are and fail later with a traceback, or not at all.
+# positive (integer >= 1), positives (one or a comma-separated list, as fairseq's --update-freq takes),
+# count (integer >= 0), int (integer >= -1, fairseq's "all"), number (>= 0), real (any number) or
+# fraction (a number below 1: a dropout or smoothing rate); fairseq would take most of them as they are
+# and fail later with a traceback, or not at all.  Integers have no leading zeros, which bash's
+# arithmetic would read as octal.
 need_env() {
     local kind=$1 name value
     shift
@@ -44,13 +47,15 @@ need_env() {
         [[ -n $value ]] || continue
         case $kind in
             positive) [[ $value =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive integer, not '$value'" ;;
-            count) [[ $value =~ ^[0-9]+$ ]] || die "$name must be an integer >= 0, not '$value'" ;;
-            int) [[ $value =~ ^(-1|[0-9]+)$ ]] || die "$name must be an integer >= -1, not '$value'" ;;
+            positives) [[ $value =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] \
+                || die "$name must be a positive integer or a comma-separated list of them, not '$value'" ;;
+            count) [[ $value =~ ^(0|[1-9][0-9]*)$ ]] || die "$name must be an integer >= 0, not '$value'" ;;
+            int) [[ $value =~ ^(-1|0|[1-9][0-9]*)$ ]] || die "$name must be an integer >= -1, not '$value'" ;;
             number) need_number "$name" "$value" ;;
-            real) need_number "$name" "${value#-}" ;;
+            real) [[ $value =~ ^[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || die "$name must be a number, not '$value'" ;;
             fraction)
                 need_number "$name" "$value"
-                awk "BEGIN { exit !($value < 1) }" || die "$name must be a number below 1, not '$value'"
+                awk -v value="$value" 'BEGIN { exit !(value + 0 < 1) }' || die "$name must be a number below 1, not '$value'"
                 ;;
             *) die "need_env: unknown kind '$kind'" ;;
         esac

@@ -47,7 +47,8 @@ parse_script_flag() {
 
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
-need_env positive TOTAL_NUM_UPDATE UPDATE_FREQ LOG_INTERVAL
+need_env positive TOTAL_NUM_UPDATE LOG_INTERVAL
+need_env positives UPDATE_FREQ
 need_env count WARMUP SEED
 need_env number LR WEIGHT_DECAY CLIP_NORM
 need_env fraction DROPOUT ATTENTION_DROPOUT LABEL_SMOOTHING

@@ -60,7 +60,8 @@ parse_script_flag() {
 
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
-need_env positive UPDATE_FREQ LOG_INTERVAL NUM_CLASSES
+need_env positive LOG_INTERVAL NUM_CLASSES
+need_env positives UPDATE_FREQ
 need_env count SEED
 need_env number LR WEIGHT_DECAY
 need_env fraction DROPOUT ATTENTION_DROPOUT

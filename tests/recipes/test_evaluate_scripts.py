@@ -55,7 +55,7 @@ def test_evaluate_translation_averages_generates_and_scores(setup, run, tokenize
     (["--setup", "iwslt14", "--data", "/nonexistent"], "--data: no such folder"),
     (["--setup", "iwslt14", "CPU=yes"], "CPU must be 0 or 1, not 'yes'"),
     (["--setup", "iwslt14", "BEAM=0"], "BEAM must be a positive integer, not '0'"),
-    (["--setup", "iwslt14", "LENPEN=long"], "LENPEN must be a non-negative number, not 'long'"),
+    (["--setup", "iwslt14", "LENPEN=long"], "LENPEN must be a number, not 'long'"),
 ])
 def test_evaluate_translation_names_bad_input(args, message):
     env = dict(arg.split("=", 1) for arg in args if "=" in arg)
@@ -83,6 +83,7 @@ def test_evaluate_lm_names_a_missing_checkpoint(lm_bin, tmp_path):
     ({"CONTEXT_WINDOW": "512"}, "CONTEXT_WINDOW (512) must be below TOKENS_PER_SAMPLE (512)"),
     ({"CONTEXT_WINDOW": "-1"}, "CONTEXT_WINDOW must be an integer >= 0, not '-1'"),
     ({"TOKENS_PER_SAMPLE": "0"}, "TOKENS_PER_SAMPLE must be a positive integer, not '0'"),
+    ({"CONTEXT_WINDOW": "0400", "TOKENS_PER_SAMPLE": "300"}, "CONTEXT_WINDOW must be an integer >= 0, not '0400'"),
 ])
 def test_evaluate_lm_names_a_bad_window(lm_bin, tmp_path, env, message):
     (tmp_path / "checkpoint_best.pt").write_bytes(b"")
@@ -161,6 +162,20 @@ def test_evaluate_translation_names_a_failed_generation(tmp_path, translation_bi
     assert f"fairseq-generate failed (its error is above); its partial output is {run / 'generate-test.txt.part'}" \
         in proc.stderr
     assert not (run / "generate-test.txt").exists() and not (run / "bleu-test.json").exists()
+
+
+def test_evaluate_lm_checks_and_records_a_window_given_after_the_double_dash(tmp_path, lm_bin):
+    # fairseq-eval-lm takes the last of a repeated flag: the extra arguments' window is the one it uses
+    path = stand_in(tmp_path / "bin", "fairseq-eval-lm", 'echo "Loss (base 2): 4.0000, Perplexity: 16.00"')
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint_best.pt").write_bytes(b"")
+    run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path / "run", "--", "--tokens-per-sample",
+               "1024", "--context-window=900", PATH=path)
+    result = json.loads((tmp_path / "run" / "perplexity-test.json").read_text())
+    assert (result["tokens_per_sample"], result["context_window"]) == (1024, 900)
+    with pytest.raises(AssertionError, match=re.escape("CONTEXT_WINDOW (1024) must be below TOKENS_PER_SAMPLE (1024)")):
+        run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path / "run", "--", "--tokens-per-sample",
+                   "1024", "--context-window", "1024", PATH=path)
 
 
 def test_evaluate_scripts_run_their_python_steps_with_PYTHON(tmp_path, lm_bin):

@@ -208,6 +208,34 @@ def test_hyperparameters_at_their_limits_are_taken(script):
             flag(argv, "--update-freq")) == ("0", "1e-3", "-1", "0", "1")
 
 
+@pytest.mark.parametrize("kind,value,taken", [
+    ("positive", "3", True), ("positive", "0", False), ("positive", "03", False),
+    ("positives", "2,4", True), ("positives", "2,", False),
+    ("count", "0", True), ("count", "0400", False),  # bash's arithmetic would read 0400 as octal 256
+    ("int", "-1", True), ("int", "-2", False),
+    ("number", "1e-3", True), ("number", "-1", False),
+    ("real", "-0.5", True), ("real", "+1", True), ("real", "1.5e3", True), ("real", "-x", False),
+    ("fraction", "0", True), ("fraction", "0.999", True), ("fraction", "1", False), ("fraction", "1e-400", True),
+])
+def test_each_kind_of_environment_value(kind, value, taken):
+    proc = subprocess.run(["bash", "-c", f'source "{SCRIPTS}/_common.sh"; need_env {kind} VALUE'],
+                          env=script_env(VALUE=value), capture_output=True, text=True)
+    assert (proc.returncode == 0) == taken, proc.stderr
+    assert taken or proc.stderr.startswith(f"bash: error: VALUE must be ") and f"'{value}'" in proc.stderr
+
+
+def test_values_fairseq_takes_that_the_checks_once_refused():
+    assert flag(dry_run("train-wikitext103.sh", "--adaptive", WARMUP="0"), "--warmup-updates") == "0"
+    assert flag(dry_run("train-iwslt14.sh", UPDATE_FREQ="2,4", MAX_UPDATE="0"), "--update-freq") == "2,4"
+
+
+def test_help_needs_no_interpreter():
+    for script in ("train-iwslt14.sh", "prepare-iwslt14.sh", "evaluate-lm.sh"):
+        proc = subprocess.run(["bash", str(SCRIPTS / script), "--help"], env=script_env(PYTHON="/no/such/python"),
+                              capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage" in proc.stdout.lower(), script
+
+
 def test_every_hyperparameter_can_be_overridden():
     argv = dry_run("train-iwslt14.sh", "--alpha", "3", LR="7e-4", DROPOUT="0.2", MAX_TOKENS="1000")
     assert (flag(argv, "--rdrop-alpha"), flag(argv, "--lr"), flag(argv, "--dropout"), flag(argv, "--max-tokens")) \
@@ -334,8 +362,10 @@ def test_smoke_is_a_tiny_cpu_model(script):
     (["--print-args", "--", "--cpu"], {"FP16": "1"}, "FP16=1 asks for --fp16, which is for CUDA, but --cpu"),
     # hyperparameters that fairseq-train would take and then fail on with a traceback, or train a run that
     # looks finished after one update
-    (["--print-args"], {"MAX_UPDATE": "-5"}, "MAX_UPDATE must be a positive integer, not '-5'"),
-    (["--print-args"], {"UPDATE_FREQ": "0"}, "UPDATE_FREQ must be a positive integer, not '0'"),
+    (["--print-args"], {"MAX_UPDATE": "-5"}, "MAX_UPDATE must be an integer >= 0, not '-5'"),
+    (["--print-args"], {"UPDATE_FREQ": "0"}, "UPDATE_FREQ must be a positive integer or a comma-separated list"),
+    (["--print-args"], {"UPDATE_FREQ": "2,,4"}, "UPDATE_FREQ must be a positive integer or a comma-separated list"),
+    (["--print-args"], {"WARMUP": "0"}, "WARMUP must be a positive integer, not '0'"),  # inverse_sqrt divides by it
     (["--print-args"], {"BEAM": "abc"}, "BEAM must be a positive integer, not 'abc'"),
     (["--print-args"], {"LR": "fast"}, "LR must be a non-negative number, not 'fast'"),
     (["--print-args"], {"DROPOUT": "1.5"}, "DROPOUT must be a number below 1, not '1.5'"),
