@@ -155,7 +155,13 @@ def stop_on_signals(on_stop: Optional[Callable[[str], Any]] = None):
     """Within it, SIGTERM and SIGHUP (``kill PID``, a scheduler's stop, a closed terminal) raise SystemExit
     (exit status 128 + the signal's number), as Ctrl-C raises KeyboardInterrupt, so that cleanups run
     (a half-written output is removed, a child command is stopped); ``on_stop`` gets the signal's name first."""
+    owner = os.getpid()
+
     def stop(signum, _frame):
+        if os.getpid() != owner:  # a forked worker (tokenisation) inherited the handler: it just ends
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if on_stop is not None:
             on_stop(signal.Signals(signum).name)
         raise SystemExit(128 + signum)

@@ -4,6 +4,8 @@ import logging
 import os
 import random
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -395,3 +397,23 @@ def test_the_undecodable_line_is_found_past_the_read_buffer(tmp_path):
     with pytest.raises(ValueError) as raised:
         read_lines(bad)
     assert str(raised.value) == f"{bad}: not UTF-8 text (line 5001, byte 4: invalid continuation byte)"
+
+
+def test_a_forked_worker_ends_on_a_stop_signal_without_the_parents_cleanup(tmp_path):
+    # tokenisation workers are forked inside stop_on_signals: a hangup reaches them too, and each would
+    # otherwise say it is stopping and unwind the parent's code
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from rdrop_fairseq.recipes import prepare\n"
+        "with prepare.stop_on_signals(lambda name: print('stop', name, flush=True)):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "        os._exit(0)\n"
+        "    _, status = os.waitpid(pid, 0)\n"
+        "    print('worker ended by SIGTERM:', os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert proc.stdout == "worker ended by SIGTERM: True\n", proc.stdout + proc.stderr
