@@ -393,8 +393,6 @@ def _load_allowed(f, map_location=None) -> Tuple[Any, list]:
         _MADE.reset(token)
 
 
-
-
 def _is_refusal(error: Exception) -> bool:
     return isinstance(error, pickle.UnpicklingError) and str(error).startswith("Weights only load failed")
 
