@@ -186,7 +186,7 @@ def _plain(dtype: "np.dtype") -> "np.dtype":
 
 
 # The numpy dtypes and arrays made by the load in progress: the file can rebuild their state (BUILD) after
-# they are made, and put them where no walk of the loaded state looks (a tensor's attributes, a dict's keys),
+# they are made, and put them where no walk of the loaded state looks (an OrderedDict's attributes, a dict's keys),
 # so each one is checked once the load is over (_numpy_made_not_plain).
 _MADE: "contextvars.ContextVar[Optional[list]]" = contextvars.ContextVar("rdrop_safe_load_numpy_made", default=None)
 
@@ -198,6 +198,15 @@ def _made(obj):
     return obj
 
 
+def _in_own_load() -> None:
+    """The numpy entries are on torch's process-wide list while a load of this module runs; another
+    thread's ``torch.load(weights_only=True)`` meanwhile would get them without the checks made after the
+    load (:func:`_numpy_made_not_plain`): it is refused here."""
+    if _MADE.get() is None:
+        raise pickle.UnpicklingError("numpy arrays and dtypes, allowed only in rdrop_fairseq.safe_load's own "
+                                     "loads, which check them once the file is read")
+
+
 def _dtype(*args) -> "np.dtype":
     """``numpy.dtype`` for a checkpoint: bools and numbers (an object dtype would let the file's bytes be
     read as pointers), as numpy's own shared dtype of that type.  numpy pickles a dtype as a copy that BUILD
@@ -206,6 +215,7 @@ def _dtype(*args) -> "np.dtype":
     ignore BUILD: so the byte order in the file's state is ignored too, and arrays are read in this
     machine's (those of a file written on a big-endian machine would be misread; fairseq's arrays are
     its validation meters' n-gram counts)."""
+    _in_own_load()
     return _made(np.dtype(_plain(np.dtype(*args)).char))
 
 
@@ -220,6 +230,7 @@ def _ndarray(*args):
 def _reconstruct(subtype, shape, dtype):
     """numpy's ``_reconstruct`` (an empty array that BUILD then fills from the file's bytes), for
     plain arrays of numbers only."""
+    _in_own_load()
     if subtype is not _ndarray:
         raise pickle.UnpicklingError(f"an array rebuilt as {subtype!r}, not numpy.ndarray")
     return _made(_numpy_reconstruct()(np.ndarray, shape, _plain(np.dtype(dtype))))
@@ -329,7 +340,7 @@ def _allowed(entries):
     # entry of the user's under one of these names (numpy.ndarray, say, which torch's own error message
     # suggests adding) would stand beside ours, and torch would pick one of the two at random: it is taken
     # off the list for the load, and put back.  So are the globals torch allows by default that no
-    # checkpoint fairseq writes names (_WITHHELD_GLOBALS): the unpickler itself refuses them, whichever of
+    # checkpoint fairseq writes names (_withheld_globals): the unpickler itself refuses them, whichever of
     # the file's pickles it reads.
     present = torch.serialization.get_safe_globals()
     names = {_entry_name(entry) for entry in entries}
@@ -338,9 +349,11 @@ def _allowed(entries):
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals([entry for entry in present if entry not in shadowing])
     defaults = _weights_only_unpickler._get_allowed_globals()  # torch's own, cached: the dict every load reads
-    withheld = {name: defaults.pop(name) for name in _WITHHELD_GLOBALS if name in defaults}
+    withheld = {name: defaults.pop(name) for name in _withheld_globals() if name in defaults}
     try:
-        with torch.serialization.safe_globals([entry for entry in entries if entry not in present]):
+        # torch checks a sparse tensor's indices against its size only when asked to
+        with torch.serialization.safe_globals([entry for entry in entries if entry not in present]), \
+                torch.sparse.check_sparse_tensor_invariants():
             yield
     finally:
         defaults.update(withheld)
@@ -349,12 +362,14 @@ def _allowed(entries):
             torch.serialization.add_safe_globals(present)
 
 
-# Globals that torch's weights-only unpickler allows by default, and that no checkpoint fairseq writes names.
-_WITHHELD_GLOBALS = {
-    # a tensor over a numpy array's memory: the file can then BUILD the array again, which frees that
-    # memory while the tensor still reads and writes it (fairseq saves tensors, never numpy-backed ones)
-    "torch._utils._rebuild_device_tensor_from_numpy",
-}
+def _withheld_globals() -> List[str]:
+    """Globals that torch's weights-only unpickler allows by default, and that no checkpoint fairseq writes
+    names (its tensors are ``torch._utils._rebuild_tensor_v2`` of storages).  Each makes a tensor over a
+    numpy array's memory, which the file can then free by rebuilding the array (BUILD again) while the
+    tensor still reads and writes it: ``_rebuild_device_tensor_from_numpy``, and the tensor classes'
+    legacy constructors (``torch.Tensor(array)``, ``torch.FloatTensor(array)``, ...), which share it."""
+    return ["torch._utils._rebuild_device_tensor_from_numpy", "torch.Tensor",
+            *(f"{cls.__module__}.{cls.__name__}" for cls in torch._tensor_classes)]
 
 
 def _refused_global(error: Exception) -> str:

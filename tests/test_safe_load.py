@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import _weights_only_unpickler
 
 from fairseq_runs import USER_DIR, toy_data, train_args, train_in_process
 from rdrop_fairseq import safe_load
@@ -708,6 +709,13 @@ def test_a_dtype_the_file_rebuilds_stays_numpys_own(run_dir, tmp_path, capsys, s
     assert rebuilt == np.dtype("i8") and (rebuilt.fields or rebuilt.subdtype)  # what a full load would make
     payload = place(build(b"\0" * 8, _DTypeWithState(state)))
     checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "dtype.pt", payload)
+    if place is _on_a_tensor:
+        # a tensor with attributes names torch.Tensor (the type to rebuild), which no fairseq checkpoint does and
+        # the loader withholds (its legacy constructor shares a numpy array's memory): refused before any array
+        assert safe_load.outside_allow_list(checkpoint) == ["torch.Tensor"]
+        with pytest.raises(safe_load.UntrustedCheckpointError, match="it holds torch.Tensor"):
+            safe_load.load(checkpoint)
+        return
     assert safe_load.outside_allow_list(checkpoint) == []  # it names only numpy.dtype, _reconstruct and ndarray
     status, out, _ = check_checkpoint(capsys, checkpoint)
     if build is _ArrayFromBytes and place is not _as_a_dict_key:
@@ -851,6 +859,52 @@ def test_a_config_that_is_no_tree_of_fairseqs_size_is_refused_at_once(run_dir, t
         safe_load.load(checkpoint)
     status, out, _ = check_checkpoint(capsys, checkpoint)
     assert status == 1 and said in out and time.monotonic() - started < 30
+
+
+class _LegacyTensorOverNumpy:
+    """Pickles as a tensor class's legacy constructor called on a numpy array, which shares its memory."""
+
+    def __init__(self, cls):
+        self.cls = cls
+
+    def __reduce__(self):
+        return (self.cls, (np.zeros(4),))
+
+
+@pytest.mark.parametrize("cls", [torch.Tensor, torch.FloatTensor], ids=lambda cls: cls.__name__)
+def test_a_tensor_class_called_on_a_numpy_array_is_refused(run_dir, tmp_path, cls):
+    # torch allows the call by default; the file could then BUILD the array again and free the memory
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "legacy.pt", _LegacyTensorOverNumpy(cls))
+    with pytest.raises(safe_load.UntrustedCheckpointError, match=f"it holds torch.{cls.__name__}"):
+        safe_load.load(checkpoint)
+    assert f"torch.{cls.__name__}" in _weights_only_unpickler._get_allowed_globals()  # for the plugin's loads only
+
+
+def test_a_sparse_tensor_whose_indices_leave_it_is_refused(run_dir, tmp_path):
+    # torch checks them at load only when asked to; adding such a tensor to a dense one writes where the file says
+    bad = torch.sparse_coo_tensor(torch.tensor([[1 << 40]]), torch.ones(1), (4,), check_invariants=False)
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "sparse.pt", bad)
+    with pytest.raises(RuntimeError, match="size is inconsistent with indices"):
+        safe_load.load(checkpoint)
+
+
+def test_the_numpy_entries_serve_no_other_threads_load(run_dir):
+    # they are on torch's process-wide list while a load here runs; a plain weights-only load elsewhere
+    # meanwhile would get numpy arrays without the checks made after the load
+    results = []
+    with safe_load._LOADING, safe_load._allowed(safe_load.checkpoint_globals()):
+        thread = threading.Thread(target=lambda: results.append(_attempt(run_dir / "checkpoint_last.pt")))
+        thread.start()
+        thread.join()
+    assert results == ["numpy arrays and dtypes, allowed only in rdrop_fairseq.safe_load's own loads"]
+
+
+def _attempt(path):
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        return next(line for line in str(error).splitlines() if "numpy arrays" in line).strip().split(", which")[0]
+    return "loaded"
 
 
 def test_loads_in_threads_do_not_take_each_others_allow_list_away(run_dir):
