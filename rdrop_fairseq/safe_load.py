@@ -228,12 +228,15 @@ def _ndarray(*args):
 
 
 def _reconstruct(subtype, shape, dtype):
-    """numpy's ``_reconstruct`` (an empty array that BUILD then fills from the file's bytes), for
-    plain arrays of numbers only."""
+    """numpy's ``_reconstruct`` (an array that BUILD then fills from the file's bytes), for plain arrays
+    of numbers only, and of zeros until then: numpy's leaves the memory as it found it, and a file that
+    sends no BUILD would get the heap's leftovers (pointers among them) into its arrays."""
     _in_own_load()
     if subtype is not _ndarray:
         raise pickle.UnpicklingError(f"an array rebuilt as {subtype!r}, not numpy.ndarray")
-    return _made(_numpy_reconstruct()(np.ndarray, shape, _plain(np.dtype(dtype))))
+    array = _numpy_reconstruct()(np.ndarray, shape, _plain(np.dtype(dtype)))
+    array.fill(0)
+    return _made(array)
 
 
 def _build_only(cls: type) -> Tuple[type, str]:

@@ -888,6 +888,21 @@ def test_a_sparse_tensor_whose_indices_leave_it_is_refused(run_dir, tmp_path):
         safe_load.load(checkpoint)
 
 
+class _UnfilledArray:
+    """Pickles as numpy's _reconstruct of a large shape with no BUILD after it: numpy leaves the memory as is."""
+
+    def __reduce__(self):
+        return (np.core.multiarray._reconstruct, (np.ndarray, (1 << 16,), b"b"))
+
+
+def test_an_array_the_file_never_fills_holds_zeros_not_the_heaps_leftovers(run_dir, tmp_path):
+    garbage = [np.full(1 << 16, 0x5A5A5A5A5A5A5A5A, dtype=np.int64) for _ in range(8)]
+    del garbage  # freed memory that the next allocation of this size may get back as it is
+    checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "unfilled.pt", _UnfilledArray())
+    array = safe_load.load(checkpoint)["extra_state"]["injected"]
+    assert array.shape == (1 << 16,) and not array.any()
+
+
 def test_the_numpy_entries_serve_no_other_threads_load(run_dir):
     # they are on torch's process-wide list while a load here runs; a plain weights-only load elsewhere
     # meanwhile would get numpy arrays without the checks made after the load
