@@ -147,6 +147,26 @@ def apply_bpe(codes: Path, source: Path, dest: Path) -> None:
     write_lines(dest, (bpe.process_line(line + "\n").rstrip("\n") for line in read_lines(source)))
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of merges, words, sentences, processes or beams)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _int_at_least(text, 0, "a non-negative integer")
+
+
+def _int_at_least(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {what}, not {value}")
+    return value
+
+
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # Ctrl-C's SIGINT raises KeyboardInterrupt already
 
 

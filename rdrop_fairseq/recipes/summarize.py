@@ -105,20 +105,6 @@ def write_summaries(out: Path, batches: Iterable[List[str]], total: int) -> int:
     return done
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, not {text}")
-    return value
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rdrop_fairseq.recipes.summarize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,12 +113,13 @@ def main(argv=None):
     parser.add_argument("--gpt2-dir", type=Path, required=True, help="encoder.json and vocab.bpe that encoded it")
     parser.add_argument("--source", type=Path, required=True, help="articles, one per line")
     parser.add_argument("--out", type=Path, required=True, help="where the summaries go, one per line")
-    parser.add_argument("--batch-size", type=_positive, default=32, help="articles per batch (default 32)")
-    parser.add_argument("--beam", type=_positive, default=CNN_DM["beam"])
+    parser.add_argument("--batch-size", type=prepare.positive_int, default=32, help="articles per batch (default 32)")
+    parser.add_argument("--beam", type=prepare.positive_int, default=CNN_DM["beam"])
     parser.add_argument("--lenpen", type=float, default=CNN_DM["lenpen"])
-    parser.add_argument("--max-len-b", type=_positive, default=CNN_DM["max_len_b"])
-    parser.add_argument("--min-len", type=_positive, default=CNN_DM["min_len"])
-    parser.add_argument("--no-repeat-ngram-size", type=_non_negative, default=CNN_DM["no_repeat_ngram_size"])
+    parser.add_argument("--max-len-b", type=prepare.positive_int, default=CNN_DM["max_len_b"])
+    parser.add_argument("--min-len", type=prepare.positive_int, default=CNN_DM["min_len"])
+    parser.add_argument("--no-repeat-ngram-size", type=prepare.non_negative_int,
+                        default=CNN_DM["no_repeat_ngram_size"])
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is present")
     device.add_argument("--fp16", action="store_true", help="half precision on the GPU (summarize.py's)")

@@ -50,17 +50,6 @@ class Layout:
         return self.out / "data-bin" / self.name
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (a count of merges, words, sentences or processes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-    return value
-
-
 def path_given(text: str) -> Path:
     """An argparse type: a path, not the empty string (which Path reads as the current folder)."""
     if not text:
@@ -85,7 +74,7 @@ def build_parser(prog: str, description: str, archives: Sequence[Archive]) -> ar
                         help="where downloads are kept (default: OUT/downloads)")
     parser.add_argument("--hash", action="append", default=[], metavar="NAME=ALG:HEX",
                         help="expected hash of an archive, e.g. de-en.tgz=sha256:..., or NAME=none to skip the check")
-    parser.add_argument("--workers", type=positive_int, default=max(1, min(8, os.cpu_count() or 1)),
+    parser.add_argument("--workers", type=prepare.positive_int, default=max(1, min(8, os.cpu_count() or 1)),
                         help="processes for tokenisation and fairseq-preprocess")
     return parser
 

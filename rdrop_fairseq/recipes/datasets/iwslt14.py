@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, List
 
 from .. import prepare
 from ..download import Archive
-from .common import (Layout, bpe_and_binarize, build_parser, check_params, fetch_and_extract, positive_int,
+from .common import (Layout, bpe_and_binarize, build_parser, check_params, fetch_and_extract,
                      pending, read_pair, run, sgm_segments, tokenize)
 
 NAME = "iwslt14.de-en"
@@ -84,7 +84,8 @@ def prepare_iwslt14(args) -> Path:
 
 def parser():
     p = build_parser("python -m rdrop_fairseq.recipes.datasets.iwslt14", __doc__, [ARCHIVE])
-    p.add_argument("--bpe-merges", type=positive_int, default=10000, help="joint BPE merge operations (default: 10000)")
+    p.add_argument("--bpe-merges", type=prepare.positive_int, default=10000,
+                   help="joint BPE merge operations (default: 10000)")
     p.add_argument("--drop-meta-lines", action="store_true",
                    help="also drop the <speaker>, <reviewer>, <translator> lines that fairseq's recipe keeps")
     return p

@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence
 from .. import prepare
 from ..download import Archive
 from .common import (Layout, binarize_pair, build_parser, check_params, fetch_and_extract, pending,
-                     positive_int, read_pair, run, sgm_segments, tokenize)
+                     read_pair, run, sgm_segments, tokenize)
 
 NAME = "wmt14.en-de"
 SRC, TGT = "en", "de"
@@ -154,10 +154,11 @@ def prepare_wmt14(args) -> Path:
 
 def parser():
     p = build_parser("python -m rdrop_fairseq.recipes.datasets.wmt14", __doc__, ARCHIVES)
-    p.add_argument("--bpe-merges", type=positive_int, default=32000, help="joint BPE merge operations (default: 32000)")
+    p.add_argument("--bpe-merges", type=prepare.positive_int, default=32000,
+                   help="joint BPE merge operations (default: 32000)")
     p.add_argument("--spm", action="store_true", help="sentencepiece instead of Moses tokenisation + BPE")
-    p.add_argument("--spm-vocab-size", type=positive_int, default=32000, help="with --spm (default: 32000)")
-    p.add_argument("--spm-sample", type=positive_int, default=10_000_000,
+    p.add_argument("--spm-vocab-size", type=prepare.positive_int, default=32000, help="with --spm (default: 32000)")
+    p.add_argument("--spm-sample", type=prepare.positive_int, default=10_000_000,
                    help="with --spm: sentences sampled to train the model (default: 10M)")
     return p
 
