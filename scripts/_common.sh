@@ -174,6 +174,12 @@ parse_train_args() {
         esac
     done
     [[ $SMOKE == 1 ]] && CPU=1
+    # the hyperparameters every train script reads; each checks its own others
+    need_env positive LOG_INTERVAL
+    need_env positives UPDATE_FREQ
+    need_env count SEED
+    need_env number LR WEIGHT_DECAY
+    need_env fraction DROPOUT
     if [[ $VARIANT != rdrop && -n ${ALPHA:-} ]]; then
         die "--alpha/ALPHA is the R-Drop weight; it has no meaning with --baseline or --double-batch"
     fi

@@ -47,11 +47,10 @@ parse_script_flag() {
 
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
-need_env positive TOTAL_NUM_UPDATE LOG_INTERVAL
-need_env positives UPDATE_FREQ
-need_env count WARMUP SEED
-need_env number LR WEIGHT_DECAY CLIP_NORM
-need_env fraction DROPOUT ATTENTION_DROPOUT LABEL_SMOOTHING
+need_env positive TOTAL_NUM_UPDATE
+need_env count WARMUP
+need_env number CLIP_NORM
+need_env fraction ATTENTION_DROPOUT LABEL_SMOOTHING
 
 ALPHA=${ALPHA:-0.7}
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/cnn_dm}

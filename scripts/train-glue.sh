@@ -60,11 +60,9 @@ parse_script_flag() {
 
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
-need_env positive LOG_INTERVAL NUM_CLASSES
-need_env positives UPDATE_FREQ
-need_env count SEED
-need_env number LR WEIGHT_DECAY
-need_env fraction DROPOUT ATTENTION_DROPOUT
+need_env positive BATCH_SIZE TOTAL_NUM_UPDATE MAX_EPOCH NUM_CLASSES
+need_env count WARMUP
+need_env fraction ATTENTION_DROPOUT
 
 # README.glue.md: --num-classes, --lr, --max-sentences, --total-num-update, --warmup-updates.
 case $GLUE_TASK in
@@ -87,17 +85,13 @@ if [[ $SMOKE == 1 ]]; then
 fi
 BATCH_SIZE_GIVEN=${BATCH_SIZE:+1}
 BATCH_SIZE=${BATCH_SIZE:-${task_hparams[2]}}
-[[ $BATCH_SIZE =~ ^[1-9][0-9]*$ ]] || die "BATCH_SIZE must be a positive integer, not '$BATCH_SIZE'"
 TOTAL_NUM_UPDATE=${TOTAL_NUM_UPDATE:-${task_hparams[3]}}
 WARMUP=${WARMUP:-${task_hparams[4]}}
-[[ $TOTAL_NUM_UPDATE =~ ^[1-9][0-9]*$ ]] || die "TOTAL_NUM_UPDATE must be a positive integer, not '$TOTAL_NUM_UPDATE'"
-[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer, not '$WARMUP'"
 # --double-batch: twice the sentences (and tokens) per update for the same updates, R-Drop's
 # cost; twice the epochs then, or --max-epoch would stop it half-way down the LR schedule.
 BATCH_SIZE=$(variant_max_tokens "$BATCH_SIZE")
 MAX_TOKENS=$(variant_max_tokens "${MAX_TOKENS:-4400}")
 MAX_EPOCH=${MAX_EPOCH:-10}
-[[ $MAX_EPOCH =~ ^[1-9][0-9]*$ ]] || die "MAX_EPOCH must be a positive integer, not '$MAX_EPOCH'"
 MAX_EPOCH=$(variant_max_tokens "$MAX_EPOCH")
 if [[ $PRINT_ARGS != 1 ]]; then
     need_glue_data "$DATA" "$GLUE_TASK"

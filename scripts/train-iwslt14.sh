@@ -33,12 +33,10 @@ USAGE
 
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
-need_env positive WARMUP LOG_INTERVAL BEAM
-need_env positives UPDATE_FREQ
-need_env count MAX_UPDATE SEED SAVE_INTERVAL_UPDATES
+need_env positive WARMUP BEAM
+need_env count MAX_UPDATE SAVE_INTERVAL_UPDATES
 need_env int KEEP_INTERVAL_UPDATES
-need_env number LR WEIGHT_DECAY
-need_env fraction DROPOUT LABEL_SMOOTHING
+need_env fraction LABEL_SMOOTHING
 
 ALPHA=${ALPHA:-5}
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/iwslt14.de-en}

@@ -52,12 +52,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
 # inverse_sqrt divides by the warmup; the adaptive recipe's cosine schedule takes 0
 if [[ $ADAPTIVE == 1 ]]; then need_env count WARMUP; else need_env positive WARMUP; fi
-need_env positive LOG_INTERVAL TOKENS_PER_SAMPLE
-need_env positives UPDATE_FREQ
-need_env count MAX_UPDATE SEED SAVE_INTERVAL_UPDATES
+need_env positive TOKENS_PER_SAMPLE
+need_env count MAX_UPDATE SAVE_INTERVAL_UPDATES
 need_env int KEEP_INTERVAL_UPDATES
-need_env number LR WEIGHT_DECAY
-need_env fraction DROPOUT
 
 ALPHA=${ALPHA:-1.0}
 if [[ $ADAPTIVE == 1 ]]; then

@@ -32,12 +32,10 @@ USAGE
 
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 parse_train_args "$@"
-need_env positive WARMUP LOG_INTERVAL
-need_env positives UPDATE_FREQ
-need_env count MAX_UPDATE SEED SAVE_INTERVAL_UPDATES
+need_env positive WARMUP
+need_env count MAX_UPDATE SAVE_INTERVAL_UPDATES
 need_env int KEEP_INTERVAL_UPDATES
-need_env number LR WEIGHT_DECAY
-need_env fraction DROPOUT LABEL_SMOOTHING
+need_env fraction LABEL_SMOOTHING
 
 ALPHA=${ALPHA:-5}
 DATA=${DATA:-${DATA_ROOT:-data}/data-bin/wmt14.en-de}
