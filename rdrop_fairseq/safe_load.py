@@ -19,8 +19,8 @@ user opted in.  OmegaConf resolves an interpolation in a config string (``${oc.e
 resolver) when the value is read; fairseq saves configs resolved, so :func:`load` refuses a
 checkpoint whose config holds one, or is no tree of the size fairseq writes.  The globals that
 torch allows by default but no fairseq checkpoint names are withheld from torch's own unpickler
-for the load (``_rebuild_device_tensor_from_numpy``), so whichever pickle of the file torch reads,
-they are refused there.
+for the load (those that make a tensor over a numpy array's memory: :func:`_withheld_globals`), so
+whichever pickle of the file torch reads, they are refused there.
 
 ``from_pretrained`` of a model archive (``.tar.gz``) extracts it with
 :func:`load_archive_file`, which refuses members that would land outside the folder it
