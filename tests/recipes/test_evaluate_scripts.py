@@ -100,28 +100,33 @@ def stand_in(bin_dir, name, body):
     return f"{bin_dir}:{os.environ['PATH']}"
 
 
+def eval_lm_stand_in(tmp_path, output="Loss (base 2): 4.0000, Perplexity: 16.00"):
+    """A stand-in fairseq-eval-lm that records its arguments and prints ``output``, and a run folder with a
+    checkpoint for it: the settings, not a model, are under test.  Returns the PATH that finds it, and the run."""
+    path = stand_in(tmp_path / "bin", "fairseq-eval-lm", f'echo "{output}"')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint_best.pt").write_bytes(b"")
+    return path, run
+
+
 @pytest.mark.parametrize("flags,expected", [
     (["--adaptive"], "--sample-break-mode complete --max-tokens 3072 --softmax-batch 1024 --tokens-per-sample 3072 "
                      "--context-window 2560"),
     ([], "--batch-size 2 --tokens-per-sample 512 --context-window 400"),
 ])
 def test_evaluate_lm_runs_fairseqs_evaluation_of_each_model(tmp_path, lm_bin, flags, expected):
-    # A stand-in fairseq-eval-lm records its arguments: the settings, not a model, are under test here.
-    path = stand_in(tmp_path / "bin", "fairseq-eval-lm", 'echo "Loss (base 2): 4.0000, Perplexity: 16.00"')
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "checkpoint_best.pt").write_bytes(b"")
-    run_script("evaluate-lm.sh", *flags, "--data", lm_bin, "--save-dir", tmp_path / "run", PATH=path)
+    path, run = eval_lm_stand_in(tmp_path)
+    run_script("evaluate-lm.sh", *flags, "--data", lm_bin, "--save-dir", run, PATH=path)
     assert expected in (tmp_path / "bin" / "fairseq-eval-lm.args").read_text()
-    assert json.loads((tmp_path / "run" / "perplexity-test.json").read_text())["perplexity"] == 16.0
+    assert json.loads((run / "perplexity-test.json").read_text())["perplexity"] == 16.0
 
 
 def test_evaluate_lm_reports_a_diverged_model(tmp_path, lm_bin):
-    path = stand_in(tmp_path / "bin", "fairseq-eval-lm", 'echo "Loss (base 2): nan, Perplexity: nan"')
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "checkpoint_best.pt").write_bytes(b"")
+    path, run = eval_lm_stand_in(tmp_path, "Loss (base 2): nan, Perplexity: nan")
     with pytest.raises(AssertionError, match="reports 'Loss .base 2.: nan, Perplexity: nan'.*not finite"):
-        run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path / "run", PATH=path)
-    assert not (tmp_path / "run" / "perplexity-test.json").exists()
+        run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", run, PATH=path)
+    assert not (run / "perplexity-test.json").exists()
 
 
 @pytest.mark.parametrize("remove_bpe,raw_text", [("subword_nmt", False), ("sentencepiece", True)])
@@ -166,15 +171,13 @@ def test_evaluate_translation_names_a_failed_generation(tmp_path, translation_bi
 
 def test_evaluate_lm_checks_and_records_a_window_given_after_the_double_dash(tmp_path, lm_bin):
     # fairseq-eval-lm takes the last of a repeated flag: the extra arguments' window is the one it uses
-    path = stand_in(tmp_path / "bin", "fairseq-eval-lm", 'echo "Loss (base 2): 4.0000, Perplexity: 16.00"')
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "checkpoint_best.pt").write_bytes(b"")
-    run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path / "run", "--", "--tokens-per-sample",
+    path, run = eval_lm_stand_in(tmp_path)
+    run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", run, "--", "--tokens-per-sample",
                "1024", "--context-window=900", PATH=path)
-    result = json.loads((tmp_path / "run" / "perplexity-test.json").read_text())
+    result = json.loads((run / "perplexity-test.json").read_text())
     assert (result["tokens_per_sample"], result["context_window"]) == (1024, 900)
     with pytest.raises(AssertionError, match=re.escape("CONTEXT_WINDOW (1024) must be below TOKENS_PER_SAMPLE (1024)")):
-        run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", tmp_path / "run", "--", "--tokens-per-sample",
+        run_script("evaluate-lm.sh", "--data", lm_bin, "--save-dir", run, "--", "--tokens-per-sample",
                    "1024", "--context-window", "1024", PATH=path)
 
 
