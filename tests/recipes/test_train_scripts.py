@@ -221,7 +221,7 @@ def test_each_kind_of_environment_value(kind, value, taken):
     proc = subprocess.run(["bash", "-c", f'source "{SCRIPTS}/_common.sh"; need_env {kind} VALUE'],
                           env=script_env(VALUE=value), capture_output=True, text=True)
     assert (proc.returncode == 0) == taken, proc.stderr
-    assert taken or proc.stderr.startswith(f"bash: error: VALUE must be ") and f"'{value}'" in proc.stderr
+    assert taken or proc.stderr.startswith("bash: error: VALUE must be ") and f"'{value}'" in proc.stderr
 
 
 def test_values_fairseq_takes_that_the_checks_once_refused():
