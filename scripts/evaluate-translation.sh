@@ -12,8 +12,8 @@ usage() {
     cat <<'USAGE'
 usage: scripts/evaluate-translation.sh --setup iwslt14|wmt14 --save-dir DIR [options] [-- extra fairseq-generate args]
 
-  --setup NAME       iwslt14 (de->en, beam 5, lowercased tokenized BLEU) or
-                     wmt14 (en->de, beam 4, lenpen 0.6, compound-split tokenized BLEU)
+  --setup NAME       iwslt14 (de->en, beam 5, lowercased compound-split tokenized BLEU, as the R-Drop
+                     authors scored it) or wmt14 (en->de, beam 4, lenpen 0.6, compound-split tokenized BLEU)
   --data DIR         binarised data                 (env DATA; default $DATA_ROOT/data-bin/<iwslt14.de-en|wmt14.en-de>)
   --save-dir DIR     the training run's checkpoints (env SAVE_DIR)
   --average N        average the last N update checkpoints (checkpoint_<epoch>_<update>.pt,
@@ -26,7 +26,8 @@ usage: scripts/evaluate-translation.sh --setup iwslt14|wmt14 --save-dir DIR [opt
 Env: BEAM, LENPEN, MAX_TOKENS (default 8192), RESULTS_DIR (default the save dir),
      REMOVE_BPE (default subword_nmt; sentencepiece for data prepared with it, whose untokenised
      output is Moses-tokenised for the tokenized BLEU).
-Output: detokenized sacreBLEU with its signature, and the tokenized BLEU of the paper.
+Output: detokenized sacreBLEU with its signature, the tokenized BLEU of the paper, and the tokenized BLEU
+without the compound split (fairseq-generate's own convention).
 USAGE
 }
 
@@ -57,7 +58,7 @@ done
 [[ -n $CHECKPOINT && -n $AVERAGE ]] && die "--checkpoint and --average (or CHECKPOINT and AVERAGE) name two checkpoints to score: give one"
 case $SETUP in
     iwslt14)
-        SRC=de; TGT=en; DATA_NAME=iwslt14.de-en; SCORE_ARGS=(--lowercase)
+        SRC=de; TGT=en; DATA_NAME=iwslt14.de-en; SCORE_ARGS=(--lowercase --compound-split)
         : "${BEAM:=5}" "${LENPEN:=1}" "${AVERAGE:=1}"
         ;;
     wmt14)

@@ -14,8 +14,10 @@ sentencepiece data), and reports
   the same as, sacreBLEU against those;
 * tokenised BLEU, the number of the paper's tables: BLEU over the whitespace
   tokens (sacreBLEU with ``tokenize='none'``, unsmoothed like fairseq-score), after
-  ``--compound-split`` (WMT en-de: the ``##AT##-##AT##`` rule of
-  ``get_ende_bleu.sh``) or ``--lowercase`` (IWSLT14).  Raw text is Moses-tokenised
+  ``--compound-split`` (the ``##AT##-##AT##`` rule of ``get_ende_bleu.sh``: WMT en-de,
+  and IWSLT14, which the R-Drop authors also scored with ``compound_split_bleu.sh``) and
+  ``--lowercase`` (IWSLT14); with the split, the score without it is reported too
+  (``tokenized_bleu_unsplit``, fairseq-generate's own convention).  Raw text is Moses-tokenised
   first, as ``get_ende_bleu.sh`` does, so that the compound split and the tokens are
   those of tokenised text.  On fairseq's WMT14 data, tokenised with ``-a``, a hyphen
   reads ``@-@`` and the rule makes it ``@ ##AT##-##AT## @``: this is fairseq's
@@ -108,7 +110,7 @@ def score_generate_output(path: Path, lang: str, compound_split: bool = False,
     tokens = (moses_tokenize(hyps, lang), moses_tokenize(refs, lang)) if raw_text else (hyps, refs)
     tok = tokenized_bleu(*tokens, compound_split, lowercase)
     detok, signature = detokenized_bleu(hyps, refs, lang, lowercase, raw_text)
-    return {
+    result = {
         "sentences": len(hyps),
         "sacrebleu": round(detok.score, 2),
         "sacrebleu_signature": signature,
@@ -118,6 +120,9 @@ def score_generate_output(path: Path, lang: str, compound_split: bool = False,
         "lowercase": lowercase,
         "raw_text": raw_text,
     }
+    if compound_split:
+        result["tokenized_bleu_unsplit"] = round(tokenized_bleu(*tokens, False, lowercase).score, 2)
+    return result
 
 
 def main(argv=None):
@@ -125,7 +130,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("generate_output", type=Path, help="stdout of fairseq-generate --remove-bpe")
     parser.add_argument("--lang", required=True, help="target language, for Moses detokenisation")
-    parser.add_argument("--compound-split", action="store_true", help="WMT en-de: ##AT##-##AT## compound splitting")
+    parser.add_argument("--compound-split", action="store_true",
+                        help="##AT##-##AT## compound splitting (WMT en-de; IWSLT14 as the R-Drop authors scored it)")
     parser.add_argument("--lowercase", action="store_true",
                         help="case-insensitive BLEU, for text lowercased before training (IWSLT14)")
     parser.add_argument("--raw-text", action="store_true",
@@ -142,6 +148,8 @@ def main(argv=None):
     print(f"sacreBLEU (detokenized) = {result['sacrebleu']:.2f}  signature: {result['sacrebleu_signature']}")
     print(f"tokenized BLEU{' (compound split)' if args.compound_split else ''} = {result['tokenized_bleu']:.2f}  "
           f"[{result['tokenized_bleu_detail']}]")
+    if args.compound_split:
+        print(f"tokenized BLEU without the compound split = {result['tokenized_bleu_unsplit']:.2f}")
     if args.json:
         from .prepare import atomic_output
 

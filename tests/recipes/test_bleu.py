@@ -79,6 +79,17 @@ def test_compound_split_scores_compounds_by_their_parts():
                                                      [bleu.split_compounds(r) for r in refs]), abs=0.01)
 
 
+def test_compound_split_score_comes_with_the_unsplit_one(tmp_path, capsys):
+    gen = tmp_path / "gen.txt"
+    write_generate_output(gen, [("the so-called cat sat", "the so-called dog sat")])
+    assert "tokenized_bleu_unsplit" not in bleu.score_generate_output(gen, "en")
+    result = bleu.score_generate_output(gen, "en", compound_split=True)
+    assert result["tokenized_bleu_unsplit"] == bleu.score_generate_output(gen, "en")["tokenized_bleu"]
+    assert result["tokenized_bleu_unsplit"] != result["tokenized_bleu"]
+    assert bleu.main([str(gen), "--lang", "en", "--compound-split"]) == 0
+    assert f"without the compound split = {result['tokenized_bleu_unsplit']:.2f}" in capsys.readouterr().out
+
+
 def test_lowercase_ignores_case_only_when_asked():
     assert bleu.tokenized_bleu(["The Cat sat on the mat ."], ["the cat sat on the mat ."], lowercase=True).score == pytest.approx(100)
     assert bleu.tokenized_bleu(["The Cat sat on the mat ."], ["the cat sat on the mat ."]).score < 100

@@ -30,8 +30,8 @@ def evaluate_translation(setup, data, save_dir, *flags):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("setup,run,tokenized", [
-    ("iwslt14", "iwslt_run", '"lowercase": true'),
-    ("wmt14", "wmt_run", '"compound_split": true'),
+    ("iwslt14", "iwslt_run", {"lowercase": True, "compound_split": True}),  # the R-Drop authors' scoring
+    ("wmt14", "wmt_run", {"lowercase": False, "compound_split": True}),
 ])
 def test_evaluate_translation_averages_generates_and_scores(setup, run, tokenized, translation_bin, request):
     save_dir = request.getfixturevalue(run)
@@ -45,7 +45,8 @@ def test_evaluate_translation_averages_generates_and_scores(setup, run, tokenize
     assert f"Generate test with beam={beam}: BLEU4" in proc.stderr
     result = json.loads((save_dir / "bleu-test.json").read_text())
     assert result["sentences"] == TEST_SENTENCES
-    assert tokenized in (save_dir / "bleu-test.json").read_text()
+    assert {key: result[key] for key in tokenized} == tokenized
+    assert f"tokenized BLEU without the compound split = {result['tokenized_bleu_unsplit']:.2f}" in proc.stdout
     assert f"{result['sacrebleu']:.2f}" in proc.stdout
 
 
