@@ -262,6 +262,44 @@ distributed_args() {
     return 0
 }
 
+# The number of GPUs fairseq-train will use: the last --distributed-world-size it gets
+# (distributed_args sets it from torchrun's or SLURM's tasks; or after `--`), else several
+# SLURM nodes with a task each, else every visible GPU, fairseq's default (none with --cpu).
+visible_gpus() {
+    local ids n=0 id
+    if [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
+        IFS=, read -ra ids <<<"$CUDA_VISIBLE_DEVICES"
+        for id in "${ids[@]}"; do
+            [[ -z $id || $id == -* ]] && break  # CUDA ignores the list from an invalid entry on
+            n=$((n + 1))
+        done
+        echo "$n"
+    elif command -v nvidia-smi >/dev/null; then
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+    else
+        echo 0
+    fi
+}
+world_size() {
+    local args=("${TRAIN_ARGS[@]}" "${EXTRA_ARGS[@]}") i n= cpu=0
+    for ((i = 0; i < ${#args[@]}; i++)); do
+        case ${args[i]} in
+            --distributed-world-size) n=${args[i + 1]:-} ;;
+            --distributed-world-size=*) n=${args[i]#*=} ;;
+            --cpu) cpu=1 ;;
+        esac
+    done
+    if [[ $n =~ ^[0-9]+$ ]]; then
+        echo "$((10#$n))"
+    elif [[ -n ${DISTRIBUTED_PORT:-} && ${SLURM_NNODES:-1} -gt 1 ]]; then
+        echo "$SLURM_NNODES"
+    elif [[ $cpu == 1 ]]; then
+        echo 1
+    else
+        visible_gpus
+    fi
+}
+
 # Prints the command (--print-args / DRY_RUN=1) or runs it.
 run_train() {
     local cmd=(fairseq-train "${TRAIN_ARGS[@]}" "${EXTRA_ARGS[@]}")

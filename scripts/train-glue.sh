@@ -136,43 +136,6 @@ variant_args rdrop_sentence_prediction rdrop_sentence_prediction sentence_predic
 want_fp16 auto && TRAIN_ARGS+=(--fp16 --fp16-init-scale 4 --threshold-loss-scale 1 --fp16-scale-window 128)
 distributed_args
 
-# The number of GPUs fairseq-train will use: the last --distributed-world-size it gets
-# (distributed_args sets it from torchrun's or SLURM's tasks; or after `--`), else several
-# SLURM nodes with a task each, else every visible GPU, fairseq's default (none with --cpu).
-visible_gpus() {
-    local ids n=0 id
-    if [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
-        IFS=, read -ra ids <<<"$CUDA_VISIBLE_DEVICES"
-        for id in "${ids[@]}"; do
-            [[ -z $id || $id == -* ]] && break  # CUDA ignores the list from an invalid entry on
-            n=$((n + 1))
-        done
-        echo "$n"
-    elif command -v nvidia-smi >/dev/null; then
-        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
-    else
-        echo 0
-    fi
-}
-world_size() {
-    local args=("${TRAIN_ARGS[@]}" "${EXTRA_ARGS[@]}") i n= cpu=0
-    for ((i = 0; i < ${#args[@]}; i++)); do
-        case ${args[i]} in
-            --distributed-world-size) n=${args[i + 1]:-} ;;
-            --distributed-world-size=*) n=${args[i]#*=} ;;
-            --cpu) cpu=1 ;;
-        esac
-    done
-    if [[ $n =~ ^[0-9]+$ ]]; then
-        echo "$((10#$n))"
-    elif [[ -n ${DISTRIBUTED_PORT:-} && ${SLURM_NNODES:-1} -gt 1 ]]; then
-        echo "$SLURM_NNODES"
-    elif [[ $cpu == 1 ]]; then
-        echo 1
-    else
-        visible_gpus
-    fi
-}
 # The table's batch sizes are per update on one GPU; on N, each update reads N times as many sentences
 # and --max-epoch ends the run after about 1/N of --total-num-update, the LR still near its peak.
 gpus=$(world_size)

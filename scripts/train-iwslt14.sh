@@ -28,6 +28,8 @@ Hyperparameters (env): ARCH=transformer_iwslt_de_en LR=5e-4 WARMUP=4000 DROPOUT=
   BEAM=5 (the beam of --eval-bleu's validation BLEU)
 Distributed: torchrun --no-python ... scripts/train-iwslt14.sh (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*),
   or under SLURM srun with DISTRIBUTED_PORT=<port>.  Without them fairseq uses every visible GPU.
+  The paper's batch is MAX_TOKENS on one GPU, as the authors trained: on several, each update reads
+  that many times as much (the script says so; CUDA_VISIBLE_DEVICES=0 keeps the paper's batch).
 USAGE
 }
 
@@ -69,4 +71,9 @@ variant_args rdrop_translation rdrop_label_smoothed_cross_entropy translation la
 [[ $CPU == 1 ]] && TRAIN_ARGS+=(--cpu)
 want_fp16 0 && TRAIN_ARGS+=(--fp16)
 distributed_args
+gpus=$(world_size)
+if ((gpus > 1)); then
+    printf '%s: note: fairseq-train will use %d GPUs, so each update reads %d x %s tokens where the paper'"'"'s runs read %s on one GPU (the R-Drop authors trained with CUDA_VISIBLE_DEVICES=0) with this learning rate and warm-up; CUDA_VISIBLE_DEVICES=0 keeps the paper'"'"'s batch\n' \
+        "$(basename "$0")" "$gpus" "$gpus" "$MAX_TOKENS" "$MAX_TOKENS" >&2
+fi
 run_train
