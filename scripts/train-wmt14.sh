@@ -27,6 +27,8 @@ Hyperparameters (env): ARCH=transformer_vaswani_wmt_en_de_big LR=1e-3 WARMUP=600
   SAVE_INTERVAL_UPDATES=1000 KEEP_INTERVAL_UPDATES=10 LOG_INTERVAL=100 FP16=auto (on with CUDA; 1|0)
 Distributed: torchrun --no-python ... scripts/train-wmt14.sh (WORLD_SIZE/RANK/LOCAL_RANK/MASTER_*),
   or under SLURM srun with DISTRIBUTED_PORT=<port>.  Without them fairseq uses every visible GPU.
+  MAX_TOKENS x UPDATE_FREQ is per GPU (fairseq's scaling-NMT example runs it on 8): an epoch is roughly
+  2,000 updates on one GPU, 260 on eight, so set MAX_UPDATE for yours (docs/reproduction.md).
 USAGE
 }
 

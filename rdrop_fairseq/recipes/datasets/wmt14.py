@@ -7,8 +7,10 @@ subword-nmt or sentencepiece in place of the Moses scripts:
 2. valid = newstest2013, test = newstest2014 (the full ``deen`` set), read from
    the sgm files and tokenised the same way (fairseq instead takes every 100th
    training pair as valid; newstest2013 is the usual choice since Vaswani et al.);
-3. joint BPE (32,000 merges) or, with ``--spm``, a joint sentencepiece BPE
-   model trained on the untokenised text;
+3. joint BPE (32,000 merges, the vocabulary of the ``wmt16_en_de_bpe32k`` data of
+   fairseq's scaling-NMT example for the big Transformer; the script's 40,000 with
+   ``--bpe-merges 40000``) or, with ``--spm``, a joint sentencepiece BPE model
+   trained on the untokenised text;
 4. train pairs cleaned after subword splitting (length 1-250, ratio 1.5);
    ``fairseq-preprocess --joined-dictionary``.
 
