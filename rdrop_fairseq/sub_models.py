@@ -64,10 +64,10 @@ class SubModelPasses:
         """Run ``copies`` sub-models; ``output[0]`` holds them interleaved (row ``b * copies + k``).
 
         One pass over the repeated batch, except where a copy must differ from the
-        others in more than its dropout masks: with per-copy dropout rates, and with
-        active LayerDrop or quant-noise, which draw the dropped layers or weight blocks
-        once per pass.  Each copy then gets a pass of its own.  The other entries of the
-        output are those of the first pass in that case.
+        others in more than its dropout masks: with per-copy dropout rates that differ,
+        and with active LayerDrop or quant-noise, which draw the dropped layers or weight
+        blocks once per pass.  Each copy then gets a pass of its own.  The other entries
+        of the output are those of the first pass in that case.
         """
         if copies == 1:
             return model(**net_input)
@@ -79,7 +79,7 @@ class SubModelPasses:
                 "LayerDrop needs under --ddp-backend pytorch_ddp) counts only the last pass's layers as "
                 "used, then fails when the others receive gradients"
             )
-        if self.dropout_rates:
+        if len(set(self.dropout_rates)) > 1:
             outputs = []
             for rate in self.dropout_rates:
                 with dropout_rate(model, rate):
@@ -98,9 +98,22 @@ class SubModelPasses:
                 "quant-noise is active: R-Drop makes one forward pass per sub-model, so that each "
                 "sub-model draws its own noised weight blocks",
             )
-        if layerdrop or quant_noise:
-            return interleave_outputs([model(**net_input) for _ in range(copies)])
-        return model(**repeat_batch(net_input, copies))
+        # equal per-copy rates are one rate: the repeated batch needs no pass per copy
+        with dropout_rate(model, self.dropout_rates[0]) if self.dropout_rates else contextlib.nullcontext():
+            if layerdrop or quant_noise:
+                return interleave_outputs([model(**net_input) for _ in range(copies)])
+            return model(**repeat_batch(net_input, copies))
+
+    def copies_can_differ(self, model: nn.Module) -> bool:
+        """Whether the sub-models of a training step can differ at all: some dropout is
+        active in their passes (with per-copy rates, the main dropout at those rates), or
+        LayerDrop or quant-noise."""
+        overridden = {id(module) for module in main_dropout_modules(model)} if self.dropout_rates else set()
+        return (
+            any(rate > 0 for rate in self.dropout_rates)
+            or any(module.p > 0 for module in dropout_modules(model) if id(module) not in overridden)
+            or any(drawn_per_pass(model))
+        )
 
     def _log_once(self, key: str, message: str) -> None:
         if key not in self._logged:
@@ -145,10 +158,6 @@ def dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
             yield module
 
 
-def has_active_dropout(model: nn.Module) -> bool:
-    return any(module.p > 0 for module in dropout_modules(model))
-
-
 def drawn_per_pass(model: nn.Module) -> Tuple[bool, bool]:
     """Whether a forward pass of ``model`` now draws, once for its whole batch, (the layers it drops:
     fairseq's LayerDrop, the weight blocks it noises: ``--quant-noise-pq``, whose pre-forward hook fairseq
@@ -164,16 +173,6 @@ def drawn_per_pass(model: nn.Module) -> Tuple[bool, bool]:
             quant_noise = any(getattr(hook, "__module__", None) == _quant_noise.__module__
                               for hook in module._forward_pre_hooks.values())
     return layerdrop, quant_noise
-
-
-def has_active_layerdrop(model: nn.Module) -> bool:
-    """Whether a forward pass of ``model`` now drops layers at random (fairseq's LayerDrop)."""
-    return drawn_per_pass(model)[0]
-
-
-def has_active_quant_noise(model: nn.Module) -> bool:
-    """Whether a forward pass of ``model`` now noises weight blocks at random (``--quant-noise-pq``)."""
-    return drawn_per_pass(model)[1]
 
 
 def main_dropout(model: nn.Module) -> Optional[float]:

@@ -119,6 +119,16 @@ def test_warns_when_the_model_has_no_dropout(data_dir, caplog):
     assert "no dropout" in caplog.text
 
 
+def test_warns_when_the_per_copy_rates_leave_no_dropout(data_dir, caplog):
+    # --dropout 0.3 is replaced by the copies' rates, both 0: the sub-models are the same model
+    _, task, model, criterion = build(data_dir, *CRITERION, "--dropout", "0.3", "--attention-dropout", "0",
+                                      "--activation-dropout", "0", "--rdrop-dropout-rates", "[0.0,0.0]")
+    model.train()
+    with caplog.at_level(logging.WARNING):
+        _, _, log = criterion(model, translation_sample(task.target_dictionary))
+    assert "no dropout" in caplog.text and abs(float(log["kl_loss"])) < 1e-6
+
+
 def test_negative_alpha_is_refused_naming_the_flag(data_dir):
     with pytest.raises(ValueError, match="--rdrop-alpha"):
         build(data_dir, *CRITERION, "--rdrop-alpha", "-1")

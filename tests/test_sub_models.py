@@ -6,8 +6,7 @@ from rdrop_fairseq.sub_models import (
     SubModelPasses,
     dropout_modules,
     dropout_rate,
-    has_active_dropout,
-    has_active_layerdrop,
+    drawn_per_pass,
     repeat_batch,
 )
 
@@ -84,18 +83,38 @@ def test_separate_dropout_rates_give_one_pass_per_copy_in_order():
     assert torch.equal(out[0::3], x)
 
 
-def test_active_dropout_detection():
-    assert has_active_dropout(Net())
-    assert not has_active_dropout(Net(p=0.0).main)
+def test_equal_rates_are_one_pass_over_the_repeated_batch_at_that_rate():
+    net = Net()
+    seen = []
+    net.register_forward_hook(lambda mod, args, out: seen.append((out[0].shape[0], out[1]["rates"])))
+    passes = SubModelPasses(copies=2, dropout_rates=(0.5, 0.5))
+    x = torch.arange(1.0, 9.0).view(2, 4)
+    out, _ = passes.forward(net, {"x": x}, copies=2)
+    assert out.shape == (4, 4) and seen == [(4, (0.5, 0.1))]
+    assert net.main.p == 0.3
+
+
+def test_whether_the_copies_can_differ():
+    assert SubModelPasses().copies_can_differ(Net())
+    assert SubModelPasses().copies_can_differ(Net(p=0.0))  # the attention dropout still differs
+    no_dropout = Net(p=0.0)
+    no_dropout.attention.p = 0.0
+    assert not SubModelPasses().copies_can_differ(no_dropout)
+    # per-copy rates replace the main dropout: only theirs and the other dropout count
+    assert SubModelPasses(dropout_rates=(0.0, 0.1)).copies_can_differ(no_dropout)
+    only_main = Net(p=0.3)
+    only_main.attention.p = 0.0
+    assert not SubModelPasses(dropout_rates=(0.0, 0.0)).copies_can_differ(only_main)
+    assert SubModelPasses().copies_can_differ(only_main)
 
 
 def test_active_layerdrop_detection():
     from fairseq.modules import LayerDropModuleList
 
     net = nn.Sequential(LayerDropModuleList(0.2, [nn.Linear(2, 2)]))
-    assert has_active_layerdrop(net)
-    assert not has_active_layerdrop(net.eval())
-    assert not has_active_layerdrop(nn.Sequential(LayerDropModuleList(0.0, [nn.Linear(2, 2)])))
+    assert drawn_per_pass(net) == (True, False) and SubModelPasses().copies_can_differ(net)
+    assert drawn_per_pass(net.eval()) == (False, False)
+    assert drawn_per_pass(nn.Sequential(LayerDropModuleList(0.0, [nn.Linear(2, 2)]))) == (False, False)
 
 
 class _LayerDropNet(nn.Module):

@@ -9,7 +9,7 @@ from fairseq.models import BaseFairseqModel, FairseqDecoder
 from fairseq.models.transformer import TransformerModelBase
 
 from ..rdrop_loss import rdrop_loss, rdrop_loss_from_logits
-from ..sub_models import SubModelPasses, has_active_dropout, has_active_layerdrop, has_active_quant_noise
+from ..sub_models import SubModelPasses
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class RDropCriterionMixin:
         if copies == 1 or not reduce:
             return super().forward(model, sample, reduce=reduce)
         self._warn_without_dropout(model)
+        return self.rdrop_forward(model, sample, copies)
+
+    def rdrop_forward(self, model, sample, copies):
+        """An R-Drop training step of ``copies`` sub-models: ``(loss, sample_size, logging_output)``."""
         net_output = self.sub_model_passes.forward(model, sample["net_input"], copies)
         (loss, smoothed, nll, kl), extra_logs = self.compute_rdrop_loss(
             model, net_output, sample, copies
@@ -119,12 +123,7 @@ class RDropCriterionMixin:
     def _warn_without_dropout(self, model):
         if not self._dropout_checked:
             self._dropout_checked = True
-            if not (
-                has_active_dropout(model)
-                or has_active_layerdrop(model)
-                or has_active_quant_noise(model)
-                or self.sub_model_passes.dropout_rates
-            ):
+            if not self.sub_model_passes.copies_can_differ(model):
                 logger.warning(
                     "R-Drop is on (--rdrop-alpha %s) but the model has no dropout: "
                     "the sub-models are identical and the KL term is zero",

@@ -38,14 +38,12 @@ class RDropSentencePredictionCriterion(RDropCriterionMixin, SentencePredictionCr
                 f"--criterion rdrop_sentence_prediction needs a model with the classification head "
                 f"'{self.classification_head_name}' (--classification-head-name), e.g. --task sentence_prediction"
             )
-        training = model.training and self.rdrop_alpha > 0
-        copies = self.sub_model_passes.copies_for(training, update_num)
-        if copies == 1 or not reduce:
-            return SentencePredictionCriterion.forward(self, model, sample, reduce=reduce)
+        return super().forward(model, sample, reduce, update_num)
+
+    def rdrop_forward(self, model, sample, copies):
         head_input = {**sample["net_input"], "features_only": True,
                       "classification_head_name": self.classification_head_name}
-        loss, sample_size, logging_output = super().forward(model, {**sample, "net_input": head_input}, reduce,
-                                                            update_num)
+        loss, sample_size, logging_output = super().rdrop_forward(model, {**sample, "net_input": head_input}, copies)
         # RoBERTa's --mha-reg-scale-factor / --ffn-reg-scale-factor terms, added to each
         # sub-model's loss as the stock criterion adds them to its one, and logged as it does.
         for name, reg_loss in self.model_regularisers(model).items():
