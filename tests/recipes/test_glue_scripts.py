@@ -314,11 +314,16 @@ def test_printed_command_names_the_pretrained_model_a_run_fetches(tmp_path, scri
 
 def test_finetune_and_evaluate_classification_then_regression(cola, stsb, tmp_path):
     cola_run = tmp_path / "cola"
+    # the best checkpoint by the metric the paper reports for CoLA, as the docs say to ask for it
     proc = run_script("train-glue.sh", "--task", "CoLA", "--smoke", "--data", cola, "--save-dir", cola_run,
+                      "--", "--best-checkpoint-metric", "mcc", "--maximize-best-checkpoint-metric",
                       env=script_env(FP16="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stderr + proc.stdout
     assert '"kl_loss"' in log and '"valid_accuracy"' in log and '"valid_mcc"' in log
+    valid = json.loads(log.split("| valid | ")[1].splitlines()[0])
+    score = float(log.split("checkpoint_best.pt (epoch 1 @ 4 updates, score ")[1].split(")")[0])
+    assert score == float(valid["valid_mcc"]) != float(valid["valid_accuracy"])
 
     # The CoLA model, packed as fairseq's roberta.large tarball, is the pre-trained model for STS-B.
     package = tmp_path / "pkg" / "roberta.large"
