@@ -235,8 +235,7 @@ def extract(archive: Path, patterns: Sequence[str], dest: Path) -> List[Path]:
         except _WriteError as err:  # the disk, not the archive: the download stays
             raise err.__cause__ from None
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as err:
-            raise CorruptArchiveError(f"{archive}: truncated or corrupt archive ({err}); "
-                                      f"delete it and download it again") from err
+            raise CorruptArchiveError(f"{archive}: truncated or corrupt archive ({err})") from err
         if unmatched:
             raise CorruptArchiveError(f"{archive}: no member matches {sorted(unmatched)}; "
                                       f"is it the right archive?")

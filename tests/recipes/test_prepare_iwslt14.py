@@ -90,7 +90,8 @@ def test_truncated_archive_is_rejected_and_leaves_no_output(prepared, tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         iwslt14.main(["--out", str(out), "--archive", str(truncated)])
     assert exit_info.value.code == 1
-    assert f"error: {truncated}: truncated or corrupt archive" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: {truncated}: truncated or corrupt archive" in err and "left as it is: give a complete copy" in err
     assert truncated.exists()  # the user's own file is reported, never deleted
     files = [str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()]
     assert sorted(files) == ["downloads/de-en.tgz", "iwslt14.de-en/params.json"]
@@ -98,6 +99,22 @@ def test_truncated_archive_is_rejected_and_leaves_no_output(prepared, tmp_path, 
     with pytest.raises(SystemExit):
         iwslt14.main(["--out", str(out), "--archive", str(truncated), "--bpe-merges", "123"])
     assert "truncated or corrupt archive" in capsys.readouterr().err
+
+
+def test_a_corrupt_download_is_removed_and_said_to_be(prepared, tmp_path, capsys):
+    import hashlib
+
+    fixture, _, _ = prepared
+    out = tmp_path / "data"
+    cached = out / "downloads" / "de-en.tgz"  # a download of this module's, whose hash checks out
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(fixture.archive.read_bytes()[:-3000])
+    digest = hashlib.sha256(cached.read_bytes()).hexdigest()
+    with pytest.raises(SystemExit):
+        iwslt14.main(["--out", str(out), "--hash", f"de-en.tgz=sha256:{digest}"])
+    err = capsys.readouterr().err
+    assert "truncated or corrupt archive" in err and "the download was removed and the next run fetches it again" in err
+    assert not cached.exists()
 
 
 def test_train_filter_and_valid_split():

@@ -105,12 +105,14 @@ def fetch_and_extract(layout: Layout, args: argparse.Namespace, archives: Sequen
             path = fetch(archive, cache, local=local[archive.name], mirror=args.mirror)
             try:
                 extract(path, patterns[archive.name], dest)
-            except CorruptArchiveError:
+            except CorruptArchiveError as err:
                 from_user = local[archive.name] is not None or (
                     args.mirror is not None and Path(path).parent.resolve() == Path(args.mirror).resolve())
-                if not from_user:  # a file the user gave is never deleted, wherever it is
-                    remove_if_cached(path, cache)
-                raise
+                if from_user:  # a file the user gave is never deleted, wherever it is
+                    raise CorruptArchiveError(f"{err}; it is left as it is: give a complete copy") from err
+                remove_if_cached(path, cache)
+                raise CorruptArchiveError(f"{err}; the download was removed and the next run fetches it "
+                                          "again") from err
         else:
             logger.info("skip %s: %s exists", archive.name, dest)
         folders[archive.name] = dest
