@@ -1,6 +1,7 @@
 """benchmarks/gpu-report.sh with stand-ins for the GPU's interpreter and nvidia-smi: the tables of
 every benchmark are collected, and a benchmark that fails is shown with its error while the report goes on."""
 import os
+import tarfile
 import shutil
 import stat
 import subprocess
@@ -11,6 +12,8 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu-report.sh"
 
 FAKE_PYTHON = r'''#!/usr/bin/env bash
 # Answers as a CUDA machine's python would, for what gpu-report.sh asks of it.
+# The interpreter would time Triton's interpreter, not the GPU's kernels:
+[[ -n ${TRITON_INTERPRET:-} ]] && { echo "TRITON_INTERPRET reached $*" >&2; exit 5; }
 case "$1" in
     -c) case $2 in
             *get_device_capability*) echo 90 ;;
@@ -24,6 +27,7 @@ case "$1" in
         shape=$3
         echo "noise before the table"
         [[ $shape == "$FAIL_SHAPE" ]] && { echo "Traceback: RuntimeError: CUDA out of memory" >&2; exit 3; }
+        [[ $shape == "$SLOW_SHAPE" ]] && exec sleep 60
         echo "## $shape: step cost"
         echo "| doubled | 1.0 | 1.000 |" ;;
     benchmarks/loss_kernel.py) [[ "${*:4}" == "--blocks 1024 2048 8192" ]] || { echo "args: $*" >&2; exit 8; }
@@ -118,3 +122,27 @@ def test_a_failing_test_warns_and_the_timings_are_still_made(tmp_path):
     assert "warning:" in proc.stderr and "1 failed" in (out / "kernel-tests.txt").read_text()
     assert "1 failed" in (out / "checkpoint-tests.txt").read_text()
     assert (out / "step-cost-fp16.md").read_text().startswith("## wmt_full")
+
+
+def test_the_tables_so_far_come_back_as_two_files_also_when_the_time_limit_strikes(tmp_path):
+    # a device machine brings back a few files from $OUT: the report's are two, refreshed after every section
+    bundle = tmp_path / "OUT"
+    proc, out = run_report(tmp_path, OUT=str(bundle), TRITON_INTERPRET="1")  # unset by the script
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in bundle.iterdir()) == ["gpu-report.md", "gpu-report.tar.gz"]
+    report = (bundle / "gpu-report.md").read_text()
+    order = ["### device.txt", "### kernel-tests.txt", "### kernel-resources.md", "### checkpoint-tests.txt",
+             "### step-cost-bf16.md", "### loss-kernel-bf16.md", "### loss-kernel-fp16.md", "### step-cost-fp16.md"]
+    assert [report.index(heading) for heading in order] == sorted(report.index(heading) for heading in order)
+    assert "| doubled | 1.0 | 1.000 |" in report and "## loss fp16" in report
+    with tarfile.open(bundle / "gpu-report.tar.gz") as tar:
+        assert "report/step-cost-bf16.log" in tar.getnames()
+
+    # a shape that hangs is stopped at LIMIT_S, the sections after it are skipped, and what came before is kept
+    proc, out = run_report(tmp_path, OUT=str(bundle), SLOW_SHAPE="wmt", LIMIT_S="21")
+    assert proc.returncode == 124
+    assert "LIMIT_S=21 s is nearly spent" in proc.stderr
+    report = (bundle / "gpu-report.md").read_text()
+    assert "## iwslt: step cost" in report and "## wmt: step cost" not in report
+    assert "## loss bf16" not in report and "### step-cost-fp16.md" not in report  # skipped: no empty sections
+    assert "skipped: LIMIT_S=21 s was nearly spent" in (out / "step-cost-fp16.log").read_text()
