@@ -25,6 +25,7 @@
 #        CORPUS, WORK_DIR  train_throughput's --corpus and --work-dir (default corpus: .corpus/lohelp-de-en
 #                          in the checkout, where a device run carries it, else ../shared/corpora/lohelp-de-en)
 #        THROUGHPUT_UPDATES  updates per throughput run (default: 150; 0 skips it)
+#        COPIES       loss_kernel's --copies for its last table, the wmt shape in bf16 (default: 3 4 5 6 7 8)
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;; esac
 CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
@@ -73,7 +74,7 @@ gather() {
     local name
     mkdir -p "$bundle"
     for name in device.txt kernel-tests.txt kernel-resources.md checkpoint-tests.txt step-cost-bf16.md \
-        loss-kernel-bf16.md loss-kernel-fp16.md step-cost-fp16.md train-throughput.md; do
+        loss-kernel-bf16.md loss-kernel-fp16.md step-cost-fp16.md train-throughput.md loss-kernel-copies.md; do
         if [[ -s $out/$name ]]; then printf '### %s\n\n%s\n\n' "$name" "$(cat "$out/$name")"; fi
     done >"$bundle/gpu-report.md.part"
     mv "$bundle/gpu-report.md.part" "$bundle/gpu-report.md"
@@ -88,7 +89,7 @@ else
 fi
 "$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/device.txt"
 gather
-rm -f "$out"/{kernel-tests,checkpoint-tests,kernel-resources,step-cost-bf16,step-cost-fp16,loss-kernel-bf16,loss-kernel-fp16,train-throughput}.log
+rm -f "$out"/{kernel-tests,checkpoint-tests,kernel-resources,step-cost-bf16,step-cost-fp16,loss-kernel-bf16,loss-kernel-fp16,train-throughput,loss-kernel-copies}.log
 stamp kernel tests
 # -o addopts=: pytest.ini's worker processes need pytest-xdist, which a device machine may lack
 logged kernel-tests "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= tests/test_rdrop_loss_triton.py
@@ -138,6 +139,12 @@ elif [ "${THROUGHPUT_UPDATES:-150}" -gt 0 ]; then
         --extra=--fp16 --model "--arch transformer_iwslt_de_en --share-all-embeddings --dropout 0.3"
     grep -E '^(\||round|[0-9]+ updates)' "$out/train-throughput.log" | tee "$out/train-throughput.md" || true
 fi
+gather
+# m > 2 (paper §4.3): where the fused kernels' cap on copies (rdrop_loss.MAX_FUSED_COPIES) should lie, as
+# some compile with register spills in their vocabulary loop from m = 5 or 6 (kernel_resources.py --copies)
+stamp "loss_kernel copies"
+logged loss-kernel-copies "$PYTHON" benchmarks/loss_kernel.py --shape wmt --dtype bf16 --repeats 5 --copies ${COPIES-3 4 5 6 7 8}
+tables loss-kernel-copies
 gather
 stamp done
 exit "$failed"

@@ -3,7 +3,8 @@
 For ``copies * N`` rows of logits it times, side by side in one process:
 
   doubled   fairseq's label-smoothed NLL over log_softmax(logits.float()), the stock
-            criterion's loss on the doubled batch (R-Drop's floor, minus the KL)
+            criterion's loss on the doubled batch (R-Drop's floor, minus the KL); with
+            ``--copies M``, on the batch M times
   torch     rdrop_loss_from_logits with RDROP_KERNEL=torch (the chunked Function)
   triton    rdrop_loss_from_logits with RDROP_KERNEL=triton (the fused kernels)
 
@@ -35,17 +36,22 @@ SHAPES = {"iwslt": (4096, 10_000), "wmt": (4096, 32_000), "wmt_8k": (8192, 32_00
 PAD = 1
 
 
+def copies_of(logits, target):
+    """The copies in ``logits``: ``copies * N`` rows, copy-major, for ``N`` targets."""
+    return logits.size(0) // target.size(0)
+
+
 def doubled(logits, target, epsilon):
     from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 
     lprobs = F.log_softmax(logits.float(), -1)
-    return label_smoothed_nll_loss(lprobs, target.repeat(2), epsilon, ignore_index=PAD)[0]
+    return label_smoothed_nll_loss(lprobs, target.repeat(copies_of(logits, target)), epsilon, ignore_index=PAD)[0]
 
 
 def plugin(kernel):
     def loss(logits, target, epsilon):
         os.environ["RDROP_KERNEL"] = kernel
-        return rdrop_loss_from_logits(logits, target, 2, 5.0, epsilon, PAD)[0]
+        return rdrop_loss_from_logits(logits, target, copies_of(logits, target), 5.0, epsilon, PAD)[0]
     return loss
 
 
@@ -54,7 +60,8 @@ def fixed_block(block):
     from rdrop_fairseq.kernels.rdrop_loss_triton import TritonRDropLossFunction
 
     def loss(logits, target, epsilon):
-        return TritonRDropLossFunction.apply(logits, target, 2, 5.0, epsilon, PAD, True, block)[0]
+        return TritonRDropLossFunction.apply(logits, target, copies_of(logits, target), 5.0, epsilon, PAD, True,
+                                             block)[0]
     return loss
 
 
@@ -85,16 +92,16 @@ def modes_for(device, blocks=()):
 
 def header(modes):
     fused = [name for name in modes if name.startswith("triton")]
-    columns = ["shape", "tokens per copy", "V", "logits (MB)", *(f"{name} (ms)" for name in modes),
+    columns = ["shape", "copies", "tokens per copy", "V", "logits (MB)", *(f"{name} (ms)" for name in modes),
                *(f"{name} / doubled" for name in modes if name != "doubled"), *(f"{name} GB/s" for name in fused)]
     return "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|"
 
 
-def measure(shape, tokens, vocab, modes, dtype, device, repeats):
+def measure(shape, tokens, vocab, modes, dtype, device, repeats, copies=2):
     """One table row: every mode timed on the same logits, in two interleaved rounds (the best median
     of each)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    logits = torch.randn(2 * tokens, vocab, generator=gen, device=device).mul_(3).to(dtype)
+    logits = torch.randn(copies * tokens, vocab, generator=gen, device=device).mul_(3).to(dtype)
     target = torch.randint(2, vocab, (tokens,), generator=gen, device=device)
     target[::17] = PAD
     results = {}
@@ -102,7 +109,7 @@ def measure(shape, tokens, vocab, modes, dtype, device, repeats):
         for name, fn in modes.items():
             results[name] = min(results.get(name, float("inf")), timed(fn, logits, target, 0.1, repeats, device))
     logits_bytes = logits.numel() * logits.element_size()
-    cells = [shape, tokens, vocab, f"{logits_bytes / 1e6:.0f}", *(f"{t * 1e3:.3f}" for t in results.values()),
+    cells = [shape, copies, tokens, vocab, f"{logits_bytes / 1e6:.0f}", *(f"{t * 1e3:.3f}" for t in results.values()),
              *(f"{t / results['doubled']:.2f}" for name, t in results.items() if name != "doubled"),
              # the fused kernels read the logits in forward and in backward, and write their gradient once
              *(f"{3 * logits_bytes / t / 1e9:.0f}" for name, t in results.items() if name.startswith("triton"))]
@@ -115,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="bf16")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--copies", type=int, nargs="+", default=[2], metavar="M",
+                        help="sub-models; doubled is then the stock loss on the batch M times (default: 2)")
     parser.add_argument("--blocks", type=int, nargs="*", default=[], metavar="N",
                         help="also time the fused kernels with N vocabulary entries per block (powers of 2), "
                              "against their own choice (CUDA)")
@@ -122,11 +131,14 @@ def main(argv=None):
     bad = [block for block in args.blocks if block < 16 or block & (block - 1)]
     if bad:
         parser.error(f"--blocks takes powers of 2 from 16, not {bad}")
+    if min(args.copies) < 2:
+        parser.error(f"--copies takes numbers of sub-models from 2, not {[m for m in args.copies if m < 2]}")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     modes = modes_for(args.device, args.blocks)
     print(header(modes))
-    for shape in SHAPES if args.shape == "all" else [args.shape]:
-        print(measure(shape, *SHAPES[shape], modes, dtype, args.device, args.repeats), flush=True)
+    for copies in args.copies:
+        for shape in SHAPES if args.shape == "all" else [args.shape]:
+            print(measure(shape, *SHAPES[shape], modes, dtype, args.device, args.repeats, copies), flush=True)
 
 
 if __name__ == "__main__":

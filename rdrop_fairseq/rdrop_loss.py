@@ -264,8 +264,11 @@ KERNEL_CHOICES = ("auto", "triton", "torch")
 MIN_TRITON = (3, 3)
 # Triton's interpreter before 3.7 cannot run a loop over a runtime bound with numpy 2.4 or later.
 MIN_TRITON_INTERPRETER_NUMPY_2_4 = (3, 7)
-# The kernels unroll every ordered pair of copies: beyond 8 they spill registers inside the vocabulary
-# loop on sm_80 and sm_90 (benchmarks/kernel_resources.py --copies 9), which costs more than it saves.
+# The kernels unroll every ordered pair of copies.  Compiled for sm_80 and sm_90 (benchmarks/kernel_resources.py
+# --copies), their vocabulary loop has no register spills up to 4 copies with Triton 3.6 and 3.9; from 5 or 6
+# it has a few stack loads and stores a block (Triton 3.9: 3 to 4, at m = 6 and 7), and with Triton 3.6
+# hundreds in backward at m = 7 and 8.  Whether such a kernel still beats the torch Function has not been
+# timed on a GPU (the last table of benchmarks/gpu-report.sh), so the cap stays where spills grow with m.
 MAX_FUSED_COPIES = 8
 
 

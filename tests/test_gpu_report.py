@@ -30,7 +30,12 @@ case "$1" in
         [[ $shape == "$SLOW_SHAPE" ]] && exec sleep 60
         echo "## $shape: step cost"
         echo "| doubled | 1.0 | 1.000 |" ;;
-    benchmarks/loss_kernel.py) [[ "${*:4}" == "--blocks 1024 2048 8192" ]] || { echo "args: $*" >&2; exit 8; }
+    benchmarks/loss_kernel.py)
+        if [[ $2 == --shape ]]; then  # the copies sweep
+            [[ "${*:2}" == "--shape wmt --dtype bf16 --repeats 5 --copies 3 4 5 6 7 8" ]] || { echo "args: $*" >&2; exit 8; }
+            echo "## copies"; echo "| wmt | 8 | 0.3 |"; exit 0
+        fi
+        [[ "${*:4}" == "--blocks 1024 2048 8192" ]] || { echo "args: $*" >&2; exit 8; }
         echo "## loss $3"; echo "| fused | 0.2 |" ;;
     benchmarks/kernel_resources.py) echo "## kernels $*"; echo "| forward | sm_$3 | 0 |" ;;
     benchmarks/train_throughput.py)  # the real parser reads the arguments the report passes
@@ -135,6 +140,7 @@ def test_the_tables_so_far_come_back_as_two_files_also_when_the_time_limit_strik
              "### step-cost-bf16.md", "### loss-kernel-bf16.md", "### loss-kernel-fp16.md", "### step-cost-fp16.md"]
     assert [report.index(heading) for heading in order] == sorted(report.index(heading) for heading in order)
     assert "| doubled | 1.0 | 1.000 |" in report and "## loss fp16" in report
+    assert report.index("### step-cost-fp16.md") < report.index("### loss-kernel-copies.md\n\n## copies\n| wmt | 8 |")
     with tarfile.open(bundle / "gpu-report.tar.gz") as tar:
         assert "report/step-cost-bf16.log" in tar.getnames()
 

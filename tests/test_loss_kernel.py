@@ -16,9 +16,10 @@ SPEC.loader.exec_module(loss_kernel)
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's masked lanes
 
 
-def test_a_fixed_block_gives_the_fused_kernels_value_and_gradient(monkeypatch):
+@pytest.mark.parametrize("copies", [2, 3])
+def test_a_fixed_block_gives_the_fused_kernels_value_and_gradient(monkeypatch, copies):
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(2 * 6, 50, generator=gen) * 3
+    logits = torch.randn(copies * 6, 50, generator=gen) * 3
     target = torch.randint(2, 50, (6,), generator=gen)
     target[2] = loss_kernel.PAD
     monkeypatch.setenv("RDROP_KERNEL", "torch")
@@ -38,11 +39,22 @@ def test_the_table_has_a_cell_for_every_column(monkeypatch):
     # the block sizes are timed beside the kernels' own choice called the same way (without rdrop_loss's checks)
     assert list(modes) == ["doubled", "torch", "triton", "triton_own", "triton_b16", "triton_b64"]
     header, rule = loss_kernel.header(modes).splitlines()
-    row = loss_kernel.measure("tiny", 8, 100, modes, torch.float32, "cpu", repeats=1)
+    row = loss_kernel.measure("tiny", 8, 100, modes, torch.float32, "cpu", repeats=1, copies=3)
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     columns = [cell.strip() for cell in header.strip("|").split("|")]
-    assert len(cells) == len(columns) == rule.count("---") == 4 + 6 + 5 + 4
+    assert len(cells) == len(columns) == rule.count("---") == 5 + 6 + 5 + 4
     assert columns[-4:] == ["triton GB/s", "triton_own GB/s", "triton_b16 GB/s", "triton_b64 GB/s"]
-    assert cells[:3] == ["tiny", "8", "100"] and all(float(cell) > 0 for cell in cells[4:15])
-    assert all(float(cell) >= 0 for cell in cells[15:])  # GB/s: about 0 for so few logits
+    assert cells[:4] == ["tiny", "3", "8", "100"] and all(float(cell) > 0 for cell in cells[5:16])
+    assert all(float(cell) >= 0 for cell in cells[16:])  # GB/s: about 0 for so few logits
+
+
+def test_the_doubled_loss_is_the_stock_loss_on_the_batch_as_many_times_as_there_are_copies():
+    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    logits, target = torch.randn(3 * 4, 20), torch.tensor([2, 3, loss_kernel.PAD, 5])
+    stock = label_smoothed_nll_loss(torch.log_softmax(logits, -1), target.repeat(3), 0.1,
+                                    ignore_index=loss_kernel.PAD)[0]
+    torch.testing.assert_close(loss_kernel.doubled(logits, target, 0.1), stock)
+    with pytest.raises(SystemExit):
+        loss_kernel.main(["--copies", "1"])
     assert "triton_own" not in loss_kernel.modes_for("cuda")

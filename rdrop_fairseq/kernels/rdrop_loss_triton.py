@@ -303,7 +303,7 @@ def _layout(tensor, copies):
 def _launch_config(vocab, copies, block_size):
     copies_pad = triton.next_power_of_2(copies)
     # a (COPIES_PAD, BLOCK) tile of 8192 scores fits in registers up to 4 copies; with their pairwise
-    # KL temporaries, 5 to 8 copies spill there (benchmarks/kernel_resources.py) and get half of it
+    # KL temporaries, 5 to 8 copies spilled there (benchmarks/kernel_resources.py) and get half of it
     tile = 8192 if copies_pad <= 4 else 4096
     block = block_size or min(triton.next_power_of_2(vocab), max(256, tile // copies_pad))
     num_warps = 8 if block * copies_pad >= 4096 else 4
