@@ -4,7 +4,8 @@
 # to report, also when the limit cut it off: the table (results.md, results.json), the curves, each run's
 # train.log and the quickstart's own output (quickstart.log), with the device in device.txt.  Checkpoints
 # stay in RUN_DIR (too large to bring back), so that a second call on the still-held machine reuses the
-# runs that trained to their end.  The exit status is the quickstart's (124: cut off by LIMIT_S).
+# runs that trained to their end and goes on with the others from their last checkpoint.  The exit status
+# is the quickstart's (124: cut off by LIMIT_S).
 #
 # Usage: benchmarks/gpu-quickstart.sh [QUICKSTART OPTIONS...]     (e.g. --max-updates 2000)
 # Env:   CORPUS    {train,valid,test}.{de,en} raw text (default .corpus/lohelp-de-en, copied from
@@ -48,7 +49,7 @@ for run in rdrop baseline; do
 done
 if ((status == 124 || status == 137)); then
     echo "warning: the quickstart was cut off after LIMIT_S=$limit s; runs that trained to their end are kept in" \
-         "$run_dir and a second call reuses them" >&2
+         "$run_dir and a second call reuses them, and goes on with the others from their last checkpoint" >&2
 elif ((status)); then
     echo "warning: the quickstart failed ($status); see $out/quickstart.log" >&2
 fi

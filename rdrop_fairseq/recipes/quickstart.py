@@ -26,6 +26,7 @@ logger = logging.getLogger("rdrop_fairseq.recipes.quickstart")
 USER_DIR = Path(__file__).resolve().parents[1]  # the plugin, rdrop_fairseq/
 RUNS = ("rdrop", "baseline")  # R-Drop first: under --minutes it sets the update count
 FINISHED = "finished.json"  # written when a run trains to its end: a rerun with its settings reuses it
+STARTED = "started.json"  # a run's settings and start times: a rerun with them goes on where it was cut off
 # where a copy of the LibreOffice help corpus may lie beside the checkout (../shared/corpora/lohelp-de-en)
 SHARED_CORPORA = USER_DIR.parents[1] / "shared" / "corpora"
 # fairseq-generate's --lenpen values tried on the valid set, the same for both runs
@@ -213,8 +214,9 @@ def train_command(bin_dir: Path, run_dir: Path, plan: Plan, alpha: float, args,
            "--save-interval-updates", str(setup.validate_every), "--keep-interval-updates", "1",
            # every validate_every updates only, not at each (short) epoch's end as well
            "--validate-interval", "100000", "--save-interval", "100000",
-           # only the best checkpoint is read, and saves stay small (the GPU model's optimizer state is 0.3 GB)
-           "--no-epoch-checkpoints", "--no-last-checkpoints", "--no-save-optimizer-state",
+           # the best checkpoint is translated with; the last update checkpoint, with its optimizer state,
+           # lets a run that was cut off go on from there
+           "--no-epoch-checkpoints", "--no-last-checkpoints",
            "--save-dir", str(run_dir / "checkpoints"),
            "--log-format", "json", "--log-interval", str(setup.log_every),
            "--log-file", str(run_dir / "train.log"), "--num-workers", "0", *plan.device_flags]
@@ -521,7 +523,7 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
     """Both runs for plan.max_update updates, one after the other or with --concurrent at once; under
     --minutes, R-Drop within 60% of 90% of the budget (the rest is for translating), then the baseline for
     as many updates.  Returns each run's training time."""
-    walls, max_update = {}, plan.max_update
+    walls, earlier, commands, max_update = {}, {}, {}, plan.max_update
     budget_s = (plan.minutes or 0.0) * 60 * 0.9
     shares = {"rdrop": 0.6, "baseline": 0.4}
     inputs = run_inputs(bin_dir)
@@ -532,23 +534,21 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
         stop_s = shares[name] * budget_s
         if name == "baseline":
             stop_s *= 1.5  # a safety net only: the update count set by R-Drop decides
-        cmd = train_command(bin_dir, run_dir, plan, alpha, args, max_update, stop_s / 3600)
+        cmd = commands[name] = train_command(bin_dir, run_dir, plan, alpha, args, max_update, stop_s / 3600)
         walls[name] = finished_wall(run_dir, cmd, inputs)
         if walls[name] is not None:
             logger.info("%s: %s holds a finished run with these settings; reusing it (delete the folder to "
                         "train it again)", name, run_dir)
         else:
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
+            earlier[name], run_cmd = begin_run(name, run_dir, cmd, inputs)
             logger.info("%s: training; fairseq's whole output goes to %s", name, run_dir / "stdout.log")
-            job = (cmd, run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
+            job = (run_cmd, run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
             if plan.concurrent:
                 together[name] = job
             else:
                 start = time.time()
                 run_logged(*job)
-                walls[name] = record_finished(run_dir, cmd, inputs, time.time() - start)
+                walls[name] = record_finished(run_dir, cmd, inputs, earlier[name] + time.time() - start)
         if name == "rdrop" and budget_s:  # the budget may have stopped it before --max-updates
             max_update = summarize(run_dir)["updates"]
             logger.info("R-Drop made %d updates; the baseline gets as many", max_update)
@@ -557,13 +557,66 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
         shared = len(together) > 1
 
         def finished(name: str, wall_s: float) -> None:
-            walls[name] = record_finished(out_dir / name, together[name][0], inputs, wall_s, shared)
+            walls[name] = record_finished(out_dir / name, commands[name], inputs, earlier[name] + wall_s, shared)
 
         outcomes = run_logged_together(together, on_success=finished)
         failed = [f"{name}: {outcome.error}" for name, outcome in outcomes.items() if outcome.error is not None]
         if failed:
             raise RuntimeError("\n".join(failed))
     return walls
+
+
+def begin_run(name: str, run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]]
+              ) -> Tuple[float, List[str]]:
+    """Make ``run_dir`` ready for a training of ``cmd``: afresh, or, where a run of the same command and
+    inputs was cut off after its first update checkpoint, from that checkpoint (its optimizer, schedule and
+    place in the data included), its log cut back to it.  Returns the training time of its earlier attempts
+    (each from its start to its output's last line) and the command to run."""
+    resume = resume_point(run_dir, cmd, inputs)
+    if resume is None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        starts: List[float] = []
+    else:
+        update = checkpoint_update(resume)
+        logger.info("%s: going on from %s, the last checkpoint of the run that was cut off", name, resume)
+        starts = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))["starts"]
+        truncate_log(run_dir / "train.log", update)
+        (run_dir / "stdout.log").rename(run_dir / f"stdout.{len(starts)}.log")
+    logs = [run_dir / f"stdout.{n + 1}.log" for n in range(len(starts))]
+    earlier = sum(max(log.stat().st_mtime - start, 0.0) for log, start in zip(logs, starts) if log.is_file())
+    with atomic_output(run_dir / STARTED) as handle:
+        json.dump({"command": list(cmd[1:]), "inputs": inputs, "starts": starts + [time.time()]}, handle, indent=1)
+    return earlier, list(cmd) + ([] if resume is None else ["--restore-file", str(resume)])
+
+
+def resume_point(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]]) -> Optional[Path]:
+    """The latest update checkpoint of an unfinished run of ``cmd`` and ``inputs`` in ``run_dir``, or None."""
+    try:
+        record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(record, dict) and record.get("command") == list(cmd[1:]) and record.get("inputs") == inputs
+            and isinstance(record.get("starts"), list) and (run_dir / "stdout.log").is_file()):
+        return None
+    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint_*_*.pt"), key=checkpoint_update)
+    return checkpoints[-1] if checkpoints else None
+
+
+def checkpoint_update(path: Path) -> int:
+    """The update of fairseq's ``checkpoint_<epoch>_<update>.pt``."""
+    return int(path.stem.rsplit("_", 1)[1])
+
+
+def truncate_log(log: Path, update: int) -> None:
+    """Cut fairseq's JSON log back to ``update``: what a resumed run logs again from there is not kept twice."""
+    lines = read_lines(log) if log.is_file() else []
+    for index, line in enumerate(lines):
+        inner = plot.parse_log_lines([line])["train_inner"]
+        if inner and inner[0].get("num_updates", 0) > update:
+            write_lines(log, lines[:index])
+            return
 
 
 def record_finished(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]], wall_s: float,
@@ -721,8 +774,8 @@ def prepare_data(args, setup: Setup, raw: Path) -> Path:
                             bpe_merges=setup.bpe_merges, workers=args.workers)
 
 
-INTERRUPTED = ("run the same command again to go on: a run that trained to its end is reused, the one that was "
-               "cut off trains again")
+INTERRUPTED = ("run the same command again to go on: a run that trained to its end is reused, one that was cut "
+               "off goes on from its last checkpoint")
 
 
 def main(argv: Optional[Sequence[str]] = None, parser: Optional[argparse.ArgumentParser] = None):

@@ -18,8 +18,9 @@
    the default is flagged as not settling the comparison, and so are two runs
    with different update counts (the baseline's own time limit, a safety net,
    can stop it first on a busy machine).  A run that trained to its end is
-   kept: a rerun with the same settings reuses it, so an interrupted quickstart
-   goes on from the run it stopped in.
+   kept: a rerun with the same settings reuses it, and goes on with one that was
+   cut off from its last checkpoint, so an interrupted quickstart loses at most
+   the updates since then.
 3. For each run picks fairseq-generate's --lenpen on the valid set, translates the
    test set with it and scores it with sacreBLEU on detokenised output (with the
    paired bootstrap), prints a table and draws the curves.  The results and curves

@@ -1051,3 +1051,38 @@ def test_the_scripts_usage_lines_name_every_option():
     options = {opt for action in quickstart.build_parser()._actions for opt in action.option_strings
                if opt.startswith("--") and opt != "--help"}
     assert options == set(re.findall(r"--[a-z][a-z-]*", usage))
+
+
+@pytest.mark.e2e
+def test_a_run_cut_off_goes_on_from_its_last_checkpoint_to_the_model_of_a_run_never_stopped(tmp_path, monkeypatch):
+    import torch
+
+    corpus("lohelp-de-en")
+    monkeypatch.setattr(quickstart, "RUNS", ("rdrop",))
+    args = parse("--smoke", "--cpu", "--corpus", str(SHARED_CORPUS), "--work-dir", str(tmp_path / "work"))
+    plan, setup = quickstart.plan_run(quickstart.Device(cuda=False), args), quickstart.SMOKE
+    raw = quickstart.resolve_corpus(args)
+    raw = quickstart.slice_corpus(raw, tmp_path / "work" / "slice", "de", "en", setup.train_pairs, setup.heldout_pairs)
+    bin_dir = quickstart.prepare_data(args, setup, raw)
+    quickstart.train_runs(bin_dir, tmp_path / "whole", plan, args)
+
+    # cut off after its update checkpoint at 3 of 6: the same command, stopped there
+    run_dir = tmp_path / "cut" / "rdrop"
+    cmd = quickstart.train_command(bin_dir, run_dir, plan, plan.alpha, args, setup.updates, 0.0)
+    inputs = quickstart.run_inputs(bin_dir)
+    _, run_cmd = quickstart.begin_run("rdrop", run_dir, cmd, inputs)
+    quickstart.run_logged(run_cmd + ["--max-update", "3"], run_dir / "stdout.log", echo=lambda line: None)
+    assert not (run_dir / quickstart.FINISHED).exists()
+    walls = quickstart.train_runs(bin_dir, tmp_path / "cut", plan, args)
+    assert "checkpoint_1_3.pt (epoch 1 @ 3 updates)" in (run_dir / "stdout.log").read_text()
+    assert (run_dir / "stdout.1.log").is_file()  # the cut-off attempt's output is kept
+    assert walls["rdrop"] > 0 and quickstart.finished_wall(run_dir, cmd, inputs) == walls["rdrop"]
+
+    def model(out):
+        [last] = (out / "rdrop" / "checkpoints").glob("checkpoint_*_6.pt")
+        return torch.load(last, map_location="cpu", weights_only=False)["model"]
+
+    whole, resumed = model(tmp_path / "whole"), model(tmp_path / "cut")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    logged = [r["num_updates"] for r in quickstart.plot.read_log(run_dir / "train.log")["train_inner"]]
+    assert logged == [1, 2, 3, 4, 5, 6]  # updates 4 on are logged once, after the cut
