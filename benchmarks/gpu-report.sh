@@ -16,7 +16,8 @@
 #                     $OUT comes back; else none are made)
 #        LIMIT_S      seconds the whole report may take (default: no limit): each section runs under what is
 #                     left, and sections that find under 20 s left are skipped, so that the report ends with
-#                     its tables gathered before a time limit outside it strikes
+#                     its tables gathered before a time limit outside it strikes (leave that limit 30 s more:
+#                     a section stopped has 5 s to go, and gathering takes a moment)
 #        PYTHON       interpreter with rdrop_fairseq's dependencies (default: python3)
 #        REPEATS      steps timed per mode (default: 10)
 #        BF16_SHAPES  step_cost shapes in bf16 (default: iwslt iwslt_full wmt wmt_full lm)
@@ -25,7 +26,8 @@
 #        CORPUS, WORK_DIR  train_throughput's --corpus and --work-dir (default corpus: .corpus/lohelp-de-en
 #                          in the checkout, where a device run carries it, else ../shared/corpora/lohelp-de-en)
 #        THROUGHPUT_UPDATES  updates per throughput run (default: 150; 0 skips it)
-#        COPIES       loss_kernel's --copies for its last table, the wmt shape in bf16 (default: 3 4 5 6 7 8)
+#        COPIES       loss_kernel's --copies for its last table, the wmt shape in bf16 (default: 3 4 5 6 7 8;
+#                     empty skips it)
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;; esac
 CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
@@ -40,6 +42,11 @@ deadline=$((limit ? SECONDS + limit : 0))
 # compiled kernels, not the interpreter, whatever the caller's environment says
 unset TRITON_INTERPRET
 mkdir -p "$out"
+rm -f "$out"/*.log "$out"/*.md "$out"/*.txt  # an earlier report's, which would be gathered with this one's
+if [[ -n ${OUT:-} && $(CDPATH= cd -- "$out" && pwd -P)/ == "$(CDPATH= cd -- "$OUT" && pwd -P)"/* ]]; then
+    echo "warning: OUT_DIR $out is inside \$OUT, of which a device machine brings back 8 files: the report's are" \
+         "about 20; the two gathered files are enough there (the default OUT_DIR, gpu-report, stays outside)" >&2
+fi
 if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     echo "error: no CUDA device visible to $PYTHON; this report is for a GPU (CPU figures: benchmarks/step_cost.py)" >&2
     exit 2
@@ -89,7 +96,6 @@ else
 fi
 "$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/device.txt"
 gather
-rm -f "$out"/{kernel-tests,checkpoint-tests,kernel-resources,step-cost-bf16,step-cost-fp16,loss-kernel-bf16,loss-kernel-fp16,train-throughput,loss-kernel-copies}.log
 stamp kernel tests
 # -o addopts=: pytest.ini's worker processes need pytest-xdist, which a device machine may lack
 logged kernel-tests "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= tests/test_rdrop_loss_triton.py
@@ -142,9 +148,11 @@ fi
 gather
 # m > 2 (paper §4.3): where the fused kernels' cap on copies (rdrop_loss.MAX_FUSED_COPIES) should lie, as
 # some compile with register spills in their vocabulary loop from m = 5 or 6 (kernel_resources.py --copies)
-stamp "loss_kernel copies"
-logged loss-kernel-copies "$PYTHON" benchmarks/loss_kernel.py --shape wmt --dtype bf16 --repeats 5 --copies ${COPIES-3 4 5 6 7 8}
-tables loss-kernel-copies
-gather
+if [[ -n ${COPIES-3 4 5 6 7 8} ]]; then
+    stamp "loss_kernel copies"
+    logged loss-kernel-copies "$PYTHON" benchmarks/loss_kernel.py --shape wmt --dtype bf16 --repeats 5 --copies ${COPIES-3 4 5 6 7 8}
+    tables loss-kernel-copies
+    gather
+fi
 stamp done
 exit "$failed"

@@ -72,8 +72,8 @@ variant_args rdrop_translation rdrop_label_smoothed_cross_entropy translation la
 want_fp16 0 && TRAIN_ARGS+=(--fp16)
 distributed_args
 gpus=$(world_size)
-if ((gpus > 1)); then
-    printf '%s: note: fairseq-train will use %d GPUs, so each update reads %d x %s tokens where the paper'"'"'s runs read %s on one GPU (the R-Drop authors trained with CUDA_VISIBLE_DEVICES=0) with this learning rate and warm-up; CUDA_VISIBLE_DEVICES=0 keeps the paper'"'"'s batch\n' \
-        "$(basename "$0")" "$gpus" "$gpus" "$MAX_TOKENS" "$MAX_TOKENS" >&2
+if ((gpus > 1)) && [[ ${RANK:-0} == 0 ]]; then
+    printf '%s: note: fairseq-train will use %d GPUs, so each update reads %d times what one GPU reads (--max-tokens %s, --update-freq %s), where the paper'"'"'s runs read it on one GPU (the R-Drop authors trained with CUDA_VISIBLE_DEVICES=0) with this learning rate and warm-up; CUDA_VISIBLE_DEVICES=0 keeps the paper'"'"'s batch\n' \
+        "$(basename "$0")" "$gpus" "$gpus" "$MAX_TOKENS" "${UPDATE_FREQ:-1}" >&2
 fi
 run_train

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -367,10 +368,15 @@ def stop_on_signals():
         lambda name: sys.stderr.write(f"\nquickstart: {name} received; stopping; {INTERRUPTED}\n"))
 
 
-def progress_echo(name: str, total_updates: int, budget_s: float) -> Callable[[str], Optional[str]]:
+def progress_echo(name: str, total_updates: int, budget_s: float, earlier_s: float = 0.0
+                  ) -> Callable[[str], Optional[str]]:
     """fairseq's periodic training records become one line of progress: updates done, updates in all and
     the estimated time left (from the time budget under --minutes); a validation record, one line with the
-    valid loss.  The rest of fairseq's output (its config, the model, warnings) goes to the run's log only."""
+    valid loss.  The rest of fairseq's output (its config, the model, warnings) goes to the run's log only.
+    A run that goes on from a checkpoint after ``earlier_s`` seconds of training is timed by this clock:
+    fairseq's own restarts at 0 then (see continue_wall)."""
+    started = time.time()
+
     def echo(line: str) -> Optional[str]:
         records = plot.parse_log_lines([line])
         valid = records["valid"]
@@ -381,6 +387,8 @@ def progress_echo(name: str, total_updates: int, budget_s: float) -> Callable[[s
         if not record:
             return None
         done, wall = int(record[0]["num_updates"]), float(record[0].get("wall", 0.0))
+        if earlier_s:
+            wall = earlier_s + time.time() - started
         if total_updates:
             left = wall / done * (total_updates - done) if done else float("nan")
             return (f"[{name}] {done}/{total_updates} updates, {wall / 60:.1f} min so far, "
@@ -542,7 +550,7 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
         else:
             earlier[name], run_cmd = begin_run(name, run_dir, cmd, inputs)
             logger.info("%s: training; fairseq's whole output goes to %s", name, run_dir / "stdout.log")
-            job = (run_cmd, run_dir / "stdout.log", progress_echo(name, max_update, stop_s))
+            job = (run_cmd, run_dir / "stdout.log", progress_echo(name, max_update, stop_s, earlier[name]))
             if plan.concurrent:
                 together[name] = job
             else:
@@ -578,17 +586,63 @@ def begin_run(name: str, run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Op
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         starts: List[float] = []
+        resumed: List[int] = []
     else:
         update = checkpoint_update(resume)
         logger.info("%s: going on from %s, the last checkpoint of the run that was cut off", name, resume)
-        starts = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))["starts"]
+        record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
+        starts, resumed = record["starts"], record.get("resumed_from", [])
         truncate_log(run_dir / "train.log", update)
-        (run_dir / "stdout.log").rename(run_dir / f"stdout.{len(starts)}.log")
-    logs = [run_dir / f"stdout.{n + 1}.log" for n in range(len(starts))]
-    earlier = sum(max(log.stat().st_mtime - start, 0.0) for log, start in zip(logs, starts) if log.is_file())
+        if (run_dir / "stdout.log").is_file():
+            (run_dir / "stdout.log").rename(run_dir / f"stdout.{len(starts)}.log")
+    earlier = sum(attempt_times(run_dir, starts))
     with atomic_output(run_dir / STARTED) as handle:
-        json.dump({"command": list(cmd[1:]), "inputs": inputs, "starts": starts + [time.time()]}, handle, indent=1)
+        json.dump({"command": list(cmd[1:]), "inputs": inputs, "starts": starts + [time.time()],
+                   "resumed_from": resumed + ([] if resume is None else [checkpoint_update(resume)])},
+                  handle, indent=1)
     return earlier, list(cmd) + ([] if resume is None else ["--restore-file", str(resume)])
+
+
+def attempt_times(run_dir: Path, starts: List[float]) -> List[float]:
+    """The training time of each earlier attempt of a run: from its start to the last line it printed."""
+    logs = [run_dir / f"stdout.{n + 1}.log" for n in range(len(starts))]
+    return [max(log.stat().st_mtime - start, 0.0) if log.is_file() else 0.0 for log, start in zip(logs, starts)]
+
+
+def continue_wall(run_dir: Path) -> None:
+    """fairseq's ``wall`` stays at 0 in a run that goes on from a checkpoint mid-epoch (its meter is restored
+    stopped): in the log of a run that did, each training record of a later attempt gets the time trained
+    before it instead, the earlier attempts' times plus its own since its start, read from the timestamp of
+    the same record in that attempt's console output (``--log-file`` lines have none)."""
+    record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
+    starts, resumed = record["starts"], record.get("resumed_from", [])
+    if len(starts) < 2 or len(resumed) != len(starts) - 1:
+        return
+    offsets = [sum(attempt_times(run_dir, starts[:k])) for k in range(len(starts))]
+    outputs = [run_dir / f"stdout.{k + 1}.log" for k in range(len(starts) - 1)] + [run_dir / "stdout.log"]
+    stamps: List[Dict[int, float]] = []
+    for output in outputs:
+        stamps.append({})
+        for line in read_lines(output) if output.is_file() else []:
+            head, brace, body = line.partition("{")
+            try:
+                updates = int(json.loads(brace + body).get("num_updates", -1))
+                stamps[-1][updates] = time.mktime(time.strptime(head[:19], "%Y-%m-%d %H:%M:%S"))
+            except (ValueError, AttributeError):
+                continue
+    lines = read_lines(run_dir / "train.log")
+    for index, line in enumerate(lines):
+        _, brace, body = line.partition("{")
+        try:
+            entry = json.loads(brace + body)
+            updates = int(entry["num_updates"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        attempt = sum(updates > point for point in resumed)
+        if attempt and "wall" in entry and updates in stamps[attempt]:
+            entry["wall"] = str(round(offsets[attempt] + max(stamps[attempt][updates] - starts[attempt], 0.0)))
+            lines[index] = json.dumps(entry)
+    write_lines(run_dir / "train.log", lines)
 
 
 def resume_point(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]]) -> Optional[Path]:
@@ -598,10 +652,26 @@ def resume_point(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[s
     except (OSError, ValueError):
         return None
     if not (isinstance(record, dict) and record.get("command") == list(cmd[1:]) and record.get("inputs") == inputs
-            and isinstance(record.get("starts"), list) and (run_dir / "stdout.log").is_file()):
+            and isinstance(record.get("starts"), list)):
         return None
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint_*_*.pt"), key=checkpoint_update)
-    return checkpoints[-1] if checkpoints else None
+    max_update = int(cmd[cmd.index("--max-update") + 1]) if "--max-update" in cmd else 0
+    # at its last update a run has nothing to go on with (fairseq would make one more); and fairseq copies
+    # its best checkpoint without a temporary name, so a cut may have left it short, which no later
+    # validation need rewrite
+    if not checkpoints or (max_update and checkpoint_update(checkpoints[-1]) >= max_update) \
+            or not whole_zip(run_dir / "checkpoints" / "checkpoint_best.pt"):
+        return None
+    return checkpoints[-1]
+
+
+def whole_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip file with its central directory: a copy cut short has none."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def checkpoint_update(path: Path) -> int:
@@ -623,6 +693,8 @@ def record_finished(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optiona
                     shared_device: bool = False) -> float:
     """Mark the run in ``run_dir`` as trained to its end, for finished_wall; returns ``wall_s``.
     ``shared_device``: it trained beside the other run (--concurrent), for the table's note."""
+    if (run_dir / STARTED).is_file():
+        continue_wall(run_dir)
     with atomic_output(run_dir / FINISHED) as handle:
         json.dump({"command": list(cmd[1:]), "inputs": inputs, "wall_s": wall_s, "shared_device": shared_device},
                   handle, indent=1)

@@ -1066,13 +1066,14 @@ def test_a_run_cut_off_goes_on_from_its_last_checkpoint_to_the_model_of_a_run_ne
     bin_dir = quickstart.prepare_data(args, setup, raw)
     quickstart.train_runs(bin_dir, tmp_path / "whole", plan, args)
 
-    # cut off after its update checkpoint at 3 of 6: the same command, stopped there
+    # cut off at update 4 of 6, after its update checkpoint at 3: the same command, stopped there
     run_dir = tmp_path / "cut" / "rdrop"
     cmd = quickstart.train_command(bin_dir, run_dir, plan, plan.alpha, args, setup.updates, 0.0)
     inputs = quickstart.run_inputs(bin_dir)
     _, run_cmd = quickstart.begin_run("rdrop", run_dir, cmd, inputs)
-    quickstart.run_logged(run_cmd + ["--max-update", "3"], run_dir / "stdout.log", echo=lambda line: None)
+    quickstart.run_logged(run_cmd + ["--max-update", "4"], run_dir / "stdout.log", echo=lambda line: None)
     assert not (run_dir / quickstart.FINISHED).exists()
+    time.sleep(2)  # the attempts' times are whole seconds in fairseq's log
     walls = quickstart.train_runs(bin_dir, tmp_path / "cut", plan, args)
     assert "checkpoint_1_3.pt (epoch 1 @ 3 updates)" in (run_dir / "stdout.log").read_text()
     assert (run_dir / "stdout.1.log").is_file()  # the cut-off attempt's output is kept
@@ -1084,5 +1085,17 @@ def test_a_run_cut_off_goes_on_from_its_last_checkpoint_to_the_model_of_a_run_ne
 
     whole, resumed = model(tmp_path / "whole"), model(tmp_path / "cut")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
-    logged = [r["num_updates"] for r in quickstart.plot.read_log(run_dir / "train.log")["train_inner"]]
-    assert logged == [1, 2, 3, 4, 5, 6]  # updates 4 on are logged once, after the cut
+    inner = quickstart.plot.read_log(run_dir / "train.log")["train_inner"]
+    assert [r["num_updates"] for r in inner] == [1, 2, 3, 4, 5, 6]  # update 4 is logged once, after the cut
+    # fairseq's clock restarts at 0 in the second attempt; the log goes on from the first attempt's time
+    walls_logged = [r["wall"] for r in inner]
+    assert walls_logged == sorted(walls_logged) and walls_logged[3] >= walls_logged[2] > 0
+
+    # at its last update, or without a whole best checkpoint, a run is not gone on with but trained afresh
+    done = tmp_path / "whole" / "rdrop"
+    whole_cmd = quickstart.train_command(bin_dir, done, plan, plan.alpha, args, setup.updates, 0.0)
+    assert quickstart.resume_point(done, whole_cmd, inputs) is None
+    (run_dir / quickstart.FINISHED).unlink()
+    best = run_dir / "checkpoints" / "checkpoint_best.pt"
+    best.write_bytes(best.read_bytes()[:-100])
+    assert quickstart.resume_point(run_dir, cmd, inputs) is None

@@ -315,10 +315,14 @@ def test_slurm_is_fairseqs_own_inference_with_a_port():
 def test_iwslt_on_several_gpus_is_told_that_the_papers_batch_is_one_gpus():
     note = "CUDA_VISIBLE_DEVICES=0 keeps the paper's batch"
     several = run_script("train-iwslt14.sh", "--print-args", FP16=0, CUDA_VISIBLE_DEVICES="0,1")
-    assert "will use 2 GPUs, so each update reads 2 x 4096 tokens" in several.stderr and note in several.stderr
+    assert "will use 2 GPUs, so each update reads 2 times what one GPU reads (--max-tokens 4096, --update-freq 1)" \
+        in several.stderr and note in several.stderr
     torchrun = run_script("train-iwslt14.sh", "--print-args", FP16=0, WORLD_SIZE=4, RANK=0, MASTER_ADDR="node0",
                           MASTER_PORT=29500, CUDA_VISIBLE_DEVICES="0")
     assert "will use 4 GPUs" in torchrun.stderr
+    other_rank = run_script("train-iwslt14.sh", "--print-args", FP16=0, WORLD_SIZE=4, RANK=1, MASTER_ADDR="node0",
+                            MASTER_PORT=29500, CUDA_VISIBLE_DEVICES="0")
+    assert note not in other_rank.stderr  # said once, by rank 0
     for env in ({"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "0,1", "CPU": 1}):
         assert note not in run_script("train-iwslt14.sh", "--print-args", FP16=0, **env).stderr
 
