@@ -563,6 +563,9 @@ def train_runs(bin_dir: Path, out_dir: Path, plan: Plan, args) -> Dict[str, floa
     if together:
         logger.info("training %s at the same time (--concurrent)", " and ".join(together))
         shared = len(together) > 1
+        if shared:  # for a run that goes on later: its earlier attempt's time counts in its wall time
+            for name in together:
+                note_shared(out_dir / name)
 
         def finished(name: str, wall_s: float) -> None:
             walls[name] = record_finished(out_dir / name, commands[name], inputs, earlier[name] + wall_s, shared)
@@ -587,19 +590,20 @@ def begin_run(name: str, run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Op
         run_dir.mkdir(parents=True)
         starts: List[float] = []
         resumed: List[int] = []
+        shared = False
     else:
         update = checkpoint_update(resume)
         logger.info("%s: going on from %s, the last checkpoint of the run that was cut off", name, resume)
         record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
-        starts, resumed = record["starts"], record.get("resumed_from", [])
+        starts, resumed, shared = record["starts"], record.get("resumed_from", []), record.get("shared") is True
         truncate_log(run_dir / "train.log", update)
         if (run_dir / "stdout.log").is_file():
             (run_dir / "stdout.log").rename(run_dir / f"stdout.{len(starts)}.log")
     earlier = sum(attempt_times(run_dir, starts))
     with atomic_output(run_dir / STARTED) as handle:
         json.dump({"command": list(cmd[1:]), "inputs": inputs, "starts": starts + [time.time()],
-                   "resumed_from": resumed + ([] if resume is None else [checkpoint_update(resume)])},
-                  handle, indent=1)
+                   "resumed_from": resumed + ([] if resume is None else [checkpoint_update(resume)]),
+                   "shared": shared}, handle, indent=1)
     return earlier, list(cmd) + ([] if resume is None else ["--restore-file", str(resume)])
 
 
@@ -616,7 +620,7 @@ def continue_wall(run_dir: Path) -> None:
     the same record in that attempt's console output (``--log-file`` lines have none)."""
     record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
     starts, resumed = record["starts"], record.get("resumed_from", [])
-    if len(starts) < 2 or len(resumed) != len(starts) - 1:
+    if len(starts) < 2 or len(resumed) != len(starts) - 1 or not (run_dir / "train.log").is_file():
         return
     offsets = [sum(attempt_times(run_dir, starts[:k])) for k in range(len(starts))]
     outputs = [run_dir / f"stdout.{k + 1}.log" for k in range(len(starts) - 1)] + [run_dir / "stdout.log"]
@@ -689,12 +693,22 @@ def truncate_log(log: Path, update: int) -> None:
             return
 
 
+def note_shared(run_dir: Path) -> None:
+    """Record in the run's started.json that it trains beside the other run."""
+    record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
+    with atomic_output(run_dir / STARTED) as handle:
+        json.dump({**record, "shared": True}, handle, indent=1)
+
+
 def record_finished(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]], wall_s: float,
                     shared_device: bool = False) -> float:
     """Mark the run in ``run_dir`` as trained to its end, for finished_wall; returns ``wall_s``.
-    ``shared_device``: it trained beside the other run (--concurrent), for the table's note."""
+    ``shared_device``: it trained beside the other run (--concurrent), in this attempt or, for a run that
+    went on from a checkpoint, an earlier one, for the table's note."""
     if (run_dir / STARTED).is_file():
         continue_wall(run_dir)
+        started = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
+        shared_device = shared_device or started.get("shared") is True
     with atomic_output(run_dir / FINISHED) as handle:
         json.dump({"command": list(cmd[1:]), "inputs": inputs, "wall_s": wall_s, "shared_device": shared_device},
                   handle, indent=1)

@@ -304,6 +304,23 @@ def test_a_run_that_finished_beside_an_interrupted_one_is_recorded_and_reused(tm
     assert quickstart.finished_wall(out / "baseline", cmd, quickstart.run_inputs(tmp_path)) == 7.0
 
 
+def test_a_run_that_goes_on_alone_after_training_beside_the_other_is_said_to_have_shared(tmp_path):
+    import zipfile
+
+    run_dir, cmd, inputs = tmp_path / "rdrop", ["python", "-m", "fairseq_cli.train", "--max-update", "6"], {"data": "x"}
+    quickstart.begin_run("rdrop", run_dir, cmd, inputs)
+    quickstart.note_shared(run_dir)  # its first attempt trained beside the baseline, then was cut off
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "checkpoint_1_3.pt").write_bytes(b"")
+    with zipfile.ZipFile(run_dir / "checkpoints" / "checkpoint_best.pt", "w") as best:
+        best.writestr("archive/data.pkl", b"")
+    (run_dir / "stdout.log").write_text("")
+    _, run_cmd = quickstart.begin_run("rdrop", run_dir, cmd, inputs)
+    assert run_cmd[-2:] == ["--restore-file", str(run_dir / "checkpoints" / "checkpoint_1_3.pt")]
+    quickstart.record_finished(run_dir, cmd, inputs, 10.0)  # the second attempt trained alone
+    assert quickstart.shared_device(run_dir)
+
+
 def test_concurrent_runs_need_a_fixed_update_count(capsys):
     with pytest.raises(SystemExit) as exit_:
         quickstart.parse_args(["--concurrent", "--minutes", "20"])
