@@ -594,17 +594,30 @@ def begin_run(name: str, run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Op
     else:
         update = checkpoint_update(resume)
         logger.info("%s: going on from %s, the last checkpoint of the run that was cut off", name, resume)
-        record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
-        starts, resumed, shared = record["starts"], record.get("resumed_from", []), record.get("shared") is True
+        record = started_record(run_dir)
+        starts, shared = record["starts"], record.get("shared") is True
+        resumed = record.get("resumed_from", []) + [update]
         truncate_log(run_dir / "train.log", update)
         if (run_dir / "stdout.log").is_file():
             (run_dir / "stdout.log").rename(run_dir / f"stdout.{len(starts)}.log")
     earlier = sum(attempt_times(run_dir, starts))
-    with atomic_output(run_dir / STARTED) as handle:
-        json.dump({"command": list(cmd[1:]), "inputs": inputs, "starts": starts + [time.time()],
-                   "resumed_from": resumed + ([] if resume is None else [checkpoint_update(resume)]),
-                   "shared": shared}, handle, indent=1)
+    write_started(run_dir, {"command": list(cmd[1:]), "inputs": inputs, "starts": starts + [time.time()],
+                            "resumed_from": resumed, "shared": shared})
     return earlier, list(cmd) + ([] if resume is None else ["--restore-file", str(resume)])
+
+
+def started_record(run_dir: Path) -> dict:
+    """The run's started.json (begin_run), or {} where there is none that reads."""
+    try:
+        record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_started(run_dir: Path, record: dict) -> None:
+    with atomic_output(run_dir / STARTED) as handle:
+        json.dump(record, handle, indent=1)
 
 
 def attempt_times(run_dir: Path, starts: List[float]) -> List[float]:
@@ -613,12 +626,12 @@ def attempt_times(run_dir: Path, starts: List[float]) -> List[float]:
     return [max(log.stat().st_mtime - start, 0.0) if log.is_file() else 0.0 for log, start in zip(logs, starts)]
 
 
-def continue_wall(run_dir: Path) -> None:
+def continue_wall(run_dir: Path, record: dict) -> None:
     """fairseq's ``wall`` stays at 0 in a run that goes on from a checkpoint mid-epoch (its meter is restored
     stopped): in the log of a run that did, each training record of a later attempt gets the time trained
     before it instead, the earlier attempts' times plus its own since its start, read from the timestamp of
-    the same record in that attempt's console output (``--log-file`` lines have none)."""
-    record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
+    the same record in that attempt's console output (``--log-file`` lines have none).  ``record``: the
+    run's started_record."""
     starts, resumed = record["starts"], record.get("resumed_from", [])
     if len(starts) < 2 or len(resumed) != len(starts) - 1 or not (run_dir / "train.log").is_file():
         return
@@ -651,11 +664,8 @@ def continue_wall(run_dir: Path) -> None:
 
 def resume_point(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]]) -> Optional[Path]:
     """The latest update checkpoint of an unfinished run of ``cmd`` and ``inputs`` in ``run_dir``, or None."""
-    try:
-        record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not (isinstance(record, dict) and record.get("command") == list(cmd[1:]) and record.get("inputs") == inputs
+    record = started_record(run_dir)
+    if not (record.get("command") == list(cmd[1:]) and record.get("inputs") == inputs
             and isinstance(record.get("starts"), list)):
         return None
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint_*_*.pt"), key=checkpoint_update)
@@ -695,9 +705,7 @@ def truncate_log(log: Path, update: int) -> None:
 
 def note_shared(run_dir: Path) -> None:
     """Record in the run's started.json that it trains beside the other run."""
-    record = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
-    with atomic_output(run_dir / STARTED) as handle:
-        json.dump({**record, "shared": True}, handle, indent=1)
+    write_started(run_dir, {**started_record(run_dir), "shared": True})
 
 
 def record_finished(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[str]], wall_s: float,
@@ -705,9 +713,9 @@ def record_finished(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optiona
     """Mark the run in ``run_dir`` as trained to its end, for finished_wall; returns ``wall_s``.
     ``shared_device``: it trained beside the other run (--concurrent), in this attempt or, for a run that
     went on from a checkpoint, an earlier one, for the table's note."""
-    if (run_dir / STARTED).is_file():
-        continue_wall(run_dir)
-        started = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
+    started = started_record(run_dir)
+    if started:
+        continue_wall(run_dir, started)
         shared_device = shared_device or started.get("shared") is True
     with atomic_output(run_dir / FINISHED) as handle:
         json.dump({"command": list(cmd[1:]), "inputs": inputs, "wall_s": wall_s, "shared_device": shared_device},
