@@ -74,6 +74,22 @@ has_arg() {
     return 1
 }
 
+# last_value NAME ARGS...: print the value the last NAME of ARGS gives (NAME VALUE or NAME=VALUE), the one
+# argparse keeps; status 1 where NAME is not among them.
+last_value() {
+    local name=$1 value= found=1
+    shift
+    while (($#)); do
+        case $1 in
+            "$name") value=${2:-}; found=0 ;;
+            "$name"=*) value=${1#*=}; found=0 ;;
+        esac
+        shift
+    done
+    printf '%s' "$value"
+    return "$found"
+}
+
 cuda_available() {
     "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
 }
@@ -281,19 +297,13 @@ visible_gpus() {
     fi
 }
 world_size() {
-    local args=("${TRAIN_ARGS[@]}" "${EXTRA_ARGS[@]}") i n= cpu=0
-    for ((i = 0; i < ${#args[@]}; i++)); do
-        case ${args[i]} in
-            --distributed-world-size) n=${args[i + 1]:-} ;;
-            --distributed-world-size=*) n=${args[i]#*=} ;;
-            --cpu) cpu=1 ;;
-        esac
-    done
+    local args=("${TRAIN_ARGS[@]}" "${EXTRA_ARGS[@]}") n
+    n=$(last_value --distributed-world-size "${args[@]}") || true
     if [[ $n =~ ^[0-9]+$ ]]; then
         echo "$((10#$n))"
     elif [[ -n ${DISTRIBUTED_PORT:-} && ${SLURM_NNODES:-1} -gt 1 ]]; then
         echo "$SLURM_NNODES"
-    elif [[ $cpu == 1 ]]; then
+    elif has_arg --cpu "${args[@]}"; then
         echo 1
     else
         visible_gpus

@@ -57,14 +57,8 @@ need_checkpoint
 need_command fairseq-eval-lm
 
 # a window given after -- reaches fairseq last, so it wins: check and record that one
-for ((i = 0; i < ${#EXTRA_ARGS[@]}; i++)); do
-    case ${EXTRA_ARGS[i]} in
-        --tokens-per-sample) TOKENS_PER_SAMPLE=${EXTRA_ARGS[i + 1]:-} ;;
-        --tokens-per-sample=*) TOKENS_PER_SAMPLE=${EXTRA_ARGS[i]#*=} ;;
-        --context-window) CONTEXT_WINDOW=${EXTRA_ARGS[i + 1]:-} ;;
-        --context-window=*) CONTEXT_WINDOW=${EXTRA_ARGS[i]#*=} ;;
-    esac
-done
+if value=$(last_value --tokens-per-sample "${EXTRA_ARGS[@]}"); then TOKENS_PER_SAMPLE=$value; fi
+if value=$(last_value --context-window "${EXTRA_ARGS[@]}"); then CONTEXT_WINDOW=$value; fi
 need_env positive TOKENS_PER_SAMPLE
 need_env count CONTEXT_WINDOW
 EVAL_ARGS=("$DATA" --user-dir "$USER_DIR" --path "$CHECKPOINT" --gen-subset "$SUBSET")
