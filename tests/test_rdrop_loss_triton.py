@@ -35,18 +35,19 @@ def make_case(copies=2, batch=2, length=3, vocab=70, dtype=torch.float32, seed=0
     return logits.to(DEVICE), target.to(DEVICE)
 
 
-def run(function, scores, target, copies, alpha, epsilon, from_logits, ignore_index=PAD):
+def run(function, scores, target, copies, alpha, epsilon, from_logits, ignore_index=PAD, grad_output=1.0):
     # the torch Function takes chunk_tokens before from_logits; the kernels take a block size after it
     last = (0, from_logits) if function is RDropLossFunction else (from_logits, BLOCK)
     leaf = scores.detach().clone().requires_grad_()
     out = function.apply(leaf, target, copies, alpha, epsilon, ignore_index, *last)
-    out[0].backward()
+    out[0].backward(torch.tensor(grad_output, dtype=out[0].dtype, device=out[0].device))
     return out, leaf.grad
 
 
-def reference(scores, target, copies, alpha, epsilon, from_logits, ignore_index=PAD):
+def reference(scores, target, copies, alpha, epsilon, from_logits, ignore_index=PAD, grad_output=1.0):
     """The torch Function in fp64 on the same (rounded) input values."""
-    return run(RDropLossFunction, scores.double(), target, copies, alpha, epsilon, from_logits, ignore_index=ignore_index)
+    return run(RDropLossFunction, scores.double(), target, copies, alpha, epsilon, from_logits,
+               ignore_index=ignore_index, grad_output=grad_output)
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
@@ -55,9 +56,10 @@ def reference(scores, target, copies, alpha, epsilon, from_logits, ignore_index=
 def test_value_and_gradient_match_the_torch_function(copies, epsilon, from_logits):
     logits, target = make_case(copies, seed=copies)
     scores = logits if from_logits else F.log_softmax(logits, -1)
+    # an incoming gradient other than 1, as fairseq's --fp16 loss scale gives
     (ref, ref_grad), (new, new_grad) = (
-        reference(scores, target, copies, 5.0, epsilon, from_logits),
-        run(TritonRDropLossFunction, scores, target, copies, 5.0, epsilon, from_logits),
+        reference(scores, target, copies, 5.0, epsilon, from_logits, grad_output=3.7),
+        run(TritonRDropLossFunction, scores, target, copies, 5.0, epsilon, from_logits, grad_output=3.7),
     )
     for r, n in zip(ref, new):
         torch.testing.assert_close(n.double(), r, rtol=2e-6, atol=2e-5)
@@ -104,13 +106,14 @@ def test_strided_view_after_a_prefix_is_trimmed():
     assert full.grad[:, :2].abs().max() == 0
 
 
-def test_minus_infinity_logits_give_no_nan():
-    logits, target = make_case(vocab=40)
+@pytest.mark.parametrize("copies", [2, 3])
+def test_minus_infinity_logits_give_no_nan(copies):
+    logits, target = make_case(copies, vocab=40)
     logits[..., 0] = float("-inf")  # masked in every copy
     logits[..., 37] = float("-inf")
     (ref, ref_grad), (new, new_grad) = (
-        reference(logits, target, 2, 5.0, 0.0, True),
-        run(TritonRDropLossFunction, logits, target, 2, 5.0, 0.0, True),
+        reference(logits, target, copies, 5.0, 0.0, True),
+        run(TritonRDropLossFunction, logits, target, copies, 5.0, 0.0, True),
     )
     assert all(torch.isfinite(t) for t in new) and torch.isfinite(new_grad).all()
     for r, n in zip(ref, new):
@@ -236,17 +239,18 @@ def test_kl_keeps_its_precision_when_the_copies_differ_by_a_constant(offset):
 @pytest.mark.parametrize("offset", [0.0, 20.0, -3000.0, 3000.0])
 @pytest.mark.parametrize("masked", [[5], list(range(BLOCK)), list(range(40 - BLOCK, 40)),
                                     [c for c in range(40) if c != 7]], ids=["one", "first-block", "last-block", "all-but-one"])
-def test_minus_infinity_in_one_copy_only_is_capped_as_in_the_torch_function(masked, offset):
+@pytest.mark.parametrize("copies", [2, 3])  # 3: the kernels pad the copies to 4 rows, one of them empty
+def test_minus_infinity_in_one_copy_only_is_capped_as_in_the_torch_function(copies, masked, offset):
     # masked: one column, the whole first block (the second copy has no finite score, so no centre,
     # until the next block), the last block, all but one column (the second copy is one-hot)
-    logits, target = make_case(vocab=40)
+    logits, target = make_case(copies, vocab=40)
     free = torch.tensor([c for c in range(2, 40) if c not in masked], device=target.device)
     target = torch.where(target == PAD, target, free[target % len(free)])  # the NLL stays finite
-    logits.view(2, 2, 3, -1)[:, 1] += offset
-    logits.view(2, 2, 3, -1)[:, 1, :, masked] = float("-inf")  # the first copy keeps a finite score there
+    logits.view(2, copies, 3, -1)[:, 1] += offset
+    logits.view(2, copies, 3, -1)[:, 1, :, masked] = float("-inf")  # the other copies keep a finite score there
     (ref, ref_grad), (new, new_grad) = (
-        reference(logits, target, 2, 5.0, 0.0, True),
-        run(TritonRDropLossFunction, logits, target, 2, 5.0, 0.0, True),
+        reference(logits, target, copies, 5.0, 0.0, True),
+        run(TritonRDropLossFunction, logits, target, copies, 5.0, 0.0, True),
     )
     assert all(torch.isfinite(t) for t in new) and torch.isfinite(new_grad).all()
     assert ref[3] > 1.0  # the cap of 1e4 times the first copy's probability there
