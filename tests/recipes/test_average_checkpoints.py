@@ -48,6 +48,12 @@ def test_last_checkpoints_orders_by_update_number(tmp_path):
         avg.last_checkpoints(tmp_path, 4)
 
 
+def test_last_checkpoints_compare_update_numbers_not_names(tmp_path):
+    # within one epoch, "checkpoint_3_100000.pt" sorts before "checkpoint_3_99000.pt" as a name
+    for name in ["checkpoint_2_98000.pt", "checkpoint_3_100000.pt", "checkpoint_3_99000.pt"]:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in avg.last_checkpoints(tmp_path, 2)] == ["checkpoint_3_99000.pt", "checkpoint_3_100000.pt"]
+
 def test_mismatched_checkpoints_are_refused_and_nothing_is_written(tmp_path):
     fake_checkpoint(tmp_path / "a.pt", seed=1)
     torch.save({"model": {"encoder.weight": torch.zeros(2, 2)}}, tmp_path / "b.pt")
