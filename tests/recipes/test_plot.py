@@ -8,7 +8,7 @@ from rdrop_fairseq.recipes import plot
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_log(path, kl=True, prefix=""):
+def fake_log(path, kl=True, prefix="", ppl=True):
     lines = ["{'_name': None, 'common': {}}", "TransformerModel("]
     for update in range(10, 60, 10):
         inner = {"epoch": 1, "loss": f"{10 - update / 10:.3f}", "num_updates": str(update),
@@ -17,9 +17,11 @@ def fake_log(path, kl=True, prefix=""):
             inner["kl_loss"] = f"{1 / update:.4f}"
         lines.append(prefix.format(tag="train_inner") + json.dumps(inner))
         if update % 20 == 0:
-            lines.append(prefix.format(tag="valid") + json.dumps(
-                {"epoch": 1, "valid_loss": f"{9 - update / 20:.3f}", "valid_ppl": "100",
-                 "valid_num_updates": str(update), "valid_bleu": str(update / 10)}))
+            valid = {"epoch": 1, "valid_loss": f"{9 - update / 20:.3f}", "valid_num_updates": str(update),
+                     "valid_bleu": str(update / 10)}
+            if ppl:
+                valid["valid_ppl"] = "100"
+            lines.append(prefix.format(tag="valid") + json.dumps(valid))
     lines.append(prefix.format(tag="train") + json.dumps({"epoch": 1, "train_loss": "5.0", "train_wall": "100"}))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -53,6 +55,48 @@ def test_plot_writes_a_decodable_png_with_all_panels(tmp_path):
     height, width = matplotlib.image.imread(out).shape[:2]
     assert width > 3 * height / 2 > 0  # 6 panels laid out 3 x 2
 
+
+
+def drawn_panels(runs, out, monkeypatch):
+    """{title: {run: (x, y)}} of the figure plot_runs draws."""
+    import matplotlib.pyplot as plt
+
+    figs = []
+    subplots = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: figs.append(subplots(*a, **k)) or figs[-1])
+    plot.plot_runs(runs, out)
+    (fig, _), = figs
+    return {ax.get_title(): {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+            for ax in fig.axes if ax.axison}
+
+
+def test_each_panel_plots_its_own_series(tmp_path, monkeypatch):
+    runs = {"baseline": plot.read_log(fake_log(tmp_path / "a" / "train.log", kl=False)),
+            "rdrop": plot.read_log(fake_log(tmp_path / "b" / "train.log"))}
+    panels = drawn_panels(runs, tmp_path / "c.png", monkeypatch)
+    assert list(panels) == ["train loss vs updates", "valid loss vs updates", "train loss vs wall-clock",
+                            "valid loss vs wall-clock", "KL between sub-models vs updates", "valid BLEU vs updates"]
+    valid = ([20.0, 40.0], [8.0, 7.0])
+    assert panels["valid loss vs updates"] == {"baseline": valid, "rdrop": valid}
+    assert panels["valid loss vs wall-clock"]["rdrop"] == ([40.0, 80.0], [8.0, 7.0])
+    # the baseline logs no kl_loss
+    assert panels["KL between sub-models vs updates"] == {
+        "rdrop": ([10.0, 20.0, 30.0, 40.0, 50.0], [0.1, 0.05, 0.0333, 0.025, 0.02])}
+
+
+def test_non_finite_values_are_left_out_of_the_curves(tmp_path, monkeypatch):
+    log = fake_log(tmp_path / "run" / "train.log")
+    log.write_text(log.read_text().replace('"loss": "7.000"', '"loss": "inf"')
+                   .replace('"valid_loss": "7.000"', '"valid_loss": "nan"'))
+    panels = drawn_panels({"run": plot.read_log(log)}, tmp_path / "c.png", monkeypatch)
+    assert panels["train loss vs updates"] == {"run": ([10.0, 20.0, 40.0, 50.0], [9.0, 8.0, 6.0, 5.0])}
+    assert panels["valid loss vs updates"] == {"run": ([20.0], [8.0])}
+
+
+def test_valid_records_without_a_perplexity_are_read(tmp_path):
+    # sentence_prediction (the GLUE tasks) logs valid_loss but no valid_ppl
+    records = plot.read_log(fake_log(tmp_path / "train.log", ppl=False))
+    assert [r["valid_loss"] for r in records["valid"]] == [8.0, 7.0]
 
 @pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml")])
 def test_the_format_follows_the_output_name(tmp_path, suffix, magic):
