@@ -54,6 +54,7 @@ def test_last_checkpoints_compare_update_numbers_not_names(tmp_path):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in avg.last_checkpoints(tmp_path, 2)] == ["checkpoint_3_99000.pt", "checkpoint_3_100000.pt"]
 
+
 def test_mismatched_checkpoints_are_refused_and_nothing_is_written(tmp_path):
     fake_checkpoint(tmp_path / "a.pt", seed=1)
     torch.save({"model": {"encoder.weight": torch.zeros(2, 2)}}, tmp_path / "b.pt")

@@ -56,7 +56,6 @@ def test_plot_writes_a_decodable_png_with_all_panels(tmp_path):
     assert width > 3 * height / 2 > 0  # 6 panels laid out 3 x 2
 
 
-
 def drawn_panels(runs, out, monkeypatch):
     """{title: {run: (x, y)}} of the figure plot_runs draws."""
     import matplotlib.pyplot as plt
@@ -97,6 +96,7 @@ def test_valid_records_without_a_perplexity_are_read(tmp_path):
     # sentence_prediction (the GLUE tasks) logs valid_loss but no valid_ppl
     records = plot.read_log(fake_log(tmp_path / "train.log", ppl=False))
     assert [r["valid_loss"] for r in records["valid"]] == [8.0, 7.0]
+
 
 @pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml")])
 def test_the_format_follows_the_output_name(tmp_path, suffix, magic):
