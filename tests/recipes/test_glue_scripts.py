@@ -14,8 +14,9 @@ from fairseq.data import Dictionary, data_utils
 
 from fixtures_glue_cnndm import build_cola, build_mrpc, build_rte, build_stsb, gpt2_hashes, write_gpt2_files
 from fixtures_upstream import run_script
-from rdrop_fairseq.recipes import prepare
+from rdrop_fairseq.recipes import prepare, validate_log
 from rdrop_fairseq.recipes.datasets import glue, pretrained
+from test_evaluate_scripts import stand_in
 from test_train_scripts import dry_run, flag, once, script_env
 
 pytestmark = pytest.mark.e2e
@@ -94,6 +95,66 @@ def test_column_layouts_of_rte_and_mrpc(tmp_path):
     assert prepare.read_lines(tmp_path / "MRPC" / "test.tsv")[0].startswith("index\t")
 
 
+def write_tsvs(folder, files):
+    folder.mkdir(parents=True)
+    for name, rows in files.items():
+        (folder / f"{name}.tsv").write_text("".join("\t".join(row) + "\n" for row in rows))
+
+
+def test_column_layouts_of_mnli_qnli_qqp_and_sst2(tmp_path):
+    # The GLUE download's headers.  MNLI's dev rows have 5 annotators' labels before the gold one,
+    # and dev_mismatched is valid1 (README.glue.md reports both).
+    mnli_header = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+                   "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+
+    def mnli_row(text, labels=()):
+        return ["0", "1", "1e", "fiction", *[f"( {text} parse )"] * 4, f"{text} premise", f"{text} hypothesis",
+                *labels]
+
+    dev_header = mnli_header + ["label1", "label2", "label3", "label4", "label5", "gold_label"]
+    write_tsvs(tmp_path / "MNLI", {
+        "train": [mnli_header + ["label1", "gold_label"], mnli_row("train", ["neutral"] * 2)],
+        "dev_matched": [dev_header, mnli_row("matched", ["neutral", "contradiction"] + ["entailment"] * 4)],
+        "dev_mismatched": [dev_header, mnli_row("mismatched", ["entailment", "neutral"] + ["contradiction"] * 4)],
+        "test_matched": [mnli_header, mnli_row("test matched")],
+        "test_mismatched": [mnli_header, mnli_row("test mismatched")]})
+    read = prepare.read_lines
+    mnli = tmp_path / "mnli"
+    assert glue.split_columns(glue.TASKS["MNLI"], tmp_path / "MNLI", mnli) == \
+        {"valid": ["valid", "valid1"], "test": ["test", "test1"]}
+    assert [read(mnli / "label" / split) for split in ("train", "valid", "valid1")] == \
+        [["neutral"], ["entailment"], ["contradiction"]]
+    assert (read(mnli / "input0" / "valid1"), read(mnli / "input1" / "test1")) == \
+        (["mismatched premise"], ["test mismatched hypothesis"])
+
+    write_tsvs(tmp_path / "QNLI", {
+        **{split: [["index", "question", "sentence", "label"], ["0", "Who?", f"The {split} one.", "entailment"]]
+           for split in ("train", "dev")},
+        "test": [["index", "question", "sentence"], ["0", "Who?", "The test one."]]})
+    glue.split_columns(glue.TASKS["QNLI"], tmp_path / "QNLI", tmp_path / "qnli")
+    assert (read(tmp_path / "qnli" / "label" / "valid"), read(tmp_path / "qnli" / "input1" / "test")) == \
+        (["entailment"], ["The test one."])
+
+    # QQP: train/dev lines with another field count than 6 are dropped (preprocess_GLUE_tasks.sh's awk)
+    qqp_header = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
+    write_tsvs(tmp_path / "QQP", {
+        **{split: [qqp_header, ["0", "1", "2", "How?", "Why?", "0"], ["1", "3", "4", "What?", "1"],
+                   ["2", "5", "6", "When?", "Where?", "1"]] for split in ("train", "dev")},
+        "test": [["id", "question1", "question2"], ["0", "Who?", "Whom?"]]})
+    glue.split_columns(glue.TASKS["QQP"], tmp_path / "QQP", tmp_path / "qqp")
+    assert (read(tmp_path / "qqp" / "input0" / "train"), read(tmp_path / "qqp" / "label" / "valid")) == \
+        (["How?", "When?"], ["0", "1"])
+    assert (read(tmp_path / "qqp" / "input0" / "test"), read(tmp_path / "qqp" / "input1" / "test")) == \
+        (["Who?"], ["Whom?"])
+
+    write_tsvs(tmp_path / "SST-2", {
+        **{split: [["sentence", "label"], [f"a fine {split} film", "1"]] for split in ("train", "dev")},
+        "test": [["index", "sentence"], ["0", "a dull test film"]]})
+    glue.split_columns(glue.TASKS["SST-2"], tmp_path / "SST-2", tmp_path / "sst2")
+    assert (read(tmp_path / "sst2" / "label" / "valid"), read(tmp_path / "sst2" / "input0" / "test")) == \
+        (["1"], ["a dull test film"])
+
+
 def test_a_carriage_return_inside_a_row_keeps_the_row_whole(tmp_path):
     rte = tmp_path / "RTE"
     rte.mkdir()
@@ -141,12 +202,27 @@ def test_a_truncated_model_tarball_is_refused(tmp_path, capsys):
     assert not list((tmp_path / "models").rglob("model.pt"))
 
 
+# examples/roberta/README.glue.md's table: --num-classes, --lr, bsz, total updates, warmup updates
+GLUE_TABLE = {"MNLI": ("3", "1e-5", "32", "123873", "7432"), "QNLI": ("2", "1e-5", "32", "33112", "1986"),
+              "QQP": ("2", "1e-5", "32", "113272", "28318"), "RTE": ("2", "2e-5", "16", "2036", "122"),
+              "SST-2": ("2", "1e-5", "32", "20935", "1256"), "MRPC": ("2", "1e-5", "16", "2296", "137"),
+              "CoLA": ("2", "1e-5", "16", "5336", "320"), "STS-B": ("1", "2e-5", "16", "3598", "214")}
+
+
 def test_published_hyperparameters_per_task():
+    for task, row in GLUE_TABLE.items():
+        argv = dry_run("train-glue.sh", "--task", task)
+        assert tuple(flag(argv, name) for name in ("--num-classes", "--lr", "--batch-size", "--total-num-update",
+                                                   "--warmup-updates")) == row, task
+        # README.glue.md's command, the same for every task
+        assert (flag(argv, "--init-token"), flag(argv, "--separator-token"), flag(argv, "--max-positions"),
+                flag(argv, "--dropout"), flag(argv, "--attention-dropout"), flag(argv, "--weight-decay"),
+                flag(argv, "--adam-betas"), flag(argv, "--adam-eps"), flag(argv, "--clip-norm"),
+                flag(argv, "--lr-scheduler"), flag(argv, "--max-epoch")) == \
+            ("0", "2", "512", "0.1", "0.1", "0.1", "(0.9, 0.98)", "1e-06", "0.0", "polynomial_decay", "10"), task
     rte = dry_run("train-glue.sh", "--task", "RTE")
     assert (flag(rte, "--task"), flag(rte, "--criterion"), flag(rte, "--rdrop-alpha")) == \
         ("rdrop_sentence_prediction", "rdrop_sentence_prediction", "1.0")
-    assert (flag(rte, "--lr"), flag(rte, "--batch-size"), flag(rte, "--total-num-update"),
-            flag(rte, "--warmup-updates"), flag(rte, "--num-classes")) == ("2e-5", "16", "2036", "122", "2")
     mnli = dry_run("train-glue.sh", "--task", "MNLI", "--baseline")
     assert (flag(mnli, "--task"), flag(mnli, "--criterion"), flag(mnli, "--num-classes"), flag(mnli, "--lr")) == \
         ("sentence_prediction", "sentence_prediction", "3", "1e-5")
@@ -260,6 +336,30 @@ def test_bad_input_is_named(tmp_path):
             proc = run_script(script, "--task", task, "--data", tmp_path, "--save-dir", tmp_path,
                               env=script_env(FP16="0"))
             assert proc.returncode == 2 and f"{tmp_path} has no {labels}" in proc.stderr, (script, task)
+
+
+def test_mnli_is_evaluated_on_both_dev_sets(tmp_path):
+    # README.glue.md reports MNLI-m and MNLI-mm: fairseq-validate on valid (matched) and valid1 (mismatched).
+    # A stand-in fairseq-validate logs a record for each as fairseq's json progress bar does.
+    records = [("valid", 90.5), ("valid1", 90.1)]
+    log = "".join(f"2024-01-01 00:00:00 | INFO | {subset} | "
+                  f'{{"{subset}_loss": "0.3", "{subset}_accuracy": "{accuracy}", "{subset}_wps": "100"}}\n'
+                  for subset, accuracy in records)
+    path = stand_in(tmp_path / "bin", "fairseq-validate", f"printf '%s' '{log}'")
+    data, run = tmp_path / "data", tmp_path / "run"
+    for name in ("input0/dict.txt", "input1/dict.txt", "label/dict.txt"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text("a 1\n")
+    run.mkdir()
+    (run / "checkpoint_best.pt").write_bytes(b"")
+    # PYTHON=true: the log is read in this process (no second fairseq import)
+    proc = run_script("evaluate-glue.sh", "--task", "MNLI", "--data", data, "--save-dir", run, "--cpu",
+                      env=script_env(PATH=path, PYTHON="true"))
+    assert proc.returncode == 0, proc.stderr
+    assert flag((tmp_path / "bin" / "fairseq-validate.args").read_text().split(), "--valid-subset") == "valid,valid1"
+    validate_log.main([str(run / "validate-valid-valid1.log"), "--json", str(run / "glue-dev.json")])
+    assert json.loads((run / "glue-dev.json").read_text()) == {
+        subset: {"loss": 0.3, "accuracy": accuracy} for subset, accuracy in records}
 
 
 @pytest.mark.parametrize("script", ["prepare-glue.sh", "train-glue.sh", "evaluate-glue.sh",
