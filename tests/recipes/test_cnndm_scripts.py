@@ -4,7 +4,6 @@ the evaluation (BARTHubInterface's, as examples/bart/summarize.py); and the ROUG
 against the rouge-score package."""
 import json
 import os
-import random
 
 import pytest
 
@@ -30,14 +29,26 @@ def prepared(tmp_path_factory):
 
 
 def test_source_and_target_files_in_the_recipe_format(prepared):
-    data, fixture, _ = prepared
+    from fairseq.data import Dictionary, data_utils
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    data, fixture, gpt2 = prepared
     urls = fixture["urls"]
     for split, chunk in (("train", urls[:10]), ("val", urls[10:12]), ("test", urls[12:])):
         assert prepare.read_lines(data / "cnn_dm" / f"{split}.source") == [fixture["expected"][u][0] for u in chunk]
         assert prepare.read_lines(data / "cnn_dm" / f"{split}.target") == [fixture["expected"][u][1] for u in chunk]
     bin_dir = data / "data-bin" / "cnn_dm"
     assert (bin_dir / "dict.source.txt").read_text() == (bin_dir / "dict.target.txt").read_text()
-    assert (bin_dir / "test.source-target.source.idx").is_file()
+    # val is fairseq's valid (the best checkpoint's pick), test stays test
+    encoder = get_encoder(str(gpt2["encoder.json"]), str(gpt2["vocab.bpe"]))
+    dictionary = Dictionary.load(str(bin_dir / "dict.source.txt"))
+    for split, fairseq_split in (("train", "train"), ("val", "valid"), ("test", "test")):
+        for side in ("source", "target"):
+            binarised = data_utils.load_indexed_dataset(str(bin_dir / f"{fairseq_split}.source-target.{side}"),
+                                                        dictionary)
+            lines = prepare.read_lines(data / "cnn_dm" / f"{split}.{side}")
+            assert [dictionary.string(ids) for ids in binarised] == \
+                [" ".join(map(str, encoder.encode(line))) for line in lines], (split, side)
 
 
 def test_a_story_is_split_into_lines_at_newlines_only():
@@ -61,7 +72,15 @@ def test_recipe_hyperparameters_and_authors_alpha():
     assert (flag(argv, "--arch"), flag(argv, "--lr"), flag(argv, "--max-tokens"), flag(argv, "--update-freq"),
             flag(argv, "--total-num-update"), flag(argv, "--warmup-updates"), flag(argv, "--clip-norm")) == \
         ("bart_large", "3e-05", "2048", "4", "20000", "500", "0.1")
-    assert {"--truncate-source", "--layernorm-embedding", "--share-all-embeddings"} <= set(argv)
+    assert {"--truncate-source", "--layernorm-embedding", "--share-all-embeddings",
+            "--share-decoder-input-output-embed"} <= set(argv)
+    # examples/bart/README.summarization.md's command
+    assert (flag(argv, "--source-lang"), flag(argv, "--target-lang"), flag(argv, "--label-smoothing"),
+            flag(argv, "--dropout"), flag(argv, "--attention-dropout"), flag(argv, "--weight-decay"),
+            flag(argv, "--adam-betas"), flag(argv, "--adam-eps"), flag(argv, "--lr-scheduler")) == \
+        ("source", "target", "0.1", "0.1", "0.1", "0.01", "(0.9, 0.999)", "1e-08", "polynomial_decay")
+    # README's command sets no --max-update: this run stops at --total-num-update, where the LR reaches 0
+    assert flag(argv, "--max-update") == "20000"
     baseline = dry_run("train-cnndm.sh", "--baseline")
     assert (flag(baseline, "--task"), flag(baseline, "--criterion")) == ("translation", "label_smoothed_cross_entropy")
 
@@ -186,6 +205,49 @@ def test_summaries_are_decoded_as_bart_hub_interface_does(prepared, tiny_bart, t
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_summarize_decodes_with_summarize_pys_cnn_dm_settings(tmp_path, monkeypatch):
+    """Without flags, the hub interface gets examples/bart/summarize.py's CNN_KWARGS; flags reach it too."""
+    calls = []
+
+    class Bart:
+        def sample(self, articles, **generation):
+            calls.append(generation)
+            return ["A summary."] * len(articles)
+
+    monkeypatch.setattr(summarize, "load_bart", lambda *args, **kwargs: Bart())
+    (tmp_path / "test.source").write_text("An article.\n")
+    common = ["--checkpoint", str(tmp_path / "model.pt"), "--data", str(tmp_path), "--gpt2-dir", str(tmp_path),
+              "--source", str(tmp_path / "test.source"), "--out", str(tmp_path / "test.hypo")]
+    summarize.main(common)
+    summarize.main(common + ["--beam", "2", "--lenpen", "1.5", "--max-len-b", "60", "--min-len", "10",
+                             "--no-repeat-ngram-size", "0"])
+    assert calls == [{"beam": 4, "lenpen": 2.0, "max_len_b": 140, "min_len": 55, "no_repeat_ngram_size": 3},
+                     {"beam": 2, "lenpen": 1.5, "max_len_b": 60, "min_len": 10, "no_repeat_ngram_size": 0}]
+
+
+def test_evaluate_cnndm_defaults_are_summarize_pys(tmp_path):
+    # A stand-in python records the summarize and rouge steps: the settings, not a model, are under test.
+    python = tmp_path / "python"
+    python.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{tmp_path}/python.calls"\n')
+    python.chmod(0o755)
+    data, text, run = tmp_path / "bin", tmp_path / "text", tmp_path / "run"
+    for path in (data / "dict.source.txt", text / "test.source", text / "test.target", text / "gpt2" / "encoder.json",
+                 text / "gpt2" / "vocab.bpe", run / "checkpoint_best.pt"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    proc = run_script("evaluate-cnndm.sh", "--data", data, "--text-dir", text, "--gpt2-dir", text / "gpt2",
+                      "--save-dir", run, "--cpu", env=script_env(PYTHON=str(python)))
+    assert proc.returncode == 0, proc.stderr
+    steps = [line.split() for line in (tmp_path / "python.calls").read_text().splitlines()]
+    assert [step[:2] for step in steps] == [["-m", "rdrop_fairseq.recipes.summarize"],
+                                            ["-m", "rdrop_fairseq.recipes.rouge"]]
+    # examples/bart/summarize.py's CNN_KWARGS
+    assert [flag(steps[0], name) for name in ("--beam", "--lenpen", "--max-len-b", "--min-len",
+                                              "--no-repeat-ngram-size", "--source")] == \
+        ["4", "2.0", "140", "55", "3", str(text / "test.source")]
+    assert flag(steps[1], "--references") == str(text / "test.target")
+
+
 class RunsCommand:
     """Unpickling it runs a command: a crafted checkpoint's move, harmless here (it touches a file)."""
 
@@ -245,19 +307,24 @@ def test_no_repeat_ngram_size_blocks_repeats(prepared, tiny_bart, monkeypatch):
     assert len(repeats[3]) == 2 and repeats[3] == [0, 0] and max(repeats[0]) > 0, repeats
 
 
+# Words that the Porter stemmer (files2rouge's, as rouge-score's use_stemmer) makes match.
+REFERENCES = ["The storms killed ten people. Schools were closing!", "Rain fell in the north."]
+SUMMARIES = ["The storm kills ten people. The school closed!", "Snow fell in the south today."]
+
+
 def test_rouge_of_summary_and_reference_files(tmp_path, capsys):
     from rouge_score import rouge_scorer
 
-    refs = ["The cat sat on the mat. It was happy!", "Rain fell in the north."]
-    hyps = ["The cat sat on a mat. It was glad!", "Snow fell in the south today."]
+    refs, hyps = REFERENCES, SUMMARIES
     (tmp_path / "test.hypo").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     (tmp_path / "test.target").write_text("".join(r + "\n" for r in refs), encoding="utf-8")
     rouge.main([str(tmp_path / "test.hypo"), "--references", str(tmp_path / "test.target"),
                 "--json", str(tmp_path / "r.json")])
     scores = json.loads((tmp_path / "r.json").read_text())
-    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
-    assert scores["rouge1"] == pytest.approx(100 * sum(scorer.score(r, h)["rouge1"].fmeasure
-                                                       for r, h in zip(refs, hyps)) / 2, abs=0.01)
+    for stemmed in (True, False):
+        scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=stemmed)
+        expected = 100 * sum(scorer.score(r, h)["rouge1"].fmeasure for r, h in zip(refs, hyps)) / 2
+        assert (scores["rouge1"] == pytest.approx(expected, abs=0.01)) is stemmed
     assert scores["sentences"] == 2 and scores == {"sentences": 2, **rouge.rouge(hyps, refs)}
     (tmp_path / "test.hypo").write_text(hyps[0] + "\n", encoding="utf-8")
     with pytest.raises(SystemExit) as exit_info:
@@ -272,8 +339,7 @@ def test_rouge_decodes_the_ids_and_matches_rouge_score(prepared, tmp_path):
 
     _, _, gpt2 = prepared
     encoder = get_encoder(str(gpt2["encoder.json"]), str(gpt2["vocab.bpe"]))
-    refs = ["The cat sat on the mat. It was happy!", "Rain fell in the north."]
-    hyps = ["The cat sat on a mat. It was glad!", "Snow fell in the south today."]
+    refs, hyps = REFERENCES, SUMMARIES
     ids = lambda text: " ".join(map(str, encoder.encode(text)))  # noqa: E731
     log = tmp_path / "generate-test.txt"
     log.write_text("".join(f"S-{i}\t1 2\nT-{i}\t{ids(r)}\nH-{i}\t-0.5\t{ids(h)}\nD-{i}\t-0.5\t{h}\n"
@@ -281,8 +347,8 @@ def test_rouge_decodes_the_ids_and_matches_rouge_score(prepared, tmp_path):
     rouge.main([str(log), "--gpt2-dir", str(gpt2["encoder.json"].parent), "--json", str(tmp_path / "r.json")])
     scores = json.loads((tmp_path / "r.json").read_text())
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
-    by_sentence = [("The cat sat on the mat.\nIt was happy!", "The cat sat on a mat.\nIt was glad!"),
-                   (refs[1], hyps[1])]
+    by_sentence = [("The storms killed ten people.\nSchools were closing!",
+                    "The storm kills ten people.\nThe school closed!"), (refs[1], hyps[1])]
     for name, pairs in (("rouge1", zip(refs, hyps)), ("rouge2", zip(refs, hyps)), ("rougeL", zip(refs, hyps)),
                         ("rougeLsum", by_sentence)):
         expected = sum(scorer.score(r, h)[name].fmeasure for r, h in pairs) / 2
