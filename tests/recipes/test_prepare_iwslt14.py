@@ -123,3 +123,29 @@ def test_train_filter_and_valid_split():
     assert list(iwslt14.train_text(raw, drop_meta=True)) == ["Hi", "text"]
     train, valid = iwslt14.split_valid([str(i) for i in range(1, 50)])
     assert valid == ["23", "46"] and len(train) == 47 and "23" not in train
+
+
+def test_train_pairs_are_cleaned_to_fairseqs_limits_then_lowercased(tmp_path):
+    # prepare-iwslt14.sh: clean-corpus-n.perl -ratio 1.5 ... 1 175, then lowercase.perl on train and valid
+    def words(count, word):
+        return " ".join([word] * count)
+
+    pairs = [(words(175, "Haus"), words(175, "House")), (words(176, "Haus"), words(176, "House")),
+             (words(10, "Haus"), words(15, "House")), (words(10, "Haus"), words(16, "House"))]
+    pairs += [(f"Satz {i} .", f"Sentence {i} .") for i in range(30)]
+    orig, tmp = tmp_path / "orig", tmp_path / "tmp"
+    orig.mkdir()
+    tmp.mkdir()
+    for column, lang in enumerate(("de", "en")):
+        (orig / f"train.tags.de-en.{lang}").write_text("".join(p[column] + "\n" for p in pairs), encoding="utf-8")
+    iwslt14.make_train_valid(orig, tmp, 1, drop_meta=False)
+    kept = [pairs[0], pairs[2]] + pairs[4:]
+    for column, lang in enumerate(("de", "en")):
+        expected = [p[column].lower() for p in kept]
+        assert lines(tmp / f"valid.{lang}") == [expected[22]]
+        assert lines(tmp / f"train.{lang}") == expected[:22] + expected[23:]
+
+
+def test_default_bpe_merges_are_fairseqs():
+    # BPE_TOKENS=10000 in fairseq's examples/translation/prepare-iwslt14.sh
+    assert iwslt14.parser().parse_args(["--out", "data"]).bpe_merges == 10000
