@@ -47,10 +47,22 @@ def test_bpe_from_a_mirror_folder(fixture, tmp_path):
     assert " @-@ " in (out / "wmt14.en-de" / "tmp" / "train.de").read_text(encoding="utf-8")  # tokenizer -a
 
 
-def test_sentencepiece_from_archives(fixture, tmp_path, capsys):
+def test_sentencepiece_from_archives(fixture, tmp_path, capsys, monkeypatch):
+    import sentencepiece
+
+    trained = []
+    train = sentencepiece.SentencePieceTrainer.train
+
+    def recorded(**settings):
+        trained.append(settings)
+        return train(**settings)
+
+    monkeypatch.setattr(sentencepiece.SentencePieceTrainer, "train", recorded)
     out = tmp_path / "data"
     archives = [arg for path in fixture.archives for arg in ("--archive", str(path))]
     wmt14.main(["--out", str(out), "--spm", "--spm-vocab-size", "400", "--workers", "1", *archives])
+    # a joint BPE model over every character (the module's documented setting), not sentencepiece's unigram default
+    assert [(t["model_type"], t["character_coverage"]) for t in trained] == [("bpe", 1.0)]
     assert capsys.readouterr().out.strip() == str(out / "data-bin" / "wmt14.en-de")
     joined = check_corpus(fixture, out)
     assert "\u2581" in joined and "@@" not in joined
@@ -65,3 +77,29 @@ def test_archive_with_an_unknown_name_is_refused(fixture, tmp_path, capsys):
     with pytest.raises(SystemExit):
         wmt14.main(["--out", str(tmp_path), "--archive", str(tmp_path / "other.tgz")])
     assert "--archive " in capsys.readouterr().err
+
+
+def test_train_pairs_are_cleaned_after_subword_splitting_to_fairseqs_limits(tmp_path):
+    # prepare-wmt14en2de.sh: clean-corpus-n.perl -ratio 1.5 ... 1 250 on the BPE text (250 pieces kept, 251
+    # dropped); valid and test stay whole
+    def words(count, word):
+        return " ".join([word] * count)
+
+    pairs = [(words(125, "ho@@ use"), words(125, "Ha@@ us")), (words(251, "house"), words(251, "Haus")),
+             (words(10, "house"), words(15, "Haus")), (words(10, "house"), words(16, "Haus")),
+             ("a house .", "ein Haus .")]
+    layout = wmt14.Layout(tmp_path, wmt14.NAME)
+    layout.tmp_dir.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        for column, lang in enumerate(("en", "de")):
+            (layout.tmp_dir / f"bpe.{split}.{lang}").write_text("".join(p[column] + "\n" for p in pairs))
+    wmt14.finish_splits(layout)
+    for column, lang in enumerate(("en", "de")):
+        assert lines(layout.text_dir / f"train.{lang}") == [pairs[i][column] for i in (0, 2, 4)]
+        for split in ("valid", "test"):
+            assert lines(layout.text_dir / f"{split}.{lang}") == [p[column] for p in pairs]
+
+
+def test_default_bpe_merges_are_the_wmt16_en_de_bpe32k_vocabulary():
+    # the data of fairseq's scaling-NMT example, on which the paper's big Transformer setting is trained
+    assert wmt14.parser().parse_args(["--out", "data"]).bpe_merges == 32000
