@@ -130,7 +130,7 @@ def test_evaluate_lm_reports_a_diverged_model(tmp_path, lm_bin):
     assert not (run / "perplexity-test.json").exists()
 
 
-@pytest.mark.parametrize("remove_bpe,raw_text", [("subword_nmt", False), ("sentencepiece", True)])
+@pytest.mark.parametrize("remove_bpe,raw_text", [(None, False), ("sentencepiece", True)])
 def test_evaluate_translation_defaults_for_iwslt14(tmp_path, translation_bin, remove_bpe, raw_text):
     # IWSLT14 is scored on its best checkpoint by validation BLEU, as the authors did; sentencepiece output is
     # untokenised and is Moses-tokenised for the tokenized BLEU. A stand-in fairseq-generate prints one pair.
@@ -139,12 +139,43 @@ def test_evaluate_translation_defaults_for_iwslt14(tmp_path, translation_bin, re
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint_best.pt").write_bytes(b"")
+    env = {"REMOVE_BPE": remove_bpe} if remove_bpe else {}
     proc = run_script("evaluate-translation.sh", "--setup", "iwslt14", "--data", translation_bin, "--save-dir", run,
-                      PATH=path, REMOVE_BPE=remove_bpe)
+                      PATH=path, **env)
     assert f"checkpoint: {run / 'checkpoint_best.pt'}" in proc.stdout
-    assert f"--remove-bpe {remove_bpe}" in (tmp_path / "bin" / "fairseq-generate.args").read_text()
+    args = (tmp_path / "bin" / "fairseq-generate.args").read_text()
+    assert "--source-lang de --target-lang en --beam 5 --lenpen 1 " in args
+    # the BPE of the prepare scripts, unless the data is sentencepiece's
+    assert f"--remove-bpe {remove_bpe or 'subword_nmt'}" in args
     result = json.loads((run / "bleu-test.json").read_text())
     assert result["raw_text"] is raw_text and result["lowercase"] and result["tokenized_bleu"] == 100
+
+
+def test_evaluate_translation_defaults_for_wmt14(tmp_path, translation_bin):
+    # en->de with beam 4 and lenpen 0.6 (Vaswani et al.; fairseq's scaling-NMT example) on the average of the last 5
+    # checkpoints (Vaswani et al.'s base models); detokenised and scored with German rules
+    import torch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for update in range(1, 7):
+        torch.save({"model": {"w": torch.tensor([float(update)])}}, run / f"checkpoint_1_{update}.pt")
+    line = "das ist ein gutes Beispiel ."
+    path = stand_in(tmp_path / "bin", "fairseq-generate", f"printf 'T-0\\t{line}\\nH-0\\t-0.1\\t{line}\\n'")
+    python = tmp_path / "bin" / "python"
+    python.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{tmp_path}/python.calls"\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    proc = run_script("evaluate-translation.sh", "--setup", "wmt14", "--data", translation_bin, "--save-dir", run,
+                      PATH=path, PYTHON=str(python))
+    names = " ".join(f"checkpoint_1_{update}.pt" for update in range(2, 7))
+    assert f"averaged 5 checkpoints: {names}" in proc.stdout
+    args = (tmp_path / "bin" / "fairseq-generate.args").read_text()
+    assert f"--path {run / 'checkpoint.avg5.pt'} " in args
+    assert "--source-lang en --target-lang de --beam 4 --lenpen 0.6 " in args and "--remove-bpe subword_nmt" in args
+    [score] = [call for call in (tmp_path / "python.calls").read_text().splitlines() if "recipes.bleu" in call]
+    assert "--lang de --compound-split --json" in score
+    result = json.loads((run / "bleu-test.json").read_text())
+    assert not result["lowercase"] and result["tokenized_bleu"] == 100
 
 
 def test_evaluate_translation_refuses_a_checkpoint_and_an_average_together(tmp_path, translation_bin):
