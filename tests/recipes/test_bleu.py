@@ -50,6 +50,17 @@ def test_read_generate_output_rejects_other_files(tmp_path):
         bleu.read_generate_output(other)
 
 
+def test_read_generate_output_rejects_sentences_without_their_pair(tmp_path):
+    # a generation cut short would otherwise be scored on the sentences it reached, as if it were the test set
+    gen = tmp_path / "gen.txt"
+    gen.write_text("T-0\ta b\nT-1\tc d\nH-0\t-0.1\ta b\n")
+    with pytest.raises(ValueError, match="1 hypotheses but 2 references"):
+        bleu.read_generate_output(gen)
+    gen.write_text("T-0\ta b\nH-0\t-0.1\ta b\nH-1\t-0.1\tc d\n")
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        bleu.read_generate_output(gen)
+
+
 def fairseq_bleu(hyps, refs):
     """fairseq's own corpus BLEU over whitespace tokens (what fairseq-score and generate report)."""
     from fairseq.data import Dictionary
@@ -142,3 +153,21 @@ def test_lowercased_text_is_scored_and_signed_case_insensitive(tmp_path):
     write_generate_output(gen, PAIRS)
     result = bleu.score_generate_output(gen, "en", lowercase=True)
     assert result["sacrebleu_signature"].startswith("nrefs:1|case:lc|")
+    # every BLEU of an IWSLT14 run ignores case, the compound-split one and the unsplit one too
+    write_generate_output(gen, [("The So-Called Cat sat .", "the so-called cat sat .")])
+    result = bleu.score_generate_output(gen, "en", compound_split=True, lowercase=True)
+    assert result["tokenized_bleu"] == result["tokenized_bleu_unsplit"] == result["sacrebleu"] == 100
+
+
+def test_german_output_is_scored_with_german_moses_rules(tmp_path):
+    # get_ende_bleu.sh runs tokenizer.perl -l de, which keeps an ordinal's period ("3."), and German
+    # detokenizer.perl leaves "'s" apart; English rules would split the one and join the other
+    import sacrebleu
+
+    gen = tmp_path / "gen.txt"
+    write_generate_output(gen, [("Am 3. Oktober kam er.", "Am 3. Oktober kam er.")])
+    assert "hyp_len = 6 ref_len = 6" in bleu.score_generate_output(gen, "de", raw_text=True)["tokenized_bleu_detail"]
+    write_generate_output(gen, [("so geht 's nicht weiter , sagte er .", "so geht 's heute nicht weiter , sagte er .")])
+    detokenised = ["so geht 's nicht weiter, sagte er."], ["so geht 's heute nicht weiter, sagte er."]
+    expected = sacrebleu.corpus_bleu(detokenised[0], [detokenised[1]]).score
+    assert bleu.score_generate_output(gen, "de")["sacrebleu"] == round(expected, 2)
