@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from rdrop_fairseq.recipes import lohelp, plot, prepare
+from rdrop_fairseq.recipes.average_checkpoints import UPDATE_CHECKPOINT, last_checkpoints
 from rdrop_fairseq.recipes.prepare import SPLITS, atomic_output, package_version, read_lines, write_lines
 from rdrop_fairseq.recipes.quickstart_cli import (  # noqa: F401 (the command line's, used here and by tests)
     CPU, GPU, SMOKE, Setup, build_parser, default_work_dir, parse_args)
@@ -668,15 +669,18 @@ def resume_point(run_dir: Path, cmd: Sequence[str], inputs: Dict[str, Optional[s
     if not (record.get("command") == list(cmd[1:]) and record.get("inputs") == inputs
             and isinstance(record.get("starts"), list)):
         return None
-    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint_*_*.pt"), key=checkpoint_update)
+    try:
+        [latest] = last_checkpoints(run_dir / "checkpoints", 1)
+    except FileNotFoundError:  # no update checkpoint yet, or no folder
+        return None
     max_update = int(cmd[cmd.index("--max-update") + 1]) if "--max-update" in cmd else 0
     # at its last update a run has nothing to go on with (fairseq would make one more); and fairseq copies
     # its best checkpoint without a temporary name, so a cut may have left it short, which no later
     # validation need rewrite
-    if not checkpoints or (max_update and checkpoint_update(checkpoints[-1]) >= max_update) \
+    if (max_update and checkpoint_update(latest) >= max_update) \
             or not whole_zip(run_dir / "checkpoints" / "checkpoint_best.pt"):
         return None
-    return checkpoints[-1]
+    return latest
 
 
 def whole_zip(path: Path) -> bool:
@@ -690,7 +694,7 @@ def whole_zip(path: Path) -> bool:
 
 def checkpoint_update(path: Path) -> int:
     """The update of fairseq's ``checkpoint_<epoch>_<update>.pt``."""
-    return int(path.stem.rsplit("_", 1)[1])
+    return int(UPDATE_CHECKPOINT.fullmatch(path.name).group(1))
 
 
 def truncate_log(log: Path, update: int) -> None:
