@@ -11,6 +11,7 @@ from fixtures_glue_cnndm import build_cnn_dm, gpt2_hashes, write_gpt2_files
 from fixtures_upstream import run_script
 from rdrop_fairseq.recipes import prepare, rouge, summarize
 from rdrop_fairseq.recipes.datasets import cnn_dm
+from test_evaluate_scripts import recording_python
 from test_train_scripts import dry_run, flag, script_env
 
 pytestmark = pytest.mark.e2e
@@ -228,8 +229,7 @@ def test_summarize_decodes_with_summarize_pys_cnn_dm_settings(tmp_path, monkeypa
 def test_evaluate_cnndm_defaults_are_summarize_pys(tmp_path):
     # A stand-in python records the summarize and rouge steps: the settings, not a model, are under test.
     python = tmp_path / "python"
-    python.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{tmp_path}/python.calls"\n')
-    python.chmod(0o755)
+    calls = recording_python(python, run=False)
     data, text, run = tmp_path / "bin", tmp_path / "text", tmp_path / "run"
     for path in (data / "dict.source.txt", text / "test.source", text / "test.target", text / "gpt2" / "encoder.json",
                  text / "gpt2" / "vocab.bpe", run / "checkpoint_best.pt"):
@@ -238,7 +238,7 @@ def test_evaluate_cnndm_defaults_are_summarize_pys(tmp_path):
     proc = run_script("evaluate-cnndm.sh", "--data", data, "--text-dir", text, "--gpt2-dir", text / "gpt2",
                       "--save-dir", run, "--cpu", env=script_env(PYTHON=str(python)))
     assert proc.returncode == 0, proc.stderr
-    steps = [line.split() for line in (tmp_path / "python.calls").read_text().splitlines()]
+    steps = [line.split() for line in calls.read_text().splitlines()]
     assert [step[:2] for step in steps] == [["-m", "rdrop_fairseq.recipes.summarize"],
                                             ["-m", "rdrop_fairseq.recipes.rouge"]]
     # examples/bart/summarize.py's CNN_KWARGS

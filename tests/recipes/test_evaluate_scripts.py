@@ -101,6 +101,17 @@ def stand_in(bin_dir, name, body):
     return f"{bin_dir}:{os.environ['PATH']}"
 
 
+def recording_python(path, run=True):
+    """A stand-in PYTHON at ``path`` that appends each call's arguments to ``python.calls`` beside it and, with
+    ``run``, runs the call with this interpreter.  Returns the calls file."""
+    calls = path.parent / "python.calls"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_it = f'exec "{sys.executable}" "$@"\n' if run else ""
+    path.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{calls}"\n{run_it}')
+    path.chmod(0o755)
+    return calls
+
+
 def eval_lm_stand_in(tmp_path, output="Loss (base 2): 4.0000, Perplexity: 16.00"):
     """A stand-in fairseq-eval-lm that records its arguments and prints ``output``, and a run folder with a
     checkpoint for it: the settings, not a model, are under test.  Returns the PATH that finds it, and the run."""
@@ -163,8 +174,7 @@ def test_evaluate_translation_defaults_for_wmt14(tmp_path, translation_bin):
     line = "das ist ein gutes Beispiel ."
     path = stand_in(tmp_path / "bin", "fairseq-generate", f"printf 'T-0\\t{line}\\nH-0\\t-0.1\\t{line}\\n'")
     python = tmp_path / "bin" / "python"
-    python.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{tmp_path}/python.calls"\nexec "{sys.executable}" "$@"\n')
-    python.chmod(0o755)
+    calls = recording_python(python)
     proc = run_script("evaluate-translation.sh", "--setup", "wmt14", "--data", translation_bin, "--save-dir", run,
                       PATH=path, PYTHON=str(python))
     names = " ".join(f"checkpoint_1_{update}.pt" for update in range(2, 7))
@@ -172,7 +182,7 @@ def test_evaluate_translation_defaults_for_wmt14(tmp_path, translation_bin):
     args = (tmp_path / "bin" / "fairseq-generate.args").read_text()
     assert f"--path {run / 'checkpoint.avg5.pt'} " in args
     assert "--source-lang en --target-lang de --beam 4 --lenpen 0.6 " in args and "--remove-bpe subword_nmt" in args
-    [score] = [call for call in (tmp_path / "python.calls").read_text().splitlines() if "recipes.bleu" in call]
+    [score] = [call for call in calls.read_text().splitlines() if "recipes.bleu" in call]
     assert "--lang de --compound-split --json" in score
     result = json.loads((run / "bleu-test.json").read_text())
     assert not result["lowercase"] and result["tokenized_bleu"] == 100
@@ -217,8 +227,7 @@ def test_evaluate_scripts_run_their_python_steps_with_PYTHON(tmp_path, lm_bin):
     # a checkpoint path with a quote and a backslash, which the JSON must escape
     path = stand_in(tmp_path / "bin", "fairseq-eval-lm", 'echo "Loss (base 2): 4.0000, Perplexity: 16.00"')
     wrapper = tmp_path / "bin" / "my-python"
-    wrapper.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{tmp_path}/python.calls"\nexec "{sys.executable}" "$@"\n')
-    wrapper.chmod(0o755)
+    calls = recording_python(wrapper)
     run = tmp_path / 'run "odd" \\ name'
     run.mkdir()
     (run / "checkpoint_best.pt").write_bytes(b"")
@@ -226,4 +235,4 @@ def test_evaluate_scripts_run_their_python_steps_with_PYTHON(tmp_path, lm_bin):
     result = json.loads((run / "perplexity-test.json").read_text())
     assert result == {"checkpoint": str(run / "checkpoint_best.pt"), "subset": "test", "loss_base2": 4.0,
                       "perplexity": 16.0, "tokens_per_sample": 512, "context_window": 400}
-    assert "import json" in (tmp_path / "python.calls").read_text()
+    assert "import json" in calls.read_text()
