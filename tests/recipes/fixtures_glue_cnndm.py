@@ -45,7 +45,7 @@ def _zip(path: Path, files: Dict[str, str]) -> Path:
     return path
 
 
-def _tsv(header, rows) -> str:
+def tsv_text(header, rows) -> str:
     return "".join("\t".join(map(str, r)) + "\n" for r in ([header] if header else []) + rows)
 
 
@@ -58,7 +58,7 @@ def build_rte(root: Path, sizes=(("train", 12), ("dev", 4), ("test", 4))) -> Pat
                                                      [("entailment", "not_entailment")[i % 2]])
                 for i in range(count)]
         header = ["index", "sentence1", "sentence2"] + ([] if split == "test" else ["label"])
-        files[f"RTE/{split}.tsv"] = _tsv(header, rows)
+        files[f"RTE/{split}.tsv"] = tsv_text(header, rows)
     return _zip(Path(root) / "RTE.zip", files)
 
 
@@ -70,7 +70,7 @@ def build_stsb(root: Path, sizes=(("train", 40), ("dev", 10), ("test", 6))) -> P
         start += 2 * count
         rows = [[i, "main-news", "2012", "2012", i, "none", "none", text[2 * i], text[2 * i + 1]]
                 + ([] if split == "test" else [f"{(i * 0.37) % 5:.3f}"]) for i in range(count)]
-        files[f"STS-B/{split}.tsv"] = _tsv(header + ([] if split == "test" else ["score"]), rows)
+        files[f"STS-B/{split}.tsv"] = tsv_text(header + ([] if split == "test" else ["score"]), rows)
     return _zip(Path(root) / "STS-B.zip", files)
 
 
@@ -79,8 +79,8 @@ def build_cola(root: Path, train: int = 48, dev: int = 12, test: int = 4) -> Pat
     lines = english(2000, train + dev + test)
     rows = [["gj04", i % 2, "" if i % 2 else "*", line] for i, line in enumerate(lines)]
     return _zip(Path(root) / "CoLA.zip", {
-        "CoLA/train.tsv": _tsv(None, rows[:train]), "CoLA/dev.tsv": _tsv(None, rows[train:train + dev]),
-        "CoLA/test.tsv": _tsv(["index", "sentence"], [[i, line] for i, line in enumerate(lines[train + dev:])])})
+        "CoLA/train.tsv": tsv_text(None, rows[:train]), "CoLA/dev.tsv": tsv_text(None, rows[train:train + dev]),
+        "CoLA/test.tsv": tsv_text(["index", "sentence"], [[i, line] for i, line in enumerate(lines[train + dev:])])})
 
 
 def build_mrpc(root: Path, pairs: int = 12) -> Dict[str, Path]:
@@ -93,8 +93,8 @@ def build_mrpc(root: Path, pairs: int = 12) -> Dict[str, Path]:
     test = [[1 - i % 2, 300 + i, 400 + i, text[2 * pairs + 2 * i], text[2 * pairs + 2 * i + 1]] for i in range(4)]
     paths = {"msr_paraphrase_train.txt": root / "msr_paraphrase_train.txt",
              "msr_paraphrase_test.txt": root / "msr_paraphrase_test.txt", "mrpc_dev_ids.tsv": root / "mrpc_dev_ids.tsv"}
-    paths["msr_paraphrase_train.txt"].write_text("\ufeff" + _tsv(header, train), encoding="utf-8")
-    paths["msr_paraphrase_test.txt"].write_text("\ufeff" + _tsv(header, test), encoding="utf-8")
+    paths["msr_paraphrase_train.txt"].write_text("\ufeff" + tsv_text(header, train), encoding="utf-8")
+    paths["msr_paraphrase_test.txt"].write_text("\ufeff" + tsv_text(header, test), encoding="utf-8")
     paths["mrpc_dev_ids.tsv"].write_text("".join(f"{100 + i}\t{200 + i}\n" for i in range(0, pairs, 3)))
     return paths
 

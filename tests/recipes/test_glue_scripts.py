@@ -12,7 +12,8 @@ import zipfile
 import pytest
 from fairseq.data import Dictionary, data_utils
 
-from fixtures_glue_cnndm import build_cola, build_mrpc, build_rte, build_stsb, gpt2_hashes, write_gpt2_files
+from fixtures_glue_cnndm import (build_cola, build_mrpc, build_rte, build_stsb, gpt2_hashes, tsv_text,
+                                 write_gpt2_files)
 from fixtures_upstream import run_script
 from rdrop_fairseq.recipes import prepare, validate_log
 from rdrop_fairseq.recipes.datasets import glue, pretrained
@@ -98,7 +99,7 @@ def test_column_layouts_of_rte_and_mrpc(tmp_path):
 def write_tsvs(folder, files):
     folder.mkdir(parents=True)
     for name, rows in files.items():
-        (folder / f"{name}.tsv").write_text("".join("\t".join(row) + "\n" for row in rows))
+        (folder / f"{name}.tsv").write_text(tsv_text(None, rows))
 
 
 def test_column_layouts_of_mnli_qnli_qqp_and_sst2(tmp_path):
