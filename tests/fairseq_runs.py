@@ -4,7 +4,8 @@ process whose JSON log keeps full precision.
 
 Run as a script, this file is that child: ``python fairseq_runs.py [--reseed-micro-batches]
 FAIRSEQ_TRAIN_ARGS...``.  fairseq rounds logged metrics to 3 decimals, too coarse to
-compare two runs to 1e-6, so the child turns the rounding of logged meters off.
+compare two runs to 1e-6, so the child turns the rounding of logged meters off; it also runs
+``--ddp-backend pytorch_ddp`` on CPU (:func:`pytorch_ddp_on_cpu`).
 """
 import contextlib
 import json
@@ -138,6 +139,26 @@ def full_precision_logs():
 
 
 @contextlib.contextmanager
+def pytorch_ddp_on_cpu():
+    """``--ddp-backend pytorch_ddp`` on CPU workers: fairseq gives PyTorch's DistributedDataParallel
+    ``device_ids=[device_id]`` whatever the device, which PyTorch refuses for a CPU module.  The same
+    class without them runs the same reducer over gloo."""
+    from fairseq.models import distributed_fairseq_model
+    from torch.nn.parallel import DistributedDataParallel
+
+    class CpuDistributedDataParallel(DistributedDataParallel):
+        def __init__(self, module, device_ids=None, output_device=None, **kwargs):
+            super().__init__(module, **kwargs)
+
+    plain = distributed_fairseq_model.DistributedDataParallel
+    distributed_fairseq_model.DistributedDataParallel = CpuDistributedDataParallel
+    try:
+        yield
+    finally:
+        distributed_fairseq_model.DistributedDataParallel = plain
+
+
+@contextlib.contextmanager
 def reseeded_micro_batches(seed: int):
     """Seed each micro-batch as fairseq seeds a whole update (seed + update number).
 
@@ -228,6 +249,7 @@ def main(argv: List[str]) -> None:
     sys.argv = ["fairseq-train", *argv]
     with contextlib.ExitStack() as stack:
         stack.enter_context(full_precision_logs())
+        stack.enter_context(pytorch_ddp_on_cpu())
         if reseed:
             stack.enter_context(reseeded_micro_batches(int(argv[argv.index("--seed") + 1])))
         train.cli_main()

@@ -25,23 +25,31 @@ METRICS = ("loss", "nll_loss", "kl_loss", "gnorm")
 REL_TOL = 1e-6
 
 
-def worker_args(data, save_dir, rank, port):
+def worker_args(data, save_dir, rank, port, ddp_backend, *extra):
     return train_args(
         data, save_dir, "--max-update", str(UPDATES), "--no-save",
         "--distributed-world-size", "2", "--distributed-rank", str(rank),
-        "--distributed-backend", "gloo", "--distributed-no-spawn", "--ddp-backend", "legacy_ddp",
-        "--distributed-init-method", f"tcp://127.0.0.1:{port}",
+        "--distributed-backend", "gloo", "--distributed-no-spawn", "--ddp-backend", ddp_backend,
+        "--distributed-init-method", f"tcp://127.0.0.1:{port}", *extra,
     )
 
 
+# pytorch_ddp is what GPU users get by default (c10d); its reducer hooks each parameter's gradient,
+# which per-copy dropout rates reach through two forward passes before one backward.
 @pytest.mark.e2e
-def test_two_workers_match_one_process_with_update_freq_2(tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("ddp_backend, extra", [
+    ("legacy_ddp", ()),
+    ("pytorch_ddp", ()),
+    ("pytorch_ddp", ("--rdrop-dropout-rates", "0.1,0.3")),
+])
+def test_two_workers_match_one_process_with_update_freq_2(tmp_path_factory, tmp_path, ddp_backend, extra):
     data = toy_data(tmp_path_factory)
     port = free_port()
-    workers = [start_train(worker_args(data, tmp_path / "ddp", rank, port), reseed_micro_batches=True)
+    workers = [start_train(worker_args(data, tmp_path / "ddp", rank, port, ddp_backend, *extra),
+                           reseed_micro_batches=True)
                for rank in (0, 1)]
     single = train_in_process(
-        train_args(data, tmp_path / "single", "--max-update", str(UPDATES), "--no-save", "--update-freq", "2"),
+        train_args(data, tmp_path / "single", "--max-update", str(UPDATES), "--no-save", "--update-freq", "2", *extra),
         reseed_micro_batches=True,
     )
     outputs = [finish(worker) for worker in workers]
