@@ -263,12 +263,28 @@ def test_crafted_checkpoint_is_refused_by_fairseq_train(attack, data, tmp_path, 
     assert not (tmp_path / "resumed" / "checkpoint_last.pt").exists()
 
 
+@pytest.mark.parametrize("variable, value", [
+    ("RDROP_TRUST_CHECKPOINTS", "0"), ("RDROP_TRUST_CHECKPOINTS", "false"), ("RDROP_TRUST_CHECKPOINTS", "no"),
+    ("RDROP_TRUST_CHECKPOINTS", ""),
+    # torch's switch back to full unpickling, which users of old code set: it yields to an explicit weights_only
+    ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1"),
+])
+def test_settings_that_are_no_opt_in_leave_a_crafted_checkpoint_refused(attack, monkeypatch, variable, value):
+    from fairseq import checkpoint_utils
+
+    checkpoint, marker, refused = attack
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(safe_load.UntrustedCheckpointError) as raised:
+        checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
+    assert_refused(raised, checkpoint, refused, marker)
+
+
 def test_opt_in_loads_an_extra_object_and_warns_once(run_dir, data, tmp_path, monkeypatch):
     from fairseq import checkpoint_utils
     from fairseq_cli import generate
 
     checkpoint = crafted(run_dir / "checkpoint_last.pt", tmp_path / "extra.pt", ExtraState(42))
-    monkeypatch.setenv(safe_load.TRUST_ENV, "1")
+    monkeypatch.setenv("RDROP_TRUST_CHECKPOINTS", "1")  # the documented name, not the module's constant
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
