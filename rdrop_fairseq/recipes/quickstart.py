@@ -224,8 +224,8 @@ def train_command(bin_dir: Path, run_dir: Path, plan: Plan, alpha: float, args,
            "--log-file", str(run_dir / "train.log"), "--num-workers", "0", *plan.device_flags]
     if max_update:
         cmd += ["--max-update", str(max_update)]
-    if stop_hours:
-        cmd += ["--stop-time-hours", f"{stop_hours:.5f}"]
+    if stop_hours:  # at least the least it writes: fairseq reads 0 as no limit
+        cmd += ["--stop-time-hours", f"{max(stop_hours, 1e-5):.5f}"]
     if args.eval_bleu:
         cmd += ["--eval-bleu", "--eval-bleu-remove-bpe", "--eval-bleu-detok", "moses",
                 "--eval-bleu-args", json.dumps({"beam": 1, "max_len_a": 1.2, "max_len_b": 10})]

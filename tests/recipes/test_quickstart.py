@@ -246,6 +246,15 @@ def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, mon
     assert [limit for limit, _ in limits] == ["2000", "625"]
 
 
+def test_a_tiny_time_budget_is_not_rounded_to_fairseq_s_no_limit(tmp_path):
+    """fairseq's --stop-time-hours 0 means no limit: with no --max-update either, R-Drop would never stop."""
+    args = parse("--minutes", "0.0005")
+    plan = quickstart.plan_run(CPU, args)
+    cmd = quickstart.train_command(tmp_path, tmp_path / "run", plan, plan.alpha, args, plan.max_update,
+                                   0.6 * 0.9 * 0.0005 / 60)
+    assert "--max-update" not in cmd and float(flag(cmd, "--stop-time-hours")) > 0
+
+
 PROGRESS_LINE = ('2026-12-04 17:30:00 | INFO | train_inner | {"epoch": 1, "loss": "5.0", "num_updates": "3", '
                  '"wall": "6"}\n')
 
