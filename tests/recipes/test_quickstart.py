@@ -384,6 +384,15 @@ def test_a_run_with_fewer_updates_than_the_default_says_it_settles_nothing(tmp_p
     assert summary["warning"] is None and summary["warnings"] == []
 
 
+def test_one_update_short_of_the_device_s_default_is_flagged_with_max_updates_too():
+    short = {name: {"updates": 2199} for name in quickstart.RUNS}
+    [warning] = quickstart.update_warnings(short, quickstart.plan_run(CPU, parse("--max-updates", "2199")))
+    assert warning.startswith("R-Drop made 2199 updates and the baseline made 2199 updates, fewer than the 2200")
+    past_the_cpu_s = {name: {"updates": 2500} for name in quickstart.RUNS}  # short of the GPU's 4000
+    [warning] = quickstart.update_warnings(past_the_cpu_s, quickstart.plan_run(H200, parse("--max-updates", "2500")))
+    assert "fewer than the 4000 of the default run" in warning
+
+
 @pytest.mark.parametrize("rdrop, baseline", [(2200, 900), (900, 700)])
 def test_a_baseline_with_fewer_updates_than_rdrop_is_flagged_twice_short_and_unequal(tmp_path, caplog,
                                                                                     rdrop, baseline):
