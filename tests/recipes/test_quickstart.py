@@ -517,6 +517,61 @@ def test_lenpen_is_chosen_by_valid_bleu_from_one_grid():
     assert quickstart.choose_lenpen(same, refs, lambda text: text)[0] == 1.0
 
 
+def test_each_run_chooses_lenpen_on_valid_from_the_one_grid_then_translates_test_with_it(tmp_path, monkeypatch):
+    """Valid and test disagree on the length penalty here: the test set must not choose it."""
+    valid_refs = [f"this is the long reference sentence number {i}" for i in range(20)]
+    test_refs = [f"this is the {i}" for i in range(20)]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "valid.en").write_text("".join(f"{ref}\n" for ref in valid_refs))
+    (raw / "test.en").write_text("".join(f"{ref}\n" for ref in test_refs))
+    # a short hypothesis, better per token, and the valid reference: a lenpen above 1 picks the long one
+    candidates = {i: [(f"this is the {i}", [-0.5] * 5), (ref, [-0.6] * 9)] for i, ref in enumerate(valid_refs)}
+    calls = []
+
+    def fake_generate(bin_dir, run_dir, plan, args, subset, lenpen=1.0, nbest=1):
+        calls.append((run_dir.name, subset, lenpen, nbest))
+        if nbest > 1:
+            return candidates
+        # in another order than the ids, and without the last sentence: scored as an empty translation
+        return {i: [(quickstart.best_by_lenpen(candidates[i], lenpen), [])] for i in reversed(range(19))}
+
+    monkeypatch.setattr(quickstart, "generate", fake_generate)
+    monkeypatch.setattr(quickstart, "detokenizer", lambda lang: lambda text: text)
+    monkeypatch.setattr(quickstart, "summarize", lambda run_dir, wall=0.0: {"wall_s": wall})
+    for name in quickstart.RUNS:
+        (tmp_path / "out" / name).mkdir(parents=True)
+    args = parse()
+    results = quickstart.score(tmp_path, raw, tmp_path / "out", quickstart.plan_run(CPU, args), args,
+                               {"baseline": 1.0, "rdrop": 2.0})
+    lenpen, valid_bleu = quickstart.choose_lenpen(candidates, valid_refs, lambda text: text)
+    assert lenpen > 1.0
+    assert calls == [(name, subset, chosen, size) for name in ("baseline", "rdrop")
+                     for subset, chosen, size in (("valid", 1.0, 5), ("test", lenpen, 1))]
+    assert list(results) == ["baseline", "rdrop"]  # the paired test's reference system first
+    for name, row in results.items():
+        assert row["lenpen"] == lenpen and row["valid_bleu_by_lenpen"] == valid_bleu
+        assert list(row["valid_bleu_by_lenpen"]) == list(quickstart.LENPENS)
+        hyps = read(tmp_path / "out" / name / "test.hyp.en")
+        assert hyps == [candidates[i][1][0] for i in range(19)] + [""]
+    assert results["baseline"]["bleu_p"] is None and results["rdrop"]["bleu_p"] == 1.0
+    assert results["rdrop"]["wall_s"] == 2.0
+
+
+def test_translation_runs_on_the_device_that_trained_with_the_best_checkpoint(tmp_path, monkeypatch):
+    cmds = []
+    monkeypatch.setattr(quickstart, "run_logged", lambda cmd, log, echo=None: cmds.append(cmd))
+    monkeypatch.setattr(quickstart, "read_nbest", lambda path: {})
+    for device in (CPU, H200):
+        quickstart.generate(tmp_path, tmp_path / "rdrop", quickstart.plan_run(device, parse()), parse(), "valid",
+                            lenpen=1.4, nbest=5)
+    on_cpu, on_gpu = cmds
+    assert "--cpu" in on_cpu and "--cpu" not in on_gpu
+    for name, value in (("--gen-subset", "valid"), ("--lenpen", "1.4"), ("--nbest", "5"), ("--beam", "5"),
+                        ("--path", str(tmp_path / "rdrop" / "checkpoints" / "checkpoint_best.pt"))):
+        assert flag(on_gpu, name) == value, name
+
+
 def test_rescoring_the_nbest_gives_what_beam_search_gives_with_that_lenpen(tmp_path):
     """The claim choose_lenpen rests on, checked on fairseq's own beam search: the finished hypotheses do
     not depend on --lenpen, which only re-ranks them."""
