@@ -335,6 +335,39 @@ def test_a_run_that_goes_on_alone_after_training_beside_the_other_is_said_to_hav
     assert quickstart.shared_device(run_dir)
 
 
+def test_a_cut_off_run_goes_on_only_with_its_own_command_and_inputs_and_a_whole_best_checkpoint(tmp_path):
+    import zipfile
+
+    run_dir, inputs = tmp_path / "rdrop", {"data": "x", "torch": "2.13.0"}
+    cmd = ["python", "-m", "fairseq_cli.train", "--rdrop-alpha", "2.0", "--max-update", "6"]
+    quickstart.begin_run("rdrop", run_dir, cmd, inputs)
+    (run_dir / "checkpoints").mkdir()
+    latest = run_dir / "checkpoints" / "checkpoint_1_3.pt"
+    latest.write_bytes(b"")
+    best = run_dir / "checkpoints" / "checkpoint_best.pt"
+    with zipfile.ZipFile(best, "w") as archive:
+        archive.writestr("archive/data.pkl", b"x" * 100)
+    assert quickstart.resume_point(run_dir, cmd, inputs) == latest
+    assert quickstart.resume_point(run_dir, cmd, {**inputs, "torch": "2.14.0"}) is None
+    assert quickstart.resume_point(run_dir, cmd[:4] + ["3.0"] + cmd[5:], inputs) is None
+    (run_dir / "checkpoints" / "checkpoint_2_6.pt").write_bytes(b"")  # at its last update: nothing to go on with
+    assert quickstart.resume_point(run_dir, cmd, inputs) is None
+    (run_dir / "checkpoints" / "checkpoint_2_6.pt").unlink()
+    whole = best.read_bytes()
+    best.write_bytes(whole[:-10])  # a copy cut short
+    assert quickstart.resume_point(run_dir, cmd, inputs) is None
+    best.write_bytes(whole)
+
+    # the earlier attempt trained from its start to its output's last line: 60 s, counted in the wall time
+    start = time.time() - 100
+    quickstart.write_started(run_dir, {**quickstart.started_record(run_dir), "starts": [start]})
+    (run_dir / "stdout.log").write_text("last line\n")
+    os.utime(run_dir / "stdout.log", (start + 60, start + 60))
+    earlier, run_cmd = quickstart.begin_run("rdrop", run_dir, cmd, inputs)
+    assert earlier == pytest.approx(60) and run_cmd == cmd + ["--restore-file", str(latest)]
+    assert (run_dir / "stdout.1.log").read_text() == "last line\n"
+
+
 def test_concurrent_runs_need_a_fixed_update_count(capsys):
     with pytest.raises(SystemExit) as exit_:
         quickstart.parse_args(["--concurrent", "--minutes", "20"])
