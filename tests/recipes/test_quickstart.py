@@ -482,6 +482,23 @@ def test_results_of_an_earlier_run_are_gone_before_training_starts(tmp_path, mon
     assert seen == [["rdrop"]] and sorted(path.name for path in out.iterdir()) == ["rdrop"]
 
 
+def test_the_time_budget_is_whole_after_the_corpus_is_prepared(tmp_path, monkeypatch):
+    monkeypatch.setattr(quickstart, "resolve_corpus", lambda args: tmp_path / "corpus")
+    monkeypatch.setattr(quickstart, "slice_corpus", lambda raw, *rest: raw)
+    monkeypatch.setattr(quickstart, "prepare_data", lambda args, setup, raw: time.sleep(0.2) or tmp_path / "bin")
+    planned = []
+
+    def stop_once_planned(bin_dir, out_dir, plan, args):
+        planned.append(plan)
+        raise RuntimeError("command failed (exit 1)")
+
+    monkeypatch.setattr(quickstart, "train_runs", stop_once_planned)
+    argv = ["--cpu", "--minutes", "20", "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        quickstart.main(argv)
+    assert planned == [quickstart.plan_run(CPU, parse(*argv))] and planned[0].minutes == 20
+
+
 def test_progress_shows_updates_done_of_all_and_the_time_left():
     line = ('2026-12-04 17:30:00 | INFO | train_inner | {"epoch": 3, "update": 2.5, "loss": "6.1", '
             '"num_updates": "500", "wps": "4000", "wall": "120"}\n')
@@ -489,6 +506,10 @@ def test_progress_shows_updates_done_of_all_and_the_time_left():
         "[rdrop] 500/2000 updates, 2.0 min so far, about 6.0 min left\n"
     assert quickstart.progress_echo("rdrop", 0, 600)(line) == \
         "[rdrop] 500 updates, 2.0 min so far, at most 8.0 min left of its time budget\n"
+    # gone on from a checkpoint after 2 min of training: fairseq's clock restarted at 0, this one did not
+    restarted = line.replace('"wall": "120"', '"wall": "0"')
+    assert quickstart.progress_echo("rdrop", 2000, 0, earlier_s=120)(restarted) == \
+        "[rdrop] 500/2000 updates, 2.0 min so far, about 6.0 min left\n"
     valid = ('2026-12-04 17:30:00 | INFO | valid | {"epoch": 3, "valid_loss": "6.5", "valid_num_updates": "500"}\n')
     assert quickstart.progress_echo("rdrop", 2000, 0)(valid) == "[rdrop] valid loss 6.500 after 500 updates\n"
     # the rest (fairseq's config, the model, warnings) goes to the run's log only
@@ -656,11 +677,11 @@ def test_the_cache_key_of_prepared_data_follows_the_corpus_content_not_its_path(
     assert quickstart.prepared_dir(args, quickstart.GPU, corpora[0]) != keys[0]
 
 
-@pytest.mark.parametrize("name", ["--rdrop-alpha", "--minutes", "--max-updates"])
+@pytest.mark.parametrize("name", ["--rdrop-alpha", "--minutes", "--max-updates", "--workers"])
 @pytest.mark.parametrize("value", ["0", "-1"])
-def test_a_non_positive_value_is_refused_naming_the_flag(name, value, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        quickstart.main([name, value])
+def test_a_non_positive_value_is_refused_naming_the_flag(name, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # folders of its own: a value let through runs the quickstart
+        quickstart.main([name, value, "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
     assert exit_info.value.code == 2 and name in capsys.readouterr().err
 
 
@@ -670,9 +691,9 @@ def test_train_pairs_flag_sizes_the_training_slice_only():
     assert asdict(sized) == {**asdict(quickstart.CPU), "train_pairs": 6000}
 
 
-def test_negative_train_pairs_are_refused_naming_the_flag(capsys):
+def test_negative_train_pairs_are_refused_naming_the_flag(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        quickstart.main(["--train-pairs", "-1"])
+        quickstart.main(["--train-pairs", "-1", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
     assert exit_info.value.code == 2 and "--train-pairs" in capsys.readouterr().err
 
 
