@@ -154,6 +154,11 @@ def parse_args(argv: Optional[Sequence[str]] = None,
         parser.error("--workers must be positive")
     if args.corpus is not None and not args.corpus.is_dir():
         parser.error(f"--corpus {args.corpus}: no such folder")
+    # made where they are missing; a file there would stop the quickstart with a traceback, for --out-dir
+    # only after preparing the corpus
+    for flag, folder in (("--work-dir", args.work_dir), ("--out-dir", args.out_dir)):
+        if folder.expanduser().exists() and not folder.expanduser().is_dir():
+            parser.error(f"{flag} {folder}: not a folder")
     return args
 
 

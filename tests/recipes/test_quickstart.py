@@ -685,6 +685,19 @@ def test_a_non_positive_value_is_refused_naming_the_flag(name, value, tmp_path, 
     assert exit_info.value.code == 2 and name in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["--out-dir", "--work-dir"])
+def test_a_folder_flag_naming_a_file_is_refused_before_anything_runs(name, tmp_path, capsys):
+    """Not after preparing the corpus, with a traceback."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "corpus").mkdir()
+    folders = {"--corpus": str(tmp_path / "corpus"), "--work-dir": str(tmp_path / "w"),
+               "--out-dir": str(tmp_path / "o"), name: str(tmp_path / "file")}
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--smoke", *(arg for pair in folders.items() for arg in pair)])
+    assert exit_info.value.code == 2 and f"{name} {tmp_path / 'file'}: not a folder" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus", "file"]
+
+
 def test_train_pairs_flag_sizes_the_training_slice_only():
     assert quickstart.plan_run(CPU, parse("--smoke")).setup == quickstart.SMOKE
     sized = quickstart.plan_run(CPU, parse("--train-pairs", "6000")).setup
