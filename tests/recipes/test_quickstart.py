@@ -1164,6 +1164,21 @@ def test_an_environment_left_unfinished_is_installed_into_again_then_reused(tmp_
     assert f"using {venv}/bin/python" in third.stdout and read(tmp_path / "pip-calls") == calls
 
 
+def test_an_environment_that_lost_its_dependencies_keeps_no_marker_while_it_is_installed_into_again(tmp_path):
+    """A reinstallation cut off (here: pip fails at once) must not leave the old marker to vouch for it."""
+    env = quickstart_env(tmp_path, bare_python(tmp_path))
+    venv, marker = tmp_path / "venv", tmp_path / "venv" / ".quickstart-installed"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    marker.write_text("installed 2026-01-01T00:00:00Z\n")
+    failing_pip = tmp_path / "failing-pip"
+    failing_pip.write_text('#!/bin/sh\necho "$*" >> "$PIP_CALLS"\nexit 1\n')
+    failing_pip.chmod(0o755)
+    env["RDROP_QUICKSTART_PIP"] = str(failing_pip)
+    result = run_script(env, *module_probe(tmp_path))
+    assert "has lost some of them; installing them into it again" in result.stdout
+    assert result.returncode == 1 and len(read(tmp_path / "pip-calls")) == 1 and not marker.exists()
+
+
 @pytest.mark.e2e
 def test_smoke_run_on_a_fresh_interpreter_installs_then_prints_the_table_and_draws_the_curves(tmp_path):
     corpus("lohelp-de-en")  # fails, never skips, without the corpus
