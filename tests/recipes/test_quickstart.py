@@ -230,15 +230,20 @@ def test_under_minutes_rdrop_sets_the_update_count_of_the_baseline(tmp_path, mon
     def fake_run(cmd, log, echo=None):
         limits.append((cmd[cmd.index("--max-update") + 1] if "--max-update" in cmd else None,
                        float(flag(cmd, "--stop-time-hours"))))
+        progress.append(echo(PROGRESS_LINE))
         (log.parent / "train.log").write_text('{"epoch": 1, "loss": "5.0", "num_updates": "625", "wall": "60"}\n')
         return []
 
     monkeypatch.setattr(quickstart, "run_logged", fake_run)
     args = parse("--minutes", "20")
+    progress = []
     quickstart.train_runs(tmp_path, tmp_path / "out", quickstart.plan_run(CPU, args), args)
     (rdrop_limit, rdrop_hours), (baseline_limit, baseline_hours) = limits
     assert rdrop_limit is None and rdrop_hours == pytest.approx(20 / 60 * 0.9 * 0.6, abs=1e-4)
     assert baseline_limit == "625" and baseline_hours > 20 / 60 * 0.9 * 0.4
+    # R-Drop's time left is its budget's; the baseline's, from R-Drop's update count
+    assert progress == ["[rdrop] 3 updates, 0.1 min so far, at most 10.7 min left of its time budget\n",
+                        "[baseline] 3/625 updates, 0.1 min so far, about 20.7 min left\n"]
 
     limits.clear()  # with both flags, the budget stopped R-Drop first: the baseline gets R-Drop's 625 still
     args = parse("--minutes", "20", "--max-updates", "2000")
