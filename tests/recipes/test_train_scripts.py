@@ -247,7 +247,7 @@ def test_hyperparameters_at_their_limits_are_taken(script):
     ("positives", "2,4", True), ("positives", "2,", False),
     ("count", "0", True), ("count", "0400", False),  # bash's arithmetic would read 0400 as octal 256
     ("int", "-1", True), ("int", "-2", False),
-    ("number", "1e-3", True), ("number", "-1", False),
+    ("number", "1e-3", True), ("number", "-1", False), ("number", "1e", False),
     ("real", "-0.5", True), ("real", "+1", True), ("real", "1.5e3", True), ("real", "-x", False),
     ("fraction", "0", True), ("fraction", "0.999", True), ("fraction", "1", False), ("fraction", "1e-400", True),
 ])
@@ -256,6 +256,18 @@ def test_each_kind_of_environment_value(kind, value, taken):
                           env=script_env(VALUE=value), capture_output=True, text=True)
     assert (proc.returncode == 0) == taken, proc.stderr
     assert taken or proc.stderr.startswith("bash: error: VALUE must be ") and f"'{value}'" in proc.stderr
+
+
+@pytest.mark.parametrize("name,args,value", [
+    ("--context-window", ["--context-window", "400", "--context-window=900"], "900"),
+    ("--context-window", ["--context-window=900", "--context-window", "400"], "400"),
+    ("--max-tokens", ["--max-tokens", "10", "--max-tokens-valid", "99", "--max-tokens-valid=98"], "10"),
+    ("--max-tokens", ["--max-tokens-valid", "99"], None),
+])
+def test_last_value_is_the_one_argparse_keeps(name, args, value):
+    proc = subprocess.run(["bash", "-c", f'source "{SCRIPTS}/_common.sh"; last_value {shlex.join([name, *args])}'],
+                          env=script_env(), capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == ((1, "") if value is None else (0, value))
 
 
 def test_values_fairseq_takes_that_the_checks_once_refused():
@@ -306,11 +318,39 @@ def test_baseline_and_doubled_batch(script, stock_task, stock_criterion):
     assert flag(baseline, "--max-tokens") == flag(rdrop, "--max-tokens")
     assert int(flag(double, "--max-tokens")) == 2 * int(flag(rdrop, "--max-tokens"))
     assert len({flag(a, "--save-dir") for a in (rdrop, baseline, double)}) == 3
+    assert dry_run(script, "--double-batch", "--baseline") == double  # the doubled batch is a baseline too
     # The baselines differ from the R-Drop run only in task, criterion, alpha, batch and save dir.
     drop = {"--task", "--criterion", "--rdrop-alpha", "--max-tokens", "--save-dir"}
     def rest(argv):
         return [(a, v) for a, v in zip(argv, argv[1:] + [""]) if a.startswith("--") and a not in drop]
     assert rest(rdrop) == rest(baseline) == rest(double)
+
+
+@pytest.mark.parametrize("command,setup,alpha", [
+    (["train-iwslt14.sh"], "iwslt14", "5"), (["train-wmt14.sh"], "wmt14", "5"),
+    (["train-wikitext103.sh"], "wikitext103-transformer_lm_gpt", "1.0"),
+    (["train-wikitext103.sh", "--adaptive"], "wikitext103-transformer_lm_wiki103", "1.0"),
+])
+def test_default_save_dir_per_setup_variant_and_alpha(command, setup, alpha):
+    # a run resumes from its save dir's checkpoint_last.pt: no variant may share another's
+    def save_dir(*flags, **env):
+        return flag(dry_run(*command, *flags, CHECKPOINT_ROOT="/runs", **env), "--save-dir")
+
+    assert save_dir() == f"/runs/{setup}/rdrop-alpha{alpha}"
+    assert save_dir("--alpha", "3") == save_dir(ALPHA="3") == f"/runs/{setup}/rdrop-alpha3"
+    assert (save_dir("--baseline"), save_dir("--double-batch")) == (f"/runs/{setup}/baseline", f"/runs/{setup}/baseline-2x")
+    assert (save_dir("--smoke"), save_dir("--smoke", "--baseline")) == \
+        (f"/runs/{setup}/smoke-rdrop-alpha{alpha}", f"/runs/{setup}/smoke-baseline")
+    assert save_dir("--baseline", SAVE_DIR="/mine") == "/mine"
+
+
+def test_printing_the_command_creates_nothing(tmp_path):
+    for flags, env in ((["--print-args"], {}), (["--dry-run"], {}), ([], {"DRY_RUN": "1"})):
+        proc = run_script("train-iwslt14.sh", *flags, FP16=0, DATA=tmp_path / "no-data", SAVE_DIR=tmp_path / "run",
+                          **env)
+        argv = shlex.split(proc.stdout)
+        assert argv[0] == "fairseq-train" and flag(argv, "--save-dir") == str(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_adaptive_input_variant():
@@ -361,9 +401,29 @@ def test_iwslt_on_several_gpus_is_told_that_the_papers_batch_is_one_gpus():
         assert note not in run_script("train-iwslt14.sh", "--print-args", FP16=0, **env).stderr
 
 
+def test_gpus_are_counted_as_cuda_sees_them(tmp_path):
+    # without CUDA_VISIBLE_DEVICES every GPU nvidia-smi lists; set, only those it names, none if empty
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text('#!/usr/bin/env bash\necho "GPU 0: H100 (UUID: GPU-a)"\necho "GPU 1: H100 (UUID: GPU-b)"\n')
+    smi.chmod(0o755)
+    env = {k: v for k, v in script_env(FP16="0").items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = f"{smi.parent}:{env['PATH']}"
+
+    def note(**extra):
+        proc = subprocess.run(["bash", str(SCRIPTS / "train-iwslt14.sh"), "--print-args"], env={**env, **extra},
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    assert "will use 2 GPUs" in note()
+    assert "will use" not in note(CUDA_VISIBLE_DEVICES="") and "will use" not in note(CUDA_VISIBLE_DEVICES="1")
+
+
 def test_fp16_only_when_asked_or_on_cuda():
     assert "--fp16" in dry_run("train-wmt14.sh", FP16=1)
     assert "--fp16" not in dry_run("train-wmt14.sh", FP16=0)
+    assert "--fp16" in dry_run("train-wmt14.sh", "--", "--cpu-offload", FP16=1)  # FSDP's flag, not --cpu
     # FP16=auto probes CUDA; --cpu never gets fp16.
     assert "--fp16" not in dry_run("train-wikitext103.sh", "--cpu", FP16="auto")
 
@@ -390,7 +450,7 @@ def test_fp16_auto_on_cuda_unless_cpu_is_asked_for_either_way(script, python_wit
 @pytest.mark.parametrize("script", TRAIN_SCRIPTS)
 def test_smoke_is_a_tiny_cpu_model(script):
     argv = dry_run(script, "--smoke")
-    assert "--cpu" in argv
+    assert "--cpu" in argv and dry_run(script, SMOKE=1) == argv
     assert int(flag(argv, "--max-update")) <= 10
     assert int(flag(argv, "--decoder-layers")) == 1 and int(flag(argv, "--decoder-embed-dim")) <= 64
     assert "smoke" in flag(argv, "--save-dir")
@@ -399,6 +459,8 @@ def test_smoke_is_a_tiny_cpu_model(script):
 @pytest.mark.parametrize("args,env,message", [
     (["--bogus"], {}, "unknown option '--bogus'"),
     (["--data"], {}, "--data needs a value"),
+    (["--data", ""], {}, "--data needs a value"),
+    (["--save-dir", "--baseline"], {}, "--save-dir needs a value"),  # not a folder named --baseline
     (["--data", "/nonexistent/bin"], {}, "--data: no such folder: /nonexistent/bin"),
     (["--print-args"], {"MAX_TOKENS": "lots"}, "MAX_TOKENS must be a positive integer"),
     (["--print-args", "--baseline", "--alpha", "3"], {}, "--alpha/ALPHA"),
