@@ -236,3 +236,24 @@ def test_evaluate_scripts_run_their_python_steps_with_PYTHON(tmp_path, lm_bin):
     assert result == {"checkpoint": str(run / "checkpoint_best.pt"), "subset": "test", "loss_base2": 4.0,
                       "perplexity": 16.0, "tokens_per_sample": 512, "context_window": 400}
     assert "import json" in calls.read_text()
+
+
+def test_evaluate_lm_names_its_save_dir_and_scores_the_checkpoint_given(tmp_path):
+    path, run = eval_lm_stand_in(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dict.txt").write_text("a 1\n")
+    for flags, message in (([], "--save-dir is required"),
+                           (["--save-dir", tmp_path / "none"], f"--save-dir: no such folder: {tmp_path / 'none'}"),
+                           (["--save-dir", run, "--checkpoint", tmp_path / "no.pt"],
+                            f"--checkpoint (or CHECKPOINT): no such file: {tmp_path / 'no.pt'}")):
+        with pytest.raises(AssertionError, match=re.escape(message)):
+            run_script("evaluate-lm.sh", "--data", data, *flags, PATH=path)
+    with pytest.raises(AssertionError, match="'fairseq-eval-lm' not found on PATH"):
+        run_script("evaluate-lm.sh", "--data", data, "--save-dir", run, PATH="/usr/bin:/bin")
+    mine, results = tmp_path / "mine.pt", tmp_path / "results"
+    mine.write_bytes(b"")
+    run_script("evaluate-lm.sh", "--data", data, "--save-dir", run, "--checkpoint", mine, PATH=path, RESULTS_DIR=results)
+    assert f"--path {mine} " in (tmp_path / "bin" / "fairseq-eval-lm.args").read_text()
+    assert json.loads((results / "perplexity-test.json").read_text())["checkpoint"] == str(mine)
+    assert not list(run.glob("*.json"))
