@@ -199,6 +199,8 @@ parse_train_args() {
     if [[ $VARIANT != rdrop && -n ${ALPHA:-} ]]; then
         die "--alpha/ALPHA is the R-Drop weight; it has no meaning with --baseline or --double-batch"
     fi
+    # here, not only in variant_args: train-glue.sh and train-cnndm.sh fetch a pre-trained model before that
+    [[ -z ${ALPHA:-} ]] || need_number --alpha/ALPHA "$ALPHA"
     return 0
 }
 
@@ -235,7 +237,7 @@ default_save_dir() {
 # variant_args RDROP_TASK RDROP_CRITERION STOCK_TASK STOCK_CRITERION
 variant_args() {
     if [[ $VARIANT == rdrop ]]; then
-        need_number ALPHA "$ALPHA"
+        need_number --alpha/ALPHA "$ALPHA"
         TRAIN_ARGS+=(--task "$1" --criterion "$2" --rdrop-alpha "$ALPHA")
     else
         TRAIN_ARGS+=(--task "$3" --criterion "$4")

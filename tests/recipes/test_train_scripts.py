@@ -464,7 +464,7 @@ def test_smoke_is_a_tiny_cpu_model(script):
     (["--data", "/nonexistent/bin"], {}, "--data: no such folder: /nonexistent/bin"),
     (["--print-args"], {"MAX_TOKENS": "lots"}, "MAX_TOKENS must be a positive integer"),
     (["--print-args", "--baseline", "--alpha", "3"], {}, "--alpha/ALPHA"),
-    (["--print-args", "--alpha", "x"], {}, "ALPHA must be a non-negative number"),
+    (["--print-args", "--alpha", "x"], {}, "--alpha/ALPHA must be a non-negative number, not 'x'"),
     (["--print-args"], {"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR must be set"),
     ([], {"DRY_RUN": "yes"}, "DRY_RUN must be 0 or 1, not 'yes'"),
     (["--print-args"], {"CPU": "true"}, "CPU must be 0 or 1, not 'true'"),
@@ -491,6 +491,20 @@ def test_bad_input_is_named(args, env, message):
     # die() exits 2; bash's own ${MASTER_ADDR:?...} check exits 1
     assert proc.returncode == (1 if message.startswith("MASTER_ADDR") else 2)
     assert message in proc.stderr
+
+
+def test_a_bad_alpha_is_named_before_a_pretrained_model_is_fetched(tmp_path):
+    python, calls = tmp_path / "python", tmp_path / "calls"
+    python.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{calls}"\n')
+    python.chmod(0o755)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dict.source.txt").write_text("a 1\n")
+    for flags, env in ((["--alpha", "x"], {}), ([], {"ALPHA": "-1"})):
+        proc = subprocess.run(["bash", str(SCRIPTS / "train-cnndm.sh"), "--data", str(tmp_path / "data"), "--save-dir",
+                               str(tmp_path / "run"), *flags], env=script_env(FP16="0", PYTHON=python, **env),
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and "--alpha/ALPHA must be a non-negative number" in proc.stderr
+    assert not calls.exists() and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("script", TRAIN_SCRIPTS)
