@@ -49,3 +49,86 @@ def test_each_shape_gets_dictionaries_of_its_own_vocabulary(tmp_path, monkeypatc
         model, _, sample, _ = step_cost.build(name, "doubled", "cpu", torch.float32, tmp_path)
         assert model.encoder.embed_tokens.num_embeddings >= spec["vocab"]
         assert sample["target"].max() < model.encoder.embed_tokens.num_embeddings
+
+
+class FakeGpu:
+    """torch.cuda as the benchmark sees it: a step's work is queued and done at the next synchronize, and
+    the allocator keeps its peak until reset_peak_memory_stats."""
+
+    def __init__(self, resident):
+        self.now = self.queued = 0.0
+        self.live = self.peak = resident  # the model's parameters
+
+    def perf_counter(self):
+        return self.now
+
+    def synchronize(self, device=None):
+        self.now, self.queued = self.now + self.queued, 0.0
+
+    def empty_cache(self):
+        pass
+
+    def reset_peak_memory_stats(self, device=None):
+        self.peak = self.live
+
+    def memory_allocated(self, device=None):
+        return self.live
+
+    def max_memory_allocated(self, device=None):
+        return self.peak
+
+    def run(self, seconds, transient_bytes):
+        self.queued += seconds
+        self.peak = max(self.peak, self.live + transient_bytes)
+
+
+class FakeModel:
+    """One mode's step: the first of each built model compiles (slow, with a large workspace), then each
+    step takes the next of its seconds (cycled) and its peak bytes."""
+
+    def __init__(self, gpu, seconds, peak):
+        self.gpu, self.seconds, self.peak, self.steps = gpu, seconds, peak, 0
+
+    def zero_grad(self, set_to_none=True):
+        pass
+
+    def step(self):
+        first = self.steps == 0
+        seconds = 100.0 if first else self.seconds[(self.steps - 1) % len(self.seconds)]
+        self.steps += 1
+        self.gpu.run(seconds, self.peak + (10_000 * MiB if first else 0))
+
+
+MiB = 2**20
+
+
+def test_on_cuda_the_table_has_median_synchronised_times_and_reset_peaks_against_the_doubled_batch(
+        monkeypatch, capsys):
+    seconds = {"plugin": [1, 4, 5, 6], "doubled": [1, 2, 4, 9], "fairseq": [6], "single": [1.5]}  # medians 4.5, 3, 6, 1.5
+    peaks = {"plugin": 200 * MiB, "doubled": 400 * MiB, "fairseq": 800 * MiB, "single": 100 * MiB}
+    gpu, order = FakeGpu(resident=50 * MiB), []
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, getattr(gpu, name))
+    monkeypatch.setattr(step_cost, "time", type("Clock", (), {"perf_counter": staticmethod(gpu.perf_counter)}))
+
+    def build(shape, mode, device, dtype, workdir):
+        model = FakeModel(gpu, seconds[mode], peaks[mode])
+        model.mode = mode
+        return model, None, None, None
+
+    def step(model, criterion, sample, route):
+        order.append(model.mode)
+        model.step()
+
+    monkeypatch.setattr(step_cost, "build", build)
+    monkeypatch.setattr(step_cost, "step", step)
+    args = type("Args", (), dict(modes=list(seconds), device="cuda", dtype="bf16", repeats=4))
+    step_cost.report("iwslt", step_cost.run_shape("iwslt", args, torch.bfloat16, None), args)
+
+    # one warm-up step each, then the timed steps interleaved, so that drift hits every mode alike
+    assert order[:5 * 4] == list(seconds) * 5
+    rows = {cells[0]: cells[1:] for cells in ([cell.strip() for cell in line.strip("|").split("|")]
+                                              for line in capsys.readouterr().out.splitlines()
+                                              if line.startswith("| ") and not line.startswith("| mode"))}
+    assert rows == {"plugin": ["4.5000", "1.500", "200", "0.500"], "doubled": ["3.0000", "1.000", "400", "1.000"],
+                    "fairseq": ["6.0000", "2.000", "800", "2.000"], "single": ["1.5000", "0.500", "100", "0.250"]}
