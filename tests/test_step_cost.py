@@ -1,5 +1,7 @@
-"""The benchmark's memory probe counts tensor storages exactly."""
+"""benchmarks/step_cost.py: its memory probe counts tensor storages exactly, each mode steps the criterion it
+names, and on CUDA (a stand-in here) its table holds synchronised median times and reset peaks against doubled."""
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -132,3 +134,47 @@ def test_on_cuda_the_table_has_median_synchronised_times_and_reset_peaks_against
                                               if line.startswith("| ") and not line.startswith("| mode"))}
     assert rows == {"plugin": ["4.5000", "1.500", "200", "0.500"], "doubled": ["3.0000", "1.000", "400", "1.000"],
                     "fairseq": ["6.0000", "2.000", "800", "2.000"], "single": ["1.5000", "0.500", "100", "0.250"]}
+
+
+def test_each_mode_steps_its_criterion_on_its_batch_in_the_chosen_precision(tmp_path, monkeypatch):
+    from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+    from fairseq.criterions.label_smoothed_cross_entropy_with_rdrop import RdropLabelSmoothedCrossEntropyCriterion
+    from rdrop_fairseq.criterions import rdrop_criterion
+    from rdrop_fairseq.criterions.rdrop_label_smoothed_cross_entropy import RDropLabelSmoothedCrossEntropyCriterion
+
+    tiny = "--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 16 " \
+           "--decoder-embed-dim 16 --encoder-ffn-embed-dim 16 --decoder-ffn-embed-dim 16 " \
+           "--encoder-attention-heads 2 --decoder-attention-heads 2 --share-all-embeddings --dropout 0.3"
+    monkeypatch.setattr(step_cost, "SHAPES", {"tiny": dict(task="translation", vocab=40, batch=3, length=4,
+                                                           smoothing=0.1, model=tiny)})
+    monkeypatch.delenv("RDROP_KERNEL", raising=False)
+    losses = []  # the plugin's loss function of each step, and the kernel choice it runs under
+
+    def spy(name):
+        real = getattr(rdrop_criterion, name)
+
+        def loss_fn(*args, **kwargs):
+            losses.append((name, os.environ.get("RDROP_KERNEL", "auto")))
+            return real(*args, **kwargs)
+        return loss_fn
+
+    for name in ("rdrop_loss", "rdrop_loss_from_logits"):
+        monkeypatch.setattr(rdrop_criterion, name, spy(name))
+    expected = {  # criterion, alpha, copies of the batch in the sample, loss function, kernel
+        "doubled": (LabelSmoothedCrossEntropyCriterion, None, 2, None),
+        "plugin": (RDropLabelSmoothedCrossEntropyCriterion, 5, 1, ("rdrop_loss_from_logits", "auto")),
+        "plugin_torch": (RDropLabelSmoothedCrossEntropyCriterion, 5, 1, ("rdrop_loss_from_logits", "torch")),
+        "plugin_lprobs": (RDropLabelSmoothedCrossEntropyCriterion, 5, 1, ("rdrop_loss", "auto")),
+        "fairseq": (RdropLabelSmoothedCrossEntropyCriterion, 5, 1, None),
+        "single": (LabelSmoothedCrossEntropyCriterion, None, 1, None),
+    }
+    once = step_cost.make_sample("tiny", 1, "cpu")
+    for mode, (cls, alpha, repeat, loss_fn) in expected.items():
+        model, criterion, sample, route = step_cost.build("tiny", mode, "cpu", torch.bfloat16, tmp_path)
+        assert type(criterion) is cls and getattr(criterion, "rdrop_alpha", None) == alpha, mode
+        assert torch.equal(sample["target"], once["target"].repeat(repeat, 1)), mode
+        del losses[:]
+        step_cost.step(model, criterion, sample, route)
+        assert losses == ([loss_fn] if loss_fn else []), mode
+        assert {p.dtype for p in model.parameters()} == {p.grad.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert "RDROP_KERNEL" not in os.environ
