@@ -3,9 +3,11 @@ every benchmark are collected, and a benchmark that fails is shown with its erro
 import os
 import tarfile
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu-report.sh"
@@ -24,10 +26,12 @@ case "$1" in
         [[ " $* " == *" -o addopts= "* ]] || { echo "pytest would read pytest.ini's addopts: $*" >&2; exit 7; }
         [[ -n ${FAIL_TESTS:-} ]] && { echo "1 failed, 2 passed in 1.0s"; exit 1; }; echo "3 passed in 1.0s" ;;
     benchmarks/step_cost.py)
-        shape=$3
+        shape=$3 dtype=bf16
+        [[ " $FP16_SHAPES " == *" $shape "* ]] && dtype=fp16
+        [[ "${*:2}" == "--shape $shape --device cuda --dtype $dtype --repeats ${REPEATS:-10}" ]] || { echo "args: $*" >&2; exit 8; }
         echo "noise before the table"
         [[ $shape == "$FAIL_SHAPE" ]] && { echo "Traceback: RuntimeError: CUDA out of memory" >&2; exit 3; }
-        [[ $shape == "$SLOW_SHAPE" ]] && exec sleep 60
+        [[ $shape == "$SLOW_SHAPE" ]] && { [[ -n ${SLOW_STARTED:-} ]] && touch "$SLOW_STARTED"; exec sleep 60; }
         echo "## $shape: step cost"
         echo "| doubled | 1.0 | 1.000 |" ;;
     benchmarks/loss_kernel.py)
@@ -48,6 +52,11 @@ esac
 
 
 def run_report(tmp_path, script=SCRIPT, **env):
+    command, env, out = report_command(tmp_path, script, **env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env), out
+
+
+def report_command(tmp_path, script=SCRIPT, **env):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     tools = [("python", FAKE_PYTHON)] + ([] if env.pop("NO_NVIDIA_SMI", None) else
@@ -56,12 +65,10 @@ def run_report(tmp_path, script=SCRIPT, **env):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
     out = tmp_path / "report"
-    proc = subprocess.run(
-        ["bash", str(script), str(out)], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
-             "THROUGHPUT_UPDATES": "0", "BF16_SHAPES": "iwslt wmt", "FP16_SHAPES": "wmt_full",
-             "REAL_PYTHON": sys.executable, **env})
-    return proc, out
+    return ["bash", str(script), str(out)], {
+        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
+        "THROUGHPUT_UPDATES": "0", "BF16_SHAPES": "iwslt wmt", "FP16_SHAPES": "wmt_full",
+        "REAL_PYTHON": sys.executable, **env}, out
 
 
 def test_the_tables_of_every_benchmark_are_kept(tmp_path):
@@ -154,3 +161,26 @@ def test_the_tables_so_far_come_back_as_two_files_also_when_the_time_limit_strik
     assert "## iwslt: step cost" in report and "## wmt: step cost" not in report
     assert "## loss bf16" not in report and "### step-cost-fp16.md" not in report  # skipped: no empty sections
     assert "skipped: LIMIT_S=21 s was nearly spent" in (out / "step-cost-fp16.log").read_text()
+
+
+def test_the_tables_so_far_come_back_when_the_machine_kills_the_report_mid_shape(tmp_path):
+    # without LIMIT_S (or with one too long) the device machine's own limit ends the report at once: every
+    # shape's table must already be gathered by then
+    bundle, started = tmp_path / "OUT", tmp_path / "slow-shape-started"
+    command, env, out = report_command(tmp_path, OUT=str(bundle), SLOW_SHAPE="wmt", SLOW_STARTED=str(started),
+                                       REPEATS="3")
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        for _ in range(300):
+            if started.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert started.exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    report = (bundle / "gpu-report.md").read_text()
+    assert "### step-cost-bf16.md\n\n## iwslt: step cost\n| doubled |" in report and "## wmt" not in report
+    with tarfile.open(bundle / "gpu-report.tar.gz") as tar:
+        assert "report/step-cost-bf16.log" in tar.getnames()
