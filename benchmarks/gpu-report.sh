@@ -89,12 +89,14 @@ gather() {
     mv "$bundle/gpu-report.tar.gz.part" "$bundle/gpu-report.tar.gz"
 }
 
-if command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
-else
-    "$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(), "(no nvidia-smi)")' | tee "$out/device.txt"
+# a container's nvidia-smi can fail where CUDA works (NVML's version mismatch): torch names the device then
+if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader \
+        >"$out/device.txt" 2>/dev/null; }; then
+    "$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(), "(no nvidia-smi)")' >"$out/device.txt"
 fi
-"$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/device.txt"
+cat "$out/device.txt"
+"$PYTHON" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/device.txt" ||
+    echo "warning: $PYTHON cannot import torch and triton: the fused kernels cannot run" | tee -a "$out/device.txt" >&2
 gather
 stamp kernel tests
 # -o addopts=: pytest.ini's worker processes need pytest-xdist, which a device machine may lack

@@ -18,9 +18,12 @@ FAKE_PYTHON = r'''#!/usr/bin/env bash
 [[ -n ${TRITON_INTERPRET:-} ]] && { echo "TRITON_INTERPRET reached $*" >&2; exit 5; }
 case "$1" in
     -c) case $2 in
+            *cuda.is_available*) exit 0 ;;
             *get_device_capability*) echo 90 ;;
             *get_device_name*) echo "Fake GPU (no nvidia-smi)" ;;
-            *) echo "torch 9.9 triton 9.9" ;;
+            *triton*) [[ -n ${NO_TRITON:-} ]] && { echo "ModuleNotFoundError: No module named 'triton'" >&2; exit 1; }
+                echo "torch 9.9 triton 9.9" ;;
+            *) echo "unexpected: $*" >&2; exit 9 ;;
         esac ;;
     -m) # pytest.ini's worker processes need pytest-xdist, which the device machine may lack
         [[ " $* " == *" -o addopts= "* ]] || { echo "pytest would read pytest.ini's addopts: $*" >&2; exit 7; }
@@ -59,8 +62,9 @@ def run_report(tmp_path, script=SCRIPT, **env):
 def report_command(tmp_path, script=SCRIPT, **env):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    tools = [("python", FAKE_PYTHON)] + ([] if env.pop("NO_NVIDIA_SMI", None) else
-                                         [("nvidia-smi", "#!/bin/sh\necho 'Fake GPU, 1.0'\n")])
+    nvidia_smi = ("#!/bin/sh\necho 'Failed to initialize NVML: Driver/library version mismatch'; exit 18\n"
+                  if env.pop("NVIDIA_SMI_FAILS", None) else "#!/bin/sh\necho 'Fake GPU, 1.0'\n")
+    tools = [("python", FAKE_PYTHON)] + ([] if env.pop("NO_NVIDIA_SMI", None) else [("nvidia-smi", nvidia_smi)])
     for name, text in tools:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
@@ -122,10 +126,15 @@ def test_throughput_finds_the_corpus_a_device_run_carries_into_the_checkout(tmp_
     assert "'corpus': PosixPath('.corpus/lohelp-de-en')" in (out / "train-throughput.log").read_text()
 
 
-def test_without_nvidia_smi_the_device_is_named_by_torch(tmp_path):
+def test_without_a_working_nvidia_smi_or_triton_the_report_still_runs(tmp_path):
     proc, out = run_report(tmp_path, NO_NVIDIA_SMI="1")
     assert proc.returncode == 0, proc.stderr
     assert "(no nvidia-smi)" in (out / "device.txt").read_text()
+    # a container's nvidia-smi can fail (NVML version mismatch) where CUDA works: that must not end the report
+    proc, out = run_report(tmp_path, NVIDIA_SMI_FAILS="1", NO_TRITON="1")  # nor does a Triton that fails to import
+    assert proc.returncode == 0, proc.stderr
+    assert "(no nvidia-smi)" in (out / "device.txt").read_text() and "cannot import" in proc.stderr
+    assert (out / "step-cost-fp16.md").read_text().startswith("## wmt_full")
 
 
 def test_a_failing_test_warns_and_the_timings_are_still_made(tmp_path):
