@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The GPU figures of the README, in one run on a CUDA machine: the fused kernels' tests compiled for it, their
 # registers and spills as its Triton compiles them (benchmarks/kernel_resources.py), a flattened --fp16
-# checkpoint written on the GPU and read by the safe loader (tests/test_safe_load.py), the loss alone
-# (benchmarks/loss_kernel.py), one training step per shape (benchmarks/step_cost.py) and fairseq-train
-# throughput (benchmarks/train_throughput.py), each printed and kept in OUT_DIR (NAME.md the tables, NAME.log
-# the whole output).  Anything that fails warns and shows the end of its log, and the report goes on, so that
-# one failing shape (out of memory, say) costs the device run only its own figures; the exit status is that of
-# the last failure.  Throughput is skipped, with a warning, when its corpus is not there.  After every section
-# the tables so far are gathered into BUNDLE_DIR/gpu-report.md and the whole OUT_DIR into
-# BUNDLE_DIR/gpu-report.tar.gz: two files, as a device machine brings back only a few, and whatever had
-# finished when a time limit struck.
+# checkpoint written on the GPU and read by the safe loader (tests/test_safe_load.py), one training step per
+# shape in bf16 and fp16 (benchmarks/step_cost.py: the speed goal's figures, so before the rest), the loss
+# alone (benchmarks/loss_kernel.py) and fairseq-train throughput (benchmarks/train_throughput.py), each
+# printed and kept in OUT_DIR (NAME.md the tables, NAME.log the whole output).  Anything that fails warns and
+# shows the end of its log, and the report goes on, so that one failing shape (out of memory, say) costs the
+# device run only its own figures; the exit status is that of the last failure.  Throughput is skipped, with a
+# warning, when its corpus is not there.  After every section the tables so far are gathered into
+# BUNDLE_DIR/gpu-report.md and the whole OUT_DIR into BUNDLE_DIR/gpu-report.tar.gz: two files, as a device
+# machine brings back only a few, and whatever had finished when a time limit struck.
 #
 # Usage: benchmarks/gpu-report.sh [OUT_DIR]     (default: gpu-report)
 # Env:   BUNDLE_DIR   where the two files go (default: $OUT where it is set, as on the device machine, whose
@@ -21,7 +21,7 @@
 #        PYTHON       interpreter with rdrop_fairseq's dependencies (default: python3)
 #        REPEATS      steps timed per mode (default: 10)
 #        BF16_SHAPES  step_cost shapes in bf16 (default: iwslt iwslt_full wmt wmt_full lm)
-#        FP16_SHAPES  step_cost shapes in fp16 (default: iwslt_full wmt_full)
+#        FP16_SHAPES  step_cost shapes in fp16 (default: iwslt iwslt_full wmt wmt_full lm)
 #        BLOCKS       loss_kernel's --blocks: block sizes timed beside the kernels' own (default: 1024 2048 8192)
 #        CORPUS, WORK_DIR  train_throughput's --corpus and --work-dir (default corpus: .corpus/lohelp-de-en
 #                          in the checkout, where a device run carries it, else ../shared/corpora/lohelp-de-en)
@@ -81,7 +81,7 @@ gather() {
     local name
     mkdir -p "$bundle"
     for name in device.txt kernel-tests.txt kernel-resources.md checkpoint-tests.txt step-cost-bf16.md \
-        loss-kernel-bf16.md loss-kernel-fp16.md step-cost-fp16.md train-throughput.md loss-kernel-copies.md; do
+        step-cost-fp16.md loss-kernel-bf16.md loss-kernel-fp16.md train-throughput.md loss-kernel-copies.md; do
         if [[ -s $out/$name ]]; then printf '### %s\n\n%s\n\n' "$name" "$(cat "$out/$name")"; fi
     done >"$bundle/gpu-report.md.part"
     mv "$bundle/gpu-report.md.part" "$bundle/gpu-report.md"
@@ -119,19 +119,19 @@ for shape in ${BF16_SHAPES-iwslt iwslt_full wmt wmt_full lm}; do
     gather
 done
 tables step-cost-bf16
-for dtype in bf16 fp16; do
-    stamp "loss_kernel $dtype"
-    logged "loss-kernel-$dtype" "$PYTHON" benchmarks/loss_kernel.py --dtype "$dtype" ${BLOCKS:+--blocks $BLOCKS}
-    tables "loss-kernel-$dtype"
-    gather
-done
-for shape in ${FP16_SHAPES-iwslt_full wmt_full}; do
+for shape in ${FP16_SHAPES-iwslt iwslt_full wmt wmt_full lm}; do
     stamp "step_cost $shape fp16"
     logged step-cost-fp16 "$PYTHON" benchmarks/step_cost.py --shape "$shape" --device cuda --dtype fp16 --repeats "$repeats"
     tables step-cost-fp16 >/dev/null
     gather
 done
 tables step-cost-fp16
+for dtype in bf16 fp16; do
+    stamp "loss_kernel $dtype"
+    logged "loss-kernel-$dtype" "$PYTHON" benchmarks/loss_kernel.py --dtype "$dtype" ${BLOCKS:+--blocks $BLOCKS}
+    tables "loss-kernel-$dtype"
+    gather
+done
 corpus=${CORPUS:-}
 if [[ -z $corpus ]]; then  # where a device run carries it (../shared/device/README.md), else beside the checkout
     corpus=.corpus/lohelp-de-en

@@ -29,9 +29,10 @@ case "$1" in
         [[ " $* " == *" -o addopts= "* ]] || { echo "pytest would read pytest.ini's addopts: $*" >&2; exit 7; }
         [[ -n ${FAIL_TESTS:-} ]] && { echo "1 failed, 2 passed in 1.0s"; exit 1; }; echo "3 passed in 1.0s" ;;
     benchmarks/step_cost.py)
-        shape=$3 dtype=bf16
-        [[ " $FP16_SHAPES " == *" $shape "* ]] && dtype=fp16
-        [[ "${*:2}" == "--shape $shape --device cuda --dtype $dtype --repeats ${REPEATS:-10}" ]] || { echo "args: $*" >&2; exit 8; }
+        shape=$3 dtype=$7
+        [[ "${*:2}" == "--shape $shape --device cuda --dtype $dtype --repeats ${REPEATS:-10}" && $dtype =~ ^(bf|fp)16$ ]] ||
+            { echo "args: $*" >&2; exit 8; }
+        echo "$shape $dtype" >>"${STEP_CALLS:-/dev/null}"
         echo "noise before the table"
         [[ $shape == "$FAIL_SHAPE" ]] && { echo "Traceback: RuntimeError: CUDA out of memory" >&2; exit 3; }
         [[ $shape == "$SLOW_SHAPE" ]] && { [[ -n ${SLOW_STARTED:-} ]] && touch "$SLOW_STARTED"; exec sleep 60; }
@@ -69,15 +70,17 @@ def report_command(tmp_path, script=SCRIPT, **env):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
     out = tmp_path / "report"
-    return ["bash", str(script), str(out)], {
-        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
-        "THROUGHPUT_UPDATES": "0", "BF16_SHAPES": "iwslt wmt", "FP16_SHAPES": "wmt_full",
-        "REAL_PYTHON": sys.executable, **env}, out
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
+           "THROUGHPUT_UPDATES": "0", "BF16_SHAPES": "iwslt wmt", "FP16_SHAPES": "wmt_full",
+           "REAL_PYTHON": sys.executable, **env}
+    return ["bash", str(script), str(out)], {name: value for name, value in env.items() if value is not None}, out
 
 
 def test_the_tables_of_every_benchmark_are_kept(tmp_path):
-    proc, out = run_report(tmp_path)
+    calls = tmp_path / "step-cost-calls"
+    proc, out = run_report(tmp_path, STEP_CALLS=str(calls))
     assert proc.returncode == 0, proc.stderr
+    assert calls.read_text().splitlines() == ["iwslt bf16", "wmt bf16", "wmt_full fp16"]
     bf16 = (out / "step-cost-bf16.md").read_text().splitlines()
     assert bf16 == ["## iwslt: step cost", "| doubled | 1.0 | 1.000 |", "## wmt: step cost", "| doubled | 1.0 | 1.000 |"]
     assert (out / "step-cost-fp16.md").read_text().startswith("## wmt_full")
@@ -155,10 +158,10 @@ def test_the_tables_so_far_come_back_as_two_files_also_when_the_time_limit_strik
     assert sorted(p.name for p in bundle.iterdir()) == ["gpu-report.md", "gpu-report.tar.gz"]
     report = (bundle / "gpu-report.md").read_text()
     order = ["### device.txt", "### kernel-tests.txt", "### kernel-resources.md", "### checkpoint-tests.txt",
-             "### step-cost-bf16.md", "### loss-kernel-bf16.md", "### loss-kernel-fp16.md", "### step-cost-fp16.md"]
+             "### step-cost-bf16.md", "### step-cost-fp16.md", "### loss-kernel-bf16.md", "### loss-kernel-fp16.md"]
     assert [report.index(heading) for heading in order] == sorted(report.index(heading) for heading in order)
     assert "| doubled | 1.0 | 1.000 |" in report and "## loss fp16" in report and "STALE" not in report
-    assert report.index("### step-cost-fp16.md") < report.index("### loss-kernel-copies.md\n\n## copies\n| wmt | 8 |")
+    assert report.index("### loss-kernel-fp16.md") < report.index("### loss-kernel-copies.md\n\n## copies\n| wmt | 8 |")
     with tarfile.open(bundle / "gpu-report.tar.gz") as tar:
         assert "report/step-cost-bf16.log" in tar.getnames()
 
@@ -193,3 +196,14 @@ def test_the_tables_so_far_come_back_when_the_machine_kills_the_report_mid_shape
     assert "### step-cost-bf16.md\n\n## iwslt: step cost\n| doubled |" in report and "## wmt" not in report
     with tarfile.open(bundle / "gpu-report.tar.gz") as tar:
         assert "report/step-cost-bf16.log" in tar.getnames()
+
+
+def test_by_default_every_shape_of_the_speed_goal_is_timed_in_bf16_and_fp16_before_the_other_benchmarks(tmp_path):
+    calls, bundle = tmp_path / "step-cost-calls", tmp_path / "OUT"
+    proc, out = run_report(tmp_path, STEP_CALLS=str(calls), OUT=str(bundle), BF16_SHAPES=None, FP16_SHAPES=None)
+    assert proc.returncode == 0, proc.stderr
+    shapes = ["iwslt", "iwslt_full", "wmt", "wmt_full", "lm"]
+    assert calls.read_text().splitlines() == [f"{shape} bf16" for shape in shapes] + [f"{shape} fp16" for shape in shapes]
+    # under a time limit the goal's tables come first: the loss alone and the rest after them
+    report = (bundle / "gpu-report.md").read_text()
+    assert report.index("### step-cost-bf16.md") < report.index("### step-cost-fp16.md") < report.index("### loss-kernel")
