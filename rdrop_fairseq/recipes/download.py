@@ -77,7 +77,8 @@ def with_hashes(archives: Sequence[Archive], overrides: Mapping[str, Optional[st
     return [replace(a, known_hash=overrides[a.name]) if a.name in overrides else a for a in archives]
 
 
-def check_hash(path: Path, known_hash: Optional[str]) -> None:
+def check_hash(path: Path, known_hash: Optional[str], name: Optional[str] = None) -> None:
+    """``name``: the archive's upstream name, which ``--hash`` wants (a user's file may differ)."""
     if known_hash is None:
         return
     import pooch
@@ -88,7 +89,7 @@ def check_hash(path: Path, known_hash: Optional[str]) -> None:
     if actual.lower() != expected.lower():
         raise CorruptArchiveError(
             f"{path}: {algorithm} is {actual}, expected {expected}; the file is truncated or "
-            f"corrupt (or is another release: pass --hash {path.name}=none to accept it)")
+            f"corrupt (or is another release: pass --hash {name or path.name}=none to accept it)")
 
 
 class ResumableDownloader:
@@ -153,7 +154,7 @@ def fetch(archive: Archive, cache_dir: Path, local: Optional[Path] = None,
             continue
         candidate = Path(candidate)
         if candidate.is_file():
-            check_hash(candidate, archive.known_hash)
+            check_hash(candidate, archive.known_hash, archive.name)
             logger.info("using %s (%s)", candidate, origin)
             return candidate
         if origin == "--archive":
