@@ -62,9 +62,10 @@ def parse_hash_overrides(items: Iterable[str]) -> Dict[str, Optional[str]]:
         if value.lower() != "none" and ":" not in value:
             raise ValueError(f"--hash {item!r}: the hash needs an algorithm prefix, e.g. sha256:HEX")
         algorithm = value.partition(":")[0].lower()
-        if value.lower() != "none" and algorithm not in hashlib.algorithms_available:
-            raise ValueError(f"--hash {item!r}: unknown hash algorithm {algorithm!r}; "
-                             f"use one of {', '.join(sorted(hashlib.algorithms_guaranteed))}")
+        if value.lower() != "none" and (algorithm not in hashlib.algorithms_available
+                                        or algorithm.startswith("shake_")):  # no fixed-length hex digest
+            raise ValueError(f"--hash {item!r}: unknown hash algorithm {algorithm!r}; use one of "
+                             f"{', '.join(sorted(a for a in hashlib.algorithms_guaranteed if not a.startswith('shake_')))}")
         overrides[name] = None if value.lower() == "none" else f"{algorithm}:{value.partition(':')[2]}"
     return overrides
 

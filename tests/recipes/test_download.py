@@ -182,5 +182,7 @@ def test_hash_overrides():
         parse_hash_overrides(["a.tgz=ff"])
     with pytest.raises(ValueError, match="unknown hash algorithm 'sha265'"):
         parse_hash_overrides(["a.tgz=sha265:ff"])
+    with pytest.raises(ValueError, match="unknown hash algorithm 'shake_128'; use one of blake2b, "):
+        parse_hash_overrides(["a.tgz=shake_128:ff"])  # its hexdigest needs a length: pooch would fail on it
     with pytest.raises(ValueError, match=r"unknown archive\(s\) \['c.tgz'\]"):
         with_hashes(archives, parse_hash_overrides(["c.tgz=none"]))
