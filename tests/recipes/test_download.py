@@ -3,6 +3,7 @@ import hashlib
 import http.server
 import io
 import random
+import re
 import tarfile
 import threading
 
@@ -17,7 +18,8 @@ SHA = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
 
 class Server(http.server.ThreadingHTTPServer):
     """Serves PAYLOAD at /ok/*, honouring Range; /norange/* ignores Range;
-    /bad/* serves altered bytes; anything else is 404.  Records Range headers."""
+    /bad/* serves altered bytes; /drop/* closes the connection halfway; anything
+    else is 404.  Records Range headers."""
 
     def __init__(self):
         self.ranges = []
@@ -33,14 +35,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         kind = self.path.split("/")[1]
-        if kind not in ("ok", "norange", "bad"):
+        if kind not in ("ok", "norange", "bad", "drop"):
             self.send_error(404)
             return
         body = PAYLOAD[:-1] + b"x" if kind == "bad" else PAYLOAD
         wanted = self.headers.get("Range")
         self.server.ranges.append(wanted)
+        start = int(wanted.split("=")[1].rstrip("-")) if wanted else 0
+        if start >= len(body):
+            self.send_error(416)
+            return
         if wanted and kind == "ok":
-            start = int(wanted.split("=")[1].rstrip("-"))
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             body = body[start:]
@@ -48,7 +53,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(body[:len(body) // 2] if kind == "drop" else body)
 
 
 @pytest.fixture
@@ -83,9 +88,42 @@ def test_download_starts_over_when_the_server_ignores_range(server, tmp_path):
 
 
 def test_corrupt_download_is_rejected_by_name_and_removed(server, tmp_path):
-    with pytest.raises(DownloadError, match=r"could not download data\.bin(.|\n)*corrupt"):
-        fetch(Archive("data.bin", (server.url("bad/data.bin"),), SHA), tmp_path)
+    url = server.url("bad/data.bin")
+    with pytest.raises(DownloadError, match=rf"could not download data\.bin:\n  {re.escape(url)}: corrupt"):
+        fetch(Archive("data.bin", (url,), SHA), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_failed_url_is_named(server, tmp_path):
+    urls = (server.url("missing/data.bin"), server.url("bad/data.bin"))
+    with pytest.raises(DownloadError) as raised:
+        fetch(Archive("data.bin", urls, SHA), tmp_path)
+    said = str(raised.value).splitlines()
+    assert said[1].startswith(f"  {urls[0]}: 404") and said[2].startswith(f"  {urls[1]}: corrupt")
+
+
+def test_a_dropped_connection_keeps_the_part_for_the_next_run_not_the_final_name(server, tmp_path):
+    with pytest.raises(DownloadError, match=re.escape(server.url("drop/data.bin"))):
+        fetch(Archive("data.bin", (server.url("drop/data.bin"),)), tmp_path)  # no hash: only the name tells
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin.part"]
+    assert fetch(Archive("data.bin", (server.url("ok/data.bin"),), SHA), tmp_path).read_bytes() == PAYLOAD
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_a_complete_part_is_taken_when_the_server_says_there_is_nothing_left(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD)
+    assert fetch(Archive("data.bin", (server.url("ok/data.bin"),), SHA), tmp_path).read_bytes() == PAYLOAD
+    assert server.ranges == [f"bytes={len(PAYLOAD)}-"]
+
+
+def test_an_earlier_download_is_reused_and_a_corrupt_one_fetched_again(server, tmp_path):
+    archive = Archive("data.bin", (server.url("ok/data.bin"),), SHA)
+    fetch(archive, tmp_path)
+    assert fetch(archive, tmp_path).read_bytes() == PAYLOAD
+    assert server.ranges == [None]
+    (tmp_path / "data.bin").write_bytes(PAYLOAD[:100])
+    assert fetch(archive, tmp_path).read_bytes() == PAYLOAD
+    assert server.ranges == [None, None]
 
 
 def test_local_archive_and_mirror_come_before_the_network(tmp_path):
@@ -97,6 +135,9 @@ def test_local_archive_and_mirror_come_before_the_network(tmp_path):
     (mirror / "data.bin").write_bytes(PAYLOAD)
     assert fetch(offline, tmp_path / "cache", local=given, mirror=mirror) == given
     assert fetch(offline, tmp_path / "cache", mirror=mirror) == mirror / "data.bin"
+    (mirror / "data.bin").write_bytes(PAYLOAD[:100])
+    with pytest.raises(CorruptArchiveError, match="mirror/data.bin: sha256 is"):
+        fetch(offline, tmp_path / "cache", mirror=mirror)
     with pytest.raises(FileNotFoundError, match="--archive .*nope.bin"):
         fetch(offline, tmp_path / "cache", local=tmp_path / "nope.bin")
     given.write_bytes(PAYLOAD[:100])
