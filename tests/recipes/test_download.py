@@ -2,10 +2,12 @@ import builtins
 import hashlib
 import http.server
 import io
+import os
 import random
 import re
 import tarfile
 import threading
+import zipfile
 
 import pytest
 
@@ -160,6 +162,36 @@ def test_extract_takes_the_matching_members(tmp_path):
     files = extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out")
     assert [f.name for f in files] == ["x.de", "x.en"]
     assert (tmp_path / "out" / "x.de").read_text() == "hallo\n"
+
+
+def test_extract_keeps_members_inside_the_target_and_publishes_it_readable(tmp_path):
+    archive = _tgz(tmp_path / "a.tgz", {"../../outside/x.de": b"hallo\n", "/abs/x.en": b"hello\n"})
+    umask = os.umask(0o022)
+    try:
+        files = extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out" / "a")
+    finally:
+        os.umask(umask)
+    assert files == [tmp_path / "out" / "a" / "x.de", tmp_path / "out" / "a" / "x.en"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz", "out"]
+    assert (tmp_path / "out" / "a").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0o700
+
+
+def test_extract_is_skipped_when_the_target_exists(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.de").write_text("earlier\n")
+    assert extract(tmp_path / "not-read.tgz", ["*/x.de"], tmp_path / "out") == [tmp_path / "out" / "x.de"]
+
+
+def test_a_zip_with_a_damaged_member_is_called_corrupt(tmp_path):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("d/x.de", b"hallo\n" * 1000)
+    data = bytearray(archive.read_bytes())
+    data[data.index(b"hallo")] ^= 1  # stored uncompressed: only the CRC tells
+    archive.write_bytes(bytes(data))
+    with pytest.raises(CorruptArchiveError, match=r"a\.zip: truncated or corrupt archive \(Bad CRC-32"):
+        extract(archive, ["*/x.de"], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
 
 
 def test_truncated_archive_without_hash_is_detected_and_leaves_nothing(tmp_path):
