@@ -3,9 +3,12 @@ import sys
 
 import pytest
 
-from fixtures_upstream import run_script
-from rdrop_fairseq.recipes.datasets import iwslt14, wikitext103, wmt14
-from rdrop_fairseq.recipes.download import MIRROR_ENV
+from fixtures_upstream import run_script, write_tgz
+from rdrop_fairseq.recipes.datasets import common, iwslt14, wikitext103, wmt14
+from rdrop_fairseq.recipes.download import MIRROR_ENV, Archive, CorruptArchiveError
+
+OFFLINE = Archive("a.tgz", ("http://127.0.0.1:9/unreachable",))  # any download attempt fails
+PATTERNS = {"a.tgz": ["*/x.de"]}
 
 
 @pytest.mark.parametrize("flag", ["--out", "--download-dir", "--mirror"])
@@ -67,3 +70,49 @@ def test_errors_of_a_prepare_script_name_the_script():
     assert proc.stderr.splitlines()[-1] == ("scripts/prepare-wikitext103.sh: error: argument --workers: "
                                             "must be a positive integer, not 0")
     assert proc.stderr.startswith("usage: scripts/prepare-wikitext103.sh ")
+
+
+def _fetch_and_extract(out, *argv):
+    args = wikitext103.parser().parse_args(["--out", str(out), *map(str, argv)])
+    return common.fetch_and_extract(common.Layout(out, "a"), args, [OFFLINE], PATTERNS)
+
+
+def test_a_single_archive_is_taken_under_any_name_and_not_needed_once_unpacked(tmp_path, monkeypatch):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    copy = write_tgz(tmp_path / "my-copy.tgz", {"d/x.de": "hallo\n"})
+    folder = _fetch_and_extract(tmp_path / "data", "--archive", copy)["a.tgz"]
+    assert (folder / "x.de").read_text() == "hallo\n"
+    copy.unlink()
+    assert _fetch_and_extract(tmp_path / "data")["a.tgz"] == folder
+
+
+def test_a_corrupt_download_is_removed_but_a_corrupt_user_file_is_kept(tmp_path, monkeypatch):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    cached = tmp_path / "data" / "downloads" / "a.tgz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(write_tgz(tmp_path / "whole.tgz", {"d/x.de": "hallo\n" * 1000}).read_bytes()[:-8])
+    with pytest.raises(CorruptArchiveError, match="the download was removed"):
+        _fetch_and_extract(tmp_path / "data")
+    assert not cached.exists()
+    # the user's own copy is kept even where downloads go
+    cached.write_bytes((tmp_path / "whole.tgz").read_bytes()[:-8])
+    with pytest.raises(CorruptArchiveError, match="it is left as it is"):
+        _fetch_and_extract(tmp_path / "data", "--archive", cached)
+    assert cached.exists()
+    assert not (tmp_path / "data" / "a" / "orig" / "a").exists()
+
+
+def test_outputs_of_other_settings_are_not_mixed(tmp_path):
+    layout = common.Layout(tmp_path, "a")
+    common.check_params(layout, {"merges": 10})
+    common.check_params(layout, {"merges": 20})  # nothing made yet: the new settings are taken
+    (layout.text_dir / "code").write_text("")
+    with pytest.raises(ValueError, match=r"prepared with \{'merges': 20\}, not \{'merges': 30\}"):
+        common.check_params(layout, {"merges": 30})
+
+
+def test_a_step_runs_until_all_its_outputs_exist(tmp_path):
+    done = tmp_path / "done"
+    done.write_text("")
+    assert common.pending("step", [done, tmp_path / "missing"])
+    assert not common.pending("step", [done])
