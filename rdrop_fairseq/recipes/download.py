@@ -22,6 +22,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -95,7 +96,9 @@ def check_hash(path: Path, known_hash: Optional[str], name: Optional[str] = None
 
 class ResumableDownloader:
     """A pooch downloader that keeps the partial file under a stable name
-    (``part``) between runs and asks the server for the remaining bytes."""
+    (``part``) between runs and asks the server for the remaining bytes.  It logs
+    how far it got every ``report_every_s`` seconds and at the end."""
+    report_every_s = 30.0
 
     def __init__(self, part: Path, timeout: float = 60.0):
         self.part = Path(part)
@@ -118,10 +121,24 @@ class ResumableDownloader:
                 if have:
                     logger.info("%s: %s %s", url, f"resuming at byte {have}" if resumed
                                 else "server ignores Range, starting over", self.part.name)
+                done = have if resumed else 0
+                length = response.headers.get("Content-Length", "")
+                total = done + int(length) if length.isdigit() else None
+                reported = time.monotonic()
                 with open(self.part, "ab" if resumed else "wb") as out:
                     for chunk in response.iter_content(CHUNK):
                         out.write(chunk)
+                        done += len(chunk)
+                        if time.monotonic() - reported >= self.report_every_s:
+                            reported = time.monotonic()
+                            self._report(done, total)
+                self._report(done, total)
         os.replace(self.part, output_file)
+
+    def _report(self, done: int, total: Optional[int]) -> None:
+        mib = 1 << 20
+        of = f" of {total / mib:.1f} MiB ({100 * done / total:.0f}%)" if total else " (size unknown)"
+        logger.info("%s: %.1f MiB%s", self.part.name.removesuffix(".part"), done / mib, of)
 
 
 def download(archive: Archive, cache_dir: Path) -> Path:

@@ -2,6 +2,7 @@ import builtins
 import hashlib
 import http.server
 import io
+import logging
 import os
 import random
 import re
@@ -11,8 +12,8 @@ import zipfile
 
 import pytest
 
-from rdrop_fairseq.recipes.download import (Archive, CorruptArchiveError, DownloadError, extract, fetch,
-                                    parse_hash_overrides, with_hashes)
+from rdrop_fairseq.recipes.download import (Archive, CorruptArchiveError, DownloadError, ResumableDownloader, extract,
+                                    fetch, parse_hash_overrides, with_hashes)
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
@@ -81,6 +82,14 @@ def test_download_resumes_a_partial_file(server, tmp_path):
     assert server.ranges == ["bytes=1000-"]
     assert path.read_bytes() == PAYLOAD
     assert not (tmp_path / "data.bin.part").exists()
+
+
+def test_a_download_reports_its_progress_counting_the_resumed_part(server, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(ResumableDownloader, "report_every_s", 0.0)
+    caplog.set_level(logging.INFO, "rdrop_fairseq.recipes.download")
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:len(PAYLOAD) // 4])
+    fetch(Archive("data.bin", (server.url("ok/data.bin"),), SHA), tmp_path)
+    assert "data.bin: 1.0 MiB of 1.0 MiB (100%)" in caplog.messages
 
 
 def test_download_starts_over_when_the_server_ignores_range(server, tmp_path):
