@@ -148,20 +148,23 @@ def download(archive: Archive, cache_dir: Path) -> Path:
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    failures = []
+    failures, corrupt = [], False
     for url in archive.urls:
         logger.info("downloading %s from %s", archive.name, url)
         try:
             path = pooch.retrieve(url, archive.known_hash, fname=archive.name, path=cache_dir,
                                   downloader=ResumableDownloader(cache_dir / f"{archive.name}.part"))
             return Path(path)
+        except (requests.RequestException, OSError) as err:  # first: requests' InvalidURL is a ValueError too
+            failures.append(f"{url}: {err}")
         except ValueError as err:  # pooch's hash mismatch; it has removed the file
             failures.append(f"{url}: corrupt download ({err})")
-        except (requests.RequestException, OSError) as err:
-            failures.append(f"{url}: {err}")
+            corrupt = True
         logger.warning("%s", failures[-1])
+    another_release = (f" If every URL serves another release, --hash {archive.name}=none accepts it."
+                       if corrupt else "")
     raise DownloadError(f"could not download {archive.name}:\n  " + "\n  ".join(failures)
-                        + "\nDownload it by hand and pass --archive PATH or --mirror DIR.")
+                        + "\nDownload it by hand and pass --archive PATH or --mirror DIR." + another_release)
 
 
 def fetch(archive: Archive, cache_dir: Path, local: Optional[Path] = None,

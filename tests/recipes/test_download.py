@@ -103,6 +103,8 @@ def test_corrupt_download_is_rejected_by_name_and_removed(server, tmp_path):
     with pytest.raises(DownloadError, match=rf"could not download data\.bin:\n  {re.escape(url)}: corrupt"):
         fetch(Archive("data.bin", (url,), SHA), tmp_path)
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DownloadError, match=r"--archive PATH or --mirror DIR\. .*--hash data\.bin=none accepts it"):
+        fetch(Archive("data.bin", (url,), SHA), tmp_path)
 
 
 def test_every_failed_url_is_named(server, tmp_path):
@@ -111,6 +113,12 @@ def test_every_failed_url_is_named(server, tmp_path):
         fetch(Archive("data.bin", urls, SHA), tmp_path)
     said = str(raised.value).splitlines()
     assert said[1].startswith(f"  {urls[0]}: 404") and said[2].startswith(f"  {urls[1]}: corrupt")
+    with pytest.raises(DownloadError) as raised:
+        fetch(Archive("data.bin", urls[:1], SHA), tmp_path)
+    assert "--hash" not in str(raised.value)  # a missing file is not another release
+    with pytest.raises(DownloadError) as raised:
+        fetch(Archive("data.bin", ("ftp://127.0.0.1:9/data.bin",), SHA), tmp_path)
+    assert "corrupt" not in str(raised.value) and "--hash" not in str(raised.value)
 
 
 def test_a_dropped_connection_keeps_the_part_for_the_next_run_not_the_final_name(server, tmp_path):
