@@ -138,7 +138,7 @@ class ResumableDownloader:
     def _report(self, done: int, total: Optional[int]) -> None:
         mib = 1 << 20
         of = f" of {total / mib:.1f} MiB ({100 * done / total:.0f}%)" if total else " (size unknown)"
-        logger.info("%s: %.1f MiB%s", self.part.name.removesuffix(".part"), done / mib, of)
+        logger.info("%s: %.1f MiB%s", self.part.stem, done / mib, of)
 
 
 def download(archive: Archive, cache_dir: Path) -> Path:
