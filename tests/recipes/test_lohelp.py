@@ -1,6 +1,10 @@
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +36,8 @@ def help_tree(tmp_path):
     write(en / "sub" / "b.html", html_page([("par_id9", choose)]))
     write(de / "sub" / "b.html", html_page([("par_id9", wahl)]))
     write(en / "only_en.html", html_page([("par_id1", "Lonely page.")]))
+    write(en / "c.html", html_page([("par_id4", "Open a file."), ("par_id5", "Open a file.")]))  # repeats a.html
+    write(de / "c.html", html_page([("par_id4", "Eine Datei öffnen."), ("par_id5", "Eine Datei öffnen.")]))
     return tmp_path
 
 
@@ -83,6 +89,26 @@ def test_split_is_deterministic_disjoint_and_keeps_groups_together():
     assert not keys["valid"] & keys["test"]
 
 
+def test_the_split_is_the_same_in_every_process():
+    # str hashes differ between processes (PYTHONHASHSEED): a split ordered by them would differ between machines
+    script = ("import json; from rdrop_fairseq.recipes import lohelp; from tests.recipes.test_lohelp import "
+              "synthetic_pairs; print(json.dumps(lohelp.split_pairs(synthetic_pairs(600), 50, 50)))")
+    root = Path(__file__).resolve().parents[2]
+    splits = [json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                        cwd=root, env={**os.environ, "PYTHONPATH": str(root),
+                                                       "PYTHONHASHSEED": seed}).stdout)
+              for seed in ("1", "2")]
+    here = {name: [list(pair) for pair in pairs] for name, pairs in lohelp.split_pairs(synthetic_pairs(600), 50, 50).items()}
+    assert splits[0] == splits[1] == here
+
+
+def test_english_that_differs_in_case_only_stays_in_one_split():
+    pairs = synthetic_pairs(2000) + [(f"Kleiner Satz {i}", f"sentence {i}.") for i in range(1, 2000, 3)]
+    split = lohelp.split_pairs(pairs, 150, 150)
+    keys = {name: {t.casefold() for _, t in v} for name, v in split.items()}
+    assert not keys["train"] & keys["valid"] and not keys["train"] & keys["test"] and not keys["valid"] & keys["test"]
+
+
 def test_heldout_pair_whose_source_is_in_train_moves_to_train():
     pairs = synthetic_pairs(400)
     first = lohelp.split_pairs(pairs, 20, 20)
@@ -98,7 +124,8 @@ def test_heldout_pair_whose_source_is_in_train_moves_to_train():
 def test_a_pair_moved_to_train_takes_the_held_out_pairs_that_share_its_texts():
     # two target groups: "Options" goes to valid (sha1 order), "Settings" to train; "Optionen" is in
     # both, so its valid pair moves to train and brings "Options" along, with the other pair of that group
-    pairs = [("Optionen", "Options"), ("Einstellungen X", "Options"), ("Optionen", "Settings")]
+    # ("Einstellungen X", "Options") comes first, so only a second pass over valid sees that it must move
+    pairs = [("Einstellungen X", "Options"), ("Optionen", "Options"), ("Optionen", "Settings")]
     order = sorted({t for _, t in pairs}, key=lambda t: hashlib.sha1(lohelp.group_key(t).encode()).hexdigest())
     if order[0] != "Options":  # keep the example as described whatever sha1 says
         pairs = [(s, {"Options": "Settings", "Settings": "Options"}[t]) for s, t in pairs]
@@ -170,9 +197,12 @@ def test_cli_reuses_a_built_corpus(tmp_path, capsys):
     (["--src", "fr"], "no train.fr"),
     (["--src", "en", "--tgt", "de"], "'src': 'de'"),  # the same files, split by the other side
     (["--valid-size", "100"], "'valid_size': 1500"),
+    ([], "no valid.en"),  # the same settings, a file gone
 ])
 def test_cli_refuses_a_corpus_built_with_other_settings(tmp_path, capsys, args, said):
     built_corpus(tmp_path, {"settings": {"src": "de", "tgt": "en", "valid_size": 1500, "test_size": 1500}})
+    if not args:
+        (tmp_path / "valid.en").unlink()
     with pytest.raises(SystemExit) as exit_info:
         lohelp.main([str(tmp_path), "--help-root", str(tmp_path / "nowhere"), *args])
     err = capsys.readouterr().err
@@ -186,6 +216,50 @@ def test_a_help_tree_too_small_for_the_held_out_sets_is_refused_and_nothing_is_w
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "too small a corpus" in err and "--valid-size 2" in err and not out.exists()
+
+
+@pytest.fixture
+def big_help_tree(tmp_path):
+    root = tmp_path / "help"
+    write(root / "en-US" / "a.html", html_page([(f"par_id{i}", f"Sentence number {i}.") for i in range(40)]))
+    write(root / "de" / "a.html", html_page([(f"par_id{i}", f"Satz Nummer {i}.") for i in range(40)]))
+    return root
+
+
+def read_split(out, name):
+    return list(zip(*((out / f"{name}.{lang}").read_text(encoding="utf-8").splitlines() for lang in ("de", "en"))))
+
+
+def test_built_corpus_files_hold_each_aligned_pair_once_line_by_line(big_help_tree, tmp_path):
+    out = tmp_path / "corpus"
+    stats = lohelp.build_corpus(out, help_root=big_help_tree, valid_size=5, test_size=5)
+    pairs = lohelp.align(big_help_tree / "de", big_help_tree / "en-US")
+    split = {name: read_split(out, name) for name in ("train", "valid", "test")}
+    assert sorted(p for v in split.values() for p in v) == sorted(pairs)
+    assert all(de.split()[-1] == en.split()[-1] for v in split.values() for de, en in v)
+    assert {name: len(v) for name, v in split.items()} == {name: stats[name]["pairs"] for name in split}
+    assert len(split["valid"]) == len(split["test"]) == 5
+    assert json.loads((out / "stats.json").read_text())["settings"]["valid_size"] == 5
+
+
+def test_an_interrupted_build_is_not_taken_as_built(big_help_tree, tmp_path, monkeypatch):
+    out = tmp_path / "corpus"
+    write_lines, calls = lohelp.write_lines, []
+
+    def interrupted(path, lines):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write_lines(path, lines)
+    with monkeypatch.context() as patch:
+        patch.setattr(lohelp, "write_lines", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            lohelp.build_corpus(out, help_root=big_help_tree, valid_size=5, test_size=5)
+    assert not (out / "stats.json").exists()
+    stats = lohelp.build_corpus(out, help_root=big_help_tree, valid_size=5, test_size=5)
+    fresh = tmp_path / "fresh"
+    assert lohelp.build_corpus(fresh, help_root=big_help_tree, valid_size=5, test_size=5) == stats
+    assert all(read_split(out, name) == read_split(fresh, name) for name in ("train", "valid", "test"))
 
 
 def test_cli_names_a_missing_help_root(tmp_path, capsys):
