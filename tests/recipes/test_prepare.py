@@ -146,6 +146,22 @@ def test_a_copied_corpus_is_the_same_corpus(raw, tmp_path, calls):
     assert not calls
 
 
+def test_each_step_keeps_the_pairs_and_splits_apart_and_bpe_is_learned_on_train_only(raw, tmp_path, calls):
+    out = tmp_path / "out"
+    run(raw, out, lowercase=True, max_train_pairs=50)
+    for split in prepare.SPLITS:
+        tok = {lang: prepare.read_lines(out / "tok" / f"{split}.{lang}") for lang in ("de", "en")}
+        assert len(tok["de"]) == len(tok["en"]) == (50 if split == "train" else LINES[split])
+        for lang, lines in tok.items():
+            raw_lines = prepare.read_lines(raw / f"{split}.{lang}")[:len(lines)]
+            assert lines == [line.replace(".", " .").lower() for line in raw_lines]  # both sides lowercased
+            bpe = prepare.read_lines(out / "bpe" / f"{split}.{lang}")
+            assert [line.replace("@@ ", "") for line in bpe] == lines
+    codes = tmp_path / "codes"
+    prepare.learn_joint_bpe([out / "tok" / "train.de", out / "tok" / "train.en"], codes, 40)
+    assert (out / "bpe.codes").read_bytes() == codes.read_bytes()
+
+
 # ------------------------------------------------------------------ (2) other BPE merges
 
 
@@ -171,6 +187,13 @@ def test_other_bpe_merges_redo_bpe_and_binarisation_only(raw, tmp_path, calls, c
 # ------------------------------------------------------------------ (3) tokenisation settings and the corpus
 
 
+def edit_in_place(raw):
+    # the same size, other words: the corpus is identified by content, not by size
+    lines = prepare.read_lines(raw / "train.en")
+    lines[0] = " ".join(reversed(lines[0].split()))
+    prepare.write_lines(raw / "train.en", lines)
+
+
 def append_pair(raw):
     for lang in ("de", "en"):
         with open(raw / f"train.{lang}", "a", encoding="utf-8") as handle:
@@ -181,12 +204,15 @@ def append_pair(raw):
     ("lowercase", {"lowercase": True}, "lowercase=False, now True"),
     ("max_train_pairs", {"max_train_pairs": 20}, "max_train_pairs=0, now 20"),
     ("corpus", {}, "a different corpus (train.de, train.en)"),
+    ("edited corpus", {}, "a different corpus (train.en)"),
 ])
 def test_changed_tokenisation_redoes_every_step(raw, tmp_path, calls, caplog, change, settings, why):
     out = tmp_path / "out"
     run(raw, out)
     if change == "corpus":
         append_pair(raw)
+    elif change == "edited corpus":
+        edit_in_place(raw)
     calls.clear()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="rdrop_fairseq.recipes.prepare"):
@@ -366,6 +392,27 @@ def test_the_command_line_rejects_pairs_of_different_lengths(raw, tmp_path, call
         prepare.main(["parallel", str(raw), str(tmp_path / "out"), "--src", "de", "--tgt", "en"])
     assert "valid.de and .en differ in line count" in capsys.readouterr().err
     assert not (tmp_path / "out" / ".steps" / "tok.json").exists()
+
+
+def test_the_command_line_names_an_empty_corpus_file_before_any_work(raw, tmp_path, calls, capsys):
+    (raw / "test.en").write_text("")
+    with pytest.raises(SystemExit):
+        prepare.main(["parallel", str(raw), str(tmp_path / "out"), "--src", "de", "--tgt", "en"])
+    assert f"missing or empty corpus file: {raw / 'test.en'}" in capsys.readouterr().err
+    assert not calls and not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_write_keeps_the_old_file_whole(tmp_path):
+    path = tmp_path / "tok" / "train.de"
+    prepare.write_lines(path, ["old one", "old two"])
+
+    def lines():
+        yield "new one"
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        prepare.write_lines(path, lines())
+    assert path.read_text(encoding="utf-8") == "old one\nold two\n"
+    assert [p.name for p in path.parent.iterdir()] == ["train.de"]
 
 
 def test_lines_end_at_newline_only_and_carry_no_carriage_return(tmp_path):
