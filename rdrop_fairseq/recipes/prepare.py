@@ -411,10 +411,10 @@ def main(argv=None):
     par.add_argument("out_dir", type=Path)
     par.add_argument("--src", required=True)
     par.add_argument("--tgt", required=True)
-    par.add_argument("--bpe-merges", type=int, default=8000)
-    par.add_argument("--max-train-pairs", type=int, default=0, help="0 keeps all")
+    par.add_argument("--bpe-merges", type=positive_int, default=8000)
+    par.add_argument("--max-train-pairs", type=non_negative_int, default=0, help="0 keeps all")
     par.add_argument("--lowercase", action="store_true")
-    par.add_argument("--workers", type=int, default=1)
+    par.add_argument("--workers", type=positive_int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     try:

@@ -415,6 +415,18 @@ def test_an_interrupted_write_keeps_the_old_file_whole(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["train.de"]
 
 
+@pytest.mark.parametrize("option, value, said", [
+    ("--max-train-pairs", "-5", "must be a non-negative integer, not -5"),  # lines[:-5] would drop the last 5 pairs
+    ("--bpe-merges", "0", "must be a positive integer, not 0"),
+    ("--workers", "0", "must be a positive integer, not 0"),
+])
+def test_the_command_line_rejects_counts_out_of_range(raw, tmp_path, calls, capsys, option, value, said):
+    with pytest.raises(SystemExit):
+        prepare.main(["parallel", str(raw), str(tmp_path / "out"), "--src", "de", "--tgt", "en", option, value])
+    assert f"{option}: {said}" in capsys.readouterr().err
+    assert not calls and not (tmp_path / "out").exists()
+
+
 def test_lines_end_at_newline_only_and_carry_no_carriage_return(tmp_path):
     # a stray \r on different lines of each side kept the line counts equal and misaligned the pairs
     (tmp_path / "x.de").write_bytes("eins\rhalb\nzwei\r\ndrei\n".encode())
