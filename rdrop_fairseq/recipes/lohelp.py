@@ -254,7 +254,14 @@ def build_corpus(out_dir: Path, src: str = "de", tgt: str = "en", deb_dir: Optio
     out_dir = Path(out_dir)
     settings = {"src": src, "tgt": tgt, "valid_size": valid_size, "test_size": test_size}
     if (out_dir / "stats.json").exists():
-        stats = json.loads((out_dir / "stats.json").read_text())
+        try:
+            stats = json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ValueError(f"{out_dir / 'stats.json'} is not a corpus record ({err}): delete {out_dir} "
+                             "to build the corpus again") from err
+        if not isinstance(stats, dict):
+            raise ValueError(f"{out_dir / 'stats.json'} is not a corpus record: delete {out_dir} "
+                             "to build the corpus again")
         missing = [f"{name}.{lang}" for name in ("train", "valid", "test") for lang in (src, tgt)
                    if not (out_dir / f"{name}.{lang}").exists()]
         # corpora built before the settings were recorded name their source language only

@@ -209,6 +209,16 @@ def test_cli_refuses_a_corpus_built_with_other_settings(tmp_path, capsys, args, 
     assert exit_info.value.code == 1 and "built with other settings" in err and said in err
 
 
+@pytest.mark.parametrize("record", ['{"settings": {"src"', "[]"])
+def test_cli_names_a_stats_json_that_is_no_corpus_record(tmp_path, capsys, record):
+    built_corpus(tmp_path, {})
+    (tmp_path / "stats.json").write_text(record)
+    with pytest.raises(SystemExit) as exit_info:
+        lohelp.main([str(tmp_path), "--help-root", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 1
+    assert f"{tmp_path / 'stats.json'} is not a corpus record" in capsys.readouterr().err
+
+
 def test_a_help_tree_too_small_for_the_held_out_sets_is_refused_and_nothing_is_written(help_tree, capsys):
     out = help_tree / "corpus"
     with pytest.raises(SystemExit) as exit_info:
