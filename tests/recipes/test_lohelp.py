@@ -57,6 +57,13 @@ def test_headings_are_aligned_too(help_tree):
     assert ("Eine Datei öffnen. title", "Open a file. title") in pairs
 
 
+def test_a_repeated_paragraph_id_keeps_each_paragraph_and_text_is_nfc(tmp_path):
+    write(tmp_path / "en" / "x.html", html_page([("par_id1", "First."), ("par_id1", "Second.")]))
+    write(tmp_path / "de" / "x.html", html_page([("par_id1", "Erste."), ("par_id1", "Zwe\u0301ite.")]))
+    pairs = lohelp.align(tmp_path / "de", tmp_path / "en")
+    assert ("Erste.", "First.") in pairs and ("Zw\u00e9ite.", "Second.") in pairs
+
+
 def test_xhp_sources_are_read(tmp_path):
     xhp = ('<?xml version="1.0" encoding="UTF-8"?><helpdocument><body>'
            '<paragraph id="par_id5" role="paragraph">{}<emph>!</emph></paragraph></body></helpdocument>')
