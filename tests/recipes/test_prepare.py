@@ -458,6 +458,22 @@ def test_the_undecodable_line_is_found_past_the_read_buffer(tmp_path):
     assert str(raised.value) == f"{bad}: not UTF-8 text (line 5001, byte 4: invalid continuation byte)"
 
 
+def test_a_stop_signal_raises_system_exit_so_a_half_written_output_is_removed(tmp_path):
+    import signal
+
+    path, said, before = tmp_path / "train.de", [], signal.getsignal(signal.SIGTERM)
+
+    def lines():
+        yield "one"
+        os.kill(os.getpid(), signal.SIGTERM)
+        yield "two"
+    with pytest.raises(SystemExit) as exit_info, prepare.stop_on_signals(said.append):
+        prepare.write_lines(path, lines())
+    assert exit_info.value.code == 128 + signal.SIGTERM and said == ["SIGTERM"]
+    assert not list(tmp_path.iterdir())
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_a_forked_worker_ends_on_a_stop_signal_without_the_parents_cleanup(tmp_path):
     # tokenisation workers are forked inside stop_on_signals: a hangup reaches them too, and each would
     # otherwise say it is stopping and unwind the parent's code
