@@ -314,7 +314,7 @@ def main(argv=None):
     try:
         stats = build_corpus(args.out_dir, args.src, args.tgt, args.deb_dir, args.help_root,
                              args.valid_size, args.test_size)
-    except (RuntimeError, FileNotFoundError, ValueError) as err:
+    except (RuntimeError, OSError, ValueError) as err:  # OSError: OUT_DIR is a file, not writable, ...
         parser.exit(1, f"error: {err}\n")
     json.dump(stats, sys.stdout, indent=1)
     print()

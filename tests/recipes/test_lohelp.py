@@ -279,6 +279,14 @@ def test_an_interrupted_build_is_not_taken_as_built(big_help_tree, tmp_path, mon
     assert all(read_split(out, name) == read_split(fresh, name) for name in ("train", "valid", "test"))
 
 
+def test_cli_names_an_out_dir_that_is_a_file(big_help_tree, tmp_path, capsys):
+    out = tmp_path / "corpus"
+    out.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        lohelp.main([str(out), "--help-root", str(big_help_tree), "--valid-size", "5", "--test-size", "5"])
+    assert exit_info.value.code == 1 and str(out) in capsys.readouterr().err
+
+
 def test_cli_names_a_missing_help_root(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         lohelp.main([str(tmp_path / "out"), "--help-root", str(tmp_path / "nowhere")])
