@@ -420,7 +420,7 @@ def main(argv=None):
     try:
         out = prepare_parallel(args.raw_dir, args.out_dir, args.src, args.tgt, args.bpe_merges,
                                args.max_train_pairs, args.lowercase, args.workers)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # OSError: OUT_DIR is a file, not writable, ...
         parser.error(str(err))
     print(out)
 

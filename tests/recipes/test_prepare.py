@@ -402,6 +402,14 @@ def test_the_command_line_names_an_empty_corpus_file_before_any_work(raw, tmp_pa
     assert not calls and not (tmp_path / "out").exists()
 
 
+def test_the_command_line_names_an_out_dir_that_is_a_file(raw, tmp_path, calls, capsys):
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    with pytest.raises(SystemExit):
+        prepare.main(["parallel", str(raw), str(out), "--src", "de", "--tgt", "en"])
+    assert str(out) in capsys.readouterr().err
+
+
 def test_an_interrupted_write_keeps_the_old_file_whole(tmp_path):
     path = tmp_path / "tok" / "train.de"
     prepare.write_lines(path, ["old one", "old two"])
