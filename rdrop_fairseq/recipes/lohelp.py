@@ -267,6 +267,9 @@ def build_corpus(out_dir: Path, src: str = "de", tgt: str = "en", deb_dir: Optio
         # corpora built before the settings were recorded name their source language only
         built = stats.get("settings", {"src": stats.get("lang", src), "tgt": tgt, "valid_size": valid_size,
                                        "test_size": test_size})
+        if missing and built == settings:
+            raise ValueError(f"{out_dir} holds an incomplete corpus (no {', '.join(missing)}): delete it to build "
+                             "the corpus again")
         if missing or built != settings:
             raise ValueError(f"{out_dir} holds a corpus built with other settings ({built}, asked for {settings}"
                              f"{'; no ' + ', '.join(missing) if missing else ''}): choose another OUT_DIR or "
