@@ -199,7 +199,8 @@ parse_train_args() {
     if [[ $VARIANT != rdrop && -n ${ALPHA:-} ]]; then
         die "--alpha/ALPHA is the R-Drop weight; it has no meaning with --baseline or --double-batch"
     fi
-    # here, not only in variant_args: train-glue.sh and train-cnndm.sh fetch a pre-trained model before that
+    # here, as the arguments are read (a default set later is right by construction): train-glue.sh and
+    # train-cnndm.sh fetch a pre-trained model before variant_args
     [[ -z ${ALPHA:-} ]] || need_number --alpha/ALPHA "$ALPHA"
     return 0
 }
@@ -237,7 +238,6 @@ default_save_dir() {
 # variant_args RDROP_TASK RDROP_CRITERION STOCK_TASK STOCK_CRITERION
 variant_args() {
     if [[ $VARIANT == rdrop ]]; then
-        need_number --alpha/ALPHA "$ALPHA"
         TRAIN_ARGS+=(--task "$1" --criterion "$2" --rdrop-alpha "$ALPHA")
     else
         TRAIN_ARGS+=(--task "$3" --criterion "$4")
