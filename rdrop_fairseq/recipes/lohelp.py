@@ -256,12 +256,11 @@ def build_corpus(out_dir: Path, src: str = "de", tgt: str = "en", deb_dir: Optio
     if (out_dir / "stats.json").exists():
         try:
             stats = json.loads((out_dir / "stats.json").read_text(encoding="utf-8"))
+            if not isinstance(stats, dict):
+                raise ValueError(f"a JSON {type(stats).__name__}, not an object")
         except ValueError as err:
             raise ValueError(f"{out_dir / 'stats.json'} is not a corpus record ({err}): delete {out_dir} "
                              "to build the corpus again") from err
-        if not isinstance(stats, dict):
-            raise ValueError(f"{out_dir / 'stats.json'} is not a corpus record: delete {out_dir} "
-                             "to build the corpus again")
         missing = [f"{name}.{lang}" for name in ("train", "valid", "test") for lang in (src, tgt)
                    if not (out_dir / f"{name}.{lang}").exists()]
         # corpora built before the settings were recorded name their source language only
