@@ -79,7 +79,7 @@ def with_hashes(archives: Sequence[Archive], overrides: Mapping[str, Optional[st
     return [replace(a, known_hash=overrides[a.name]) if a.name in overrides else a for a in archives]
 
 
-def check_hash(path: Path, known_hash: Optional[str], name: Optional[str] = None) -> None:
+def check_hash(path: Path, known_hash: Optional[str], name: str) -> None:
     """``name``: the archive's upstream name, which ``--hash`` wants (a user's file may differ)."""
     if known_hash is None:
         return
@@ -91,7 +91,7 @@ def check_hash(path: Path, known_hash: Optional[str], name: Optional[str] = None
     if actual.lower() != expected.lower():
         raise CorruptArchiveError(
             f"{path}: {algorithm} is {actual}, expected {expected}; the file is truncated or "
-            f"corrupt (or is another release: pass --hash {name or path.name}=none to accept it)")
+            f"corrupt (or is another release: pass --hash {name}=none to accept it)")
 
 
 class ResumableDownloader:
