@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_cuda import QueuedClock
 
 pytest.importorskip("triton")  # without CUDA, conftest chose the interpreter
 
@@ -61,32 +62,15 @@ def test_the_doubled_loss_is_the_stock_loss_on_the_batch_as_many_times_as_there_
     assert "triton_own" not in loss_kernel.modes_for("cuda")
 
 
-class QueuedClock:
-    """perf_counter and torch.cuda.synchronize of a GPU (work is queued and done at the next synchronize),
-    or of a CPU (``queued=False``: work is done when called)."""
+def queued_loss(clock, *seconds):
+    """A loss that runs the next of ``seconds`` (cycled) on ``clock`` on every call."""
+    calls = []
 
-    def __init__(self, queued=True):
-        self.now = self.queued = 0.0
-        self.queues = queued
-
-    def perf_counter(self):
-        return self.now
-
-    def synchronize(self, device=None):
-        self.now, self.queued = self.now + self.queued, 0.0
-
-    def mode(self, *seconds):
-        """A loss that queues the next of ``seconds`` (cycled) on every call."""
-        calls = []
-
-        def loss(logits, target, epsilon):
-            if self.queues:
-                self.queued += seconds[len(calls) % len(seconds)]
-            else:
-                self.now += seconds[len(calls) % len(seconds)]
-            calls.append(epsilon)
-            return logits.float().sum()
-        return loss
+    def loss(logits, target, epsilon):
+        clock.run(seconds[len(calls) % len(seconds)])
+        calls.append(epsilon)
+        return logits.float().sum()
+    return loss
 
 
 def test_a_time_is_the_synchronised_median_of_the_calls_after_two_warm_ups(monkeypatch):
@@ -95,13 +79,14 @@ def test_a_time_is_the_synchronised_median_of_the_calls_after_two_warm_ups(monke
     monkeypatch.setattr(torch.cuda, "synchronize", clock.synchronize)
     logits, target = torch.randn(4, 10), torch.tensor([2, 3])
     # two calls that compile, then four whose median is 3 (mean 4)
-    assert loss_kernel.timed(clock.mode(100, 100, 1, 2, 4, 9), logits, target, 0.1, 4, "cuda") == 3
+    assert loss_kernel.timed(queued_loss(clock, 100, 100, 1, 2, 4, 9), logits, target, 0.1, 4, "cuda") == 3
 
 
 def test_the_ratios_are_to_doubled_and_the_bandwidth_counts_two_reads_and_a_write_of_the_logits(monkeypatch):
     clock = QueuedClock(queued=False)
     monkeypatch.setattr(loss_kernel, "time", clock)
-    modes = {"torch": clock.mode(0.008), "doubled": clock.mode(0.004), "triton": clock.mode(0.002)}
+    modes = {"torch": queued_loss(clock, 0.008), "doubled": queued_loss(clock, 0.004),
+             "triton": queued_loss(clock, 0.002)}
     row = loss_kernel.measure("toy", 1000, 1000, modes, torch.bfloat16, "cpu", repeats=3)
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     # 2 x 1000 x 1000 bf16 logits: 4 MB, read twice and written once in 2 ms

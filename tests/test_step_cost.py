@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import torch
+from fake_cuda import FakeGpu
 
 SPEC = importlib.util.spec_from_file_location(
     "step_cost", Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
@@ -51,37 +52,6 @@ def test_each_shape_gets_dictionaries_of_its_own_vocabulary(tmp_path, monkeypatc
         model, _, sample, _ = step_cost.build(name, "doubled", "cpu", torch.float32, tmp_path)
         assert model.encoder.embed_tokens.num_embeddings >= spec["vocab"]
         assert sample["target"].max() < model.encoder.embed_tokens.num_embeddings
-
-
-class FakeGpu:
-    """torch.cuda as the benchmark sees it: a step's work is queued and done at the next synchronize, and
-    the allocator keeps its peak until reset_peak_memory_stats."""
-
-    def __init__(self, resident):
-        self.now = self.queued = 0.0
-        self.live = self.peak = resident  # the model's parameters
-
-    def perf_counter(self):
-        return self.now
-
-    def synchronize(self, device=None):
-        self.now, self.queued = self.now + self.queued, 0.0
-
-    def empty_cache(self):
-        pass
-
-    def reset_peak_memory_stats(self, device=None):
-        self.peak = self.live
-
-    def memory_allocated(self, device=None):
-        return self.live
-
-    def max_memory_allocated(self, device=None):
-        return self.peak
-
-    def run(self, seconds, transient_bytes):
-        self.queued += seconds
-        self.peak = max(self.peak, self.live + transient_bytes)
 
 
 class FakeModel:
