@@ -11,8 +11,7 @@ from fixtures_glue_cnndm import build_cnn_dm, gpt2_hashes, write_gpt2_files
 from fixtures_upstream import run_script
 from rdrop_fairseq.recipes import prepare, rouge, summarize
 from rdrop_fairseq.recipes.datasets import cnn_dm
-from test_evaluate_scripts import recording_python
-from test_train_scripts import dry_run, flag, script_env
+from test_train_scripts import dry_run, flag, recording_python, script_env
 
 pytestmark = pytest.mark.e2e
 

@@ -4,12 +4,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
 from test_train_scripts import (  # noqa: F401  (fixtures)
-    SCRIPTS, iwslt_run, lm_bin, lm_run, run_script, script_env, translation_bin, wmt_run,
+    SCRIPTS, iwslt_run, lm_bin, lm_run, recording_python, run_script, script_env, translation_bin, wmt_run,
 )
 
 # An untrained model runs to the default 200-token limit; cap it as --eval-bleu-args does.
@@ -99,17 +98,6 @@ def stand_in(bin_dir, name, body):
     stub.write_text(f'#!/usr/bin/env bash\necho "$*" > "$(dirname "$0")/{name}.args"\n{body}\n')
     stub.chmod(0o755)
     return f"{bin_dir}:{os.environ['PATH']}"
-
-
-def recording_python(path, run=True):
-    """A stand-in PYTHON at ``path`` that appends each call's arguments to ``python.calls`` beside it and, with
-    ``run``, runs the call with this interpreter.  Returns the calls file."""
-    calls = path.parent / "python.calls"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    run_it = f'exec "{sys.executable}" "$@"\n' if run else ""
-    path.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{calls}"\n{run_it}')
-    path.chmod(0o755)
-    return calls
 
 
 def eval_lm_stand_in(tmp_path, output="Loss (base 2): 4.0000, Perplexity: 16.00"):

@@ -58,6 +58,17 @@ def flag(argv, name):
     return values[-1] if values else None
 
 
+def recording_python(path, run=True):
+    """A stand-in PYTHON at ``path`` that appends each call's arguments to ``python.calls`` beside it and, with
+    ``run``, runs the call with this interpreter.  Returns the calls file."""
+    calls = path.parent / "python.calls"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_it = f'exec "{sys.executable}" "$@"\n' if run else ""
+    path.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{calls}"\n{run_it}')
+    path.chmod(0o755)
+    return calls
+
+
 def once(dest: Path, build):
     """Build ``dest`` unless an earlier test (of any module) already did.
 
@@ -494,9 +505,8 @@ def test_bad_input_is_named(args, env, message):
 
 
 def test_a_bad_alpha_is_named_before_a_pretrained_model_is_fetched(tmp_path):
-    python, calls = tmp_path / "python", tmp_path / "calls"
-    python.write_text(f'#!/usr/bin/env bash\necho "$@" >> "{calls}"\n')
-    python.chmod(0o755)
+    python = tmp_path / "python"
+    calls = recording_python(python, run=False)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dict.source.txt").write_text("a 1\n")
     for flags, env in ((["--alpha", "x"], {}), ([], {"ALPHA": "-1"})):
