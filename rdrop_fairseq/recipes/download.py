@@ -179,7 +179,8 @@ def fetch(archive: Archive, cache_dir: Path, local: Optional[Path] = None,
             logger.info("using %s (%s)", candidate, origin)
             return candidate
         if origin == "--archive":
-            raise FileNotFoundError(f"--archive {candidate}: no such file")
+            what = "a folder, not the archive file" if candidate.is_dir() else "no such file"
+            raise FileNotFoundError(f"--archive {candidate}: {what}")
         logger.info("%s not in mirror %s", archive.name, mirror)
     return download(archive, cache_dir)
 
@@ -246,13 +247,18 @@ def extract(archive: Path, patterns: Sequence[str], dest: Path) -> List[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     unmatched = set(patterns)
+    source_of: Dict[str, str] = {}  # flattened name -> member; a tar may hold one path twice (the last wins)
     try:
         try:
             for name, opener in _members(archive):
                 hits = [p for p in patterns if fnmatch.fnmatchcase(name, p)]
                 if hits:
                     unmatched.difference_update(hits)
-                    with opener() as src, _Writer(staging / Path(name).name) as out:
+                    base = Path(name).name
+                    if source_of.setdefault(base, name) != name:
+                        raise CorruptArchiveError(f"{archive}: members {source_of[base]} and {name} would both be "
+                                                  f"extracted as {base}; is it the right archive?")
+                    with opener() as src, _Writer(staging / base) as out:
                         shutil.copyfileobj(src, out, CHUNK)
         except _WriteError as err:  # the disk, not the archive: the download stays
             raise err.__cause__ from None

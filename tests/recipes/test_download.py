@@ -157,8 +157,10 @@ def test_local_archive_and_mirror_come_before_the_network(tmp_path):
     (mirror / "data.bin").write_bytes(PAYLOAD[:100])
     with pytest.raises(CorruptArchiveError, match="mirror/data.bin: sha256 is"):
         fetch(offline, tmp_path / "cache", mirror=mirror)
-    with pytest.raises(FileNotFoundError, match="--archive .*nope.bin"):
+    with pytest.raises(FileNotFoundError, match="--archive .*nope.bin: no such file"):
         fetch(offline, tmp_path / "cache", local=tmp_path / "nope.bin")
+    with pytest.raises(FileNotFoundError, match="--archive .*mirror: a folder, not the archive file"):
+        fetch(offline, tmp_path / "cache", local=mirror)
     given.write_bytes(PAYLOAD[:100])
     # --hash takes the archive's name, not that of the user's copy
     with pytest.raises(CorruptArchiveError, match=r"given.bin: sha256 is .*pass --hash data\.bin=none"):
@@ -262,6 +264,23 @@ def test_extract_names_a_missing_member(tmp_path):
         extract(archive, ["*/x.de", "*/x.en"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
+
+
+def test_two_members_that_flatten_to_one_name_are_refused(tmp_path):
+    archive = _tgz(tmp_path / "a.tgz", {"train/x.de": b"train\n", "test/x.de": b"test\n"})
+    with pytest.raises(CorruptArchiveError, match="members train/x.de and test/x.de would both be extracted as x.de"):
+        extract(archive, ["*/x.de"], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]
+
+
+def test_a_path_a_tar_holds_twice_is_its_last_copy(tmp_path):
+    with tarfile.open(tmp_path / "b.tar", "w") as tar:
+        for data in (b"old\n", b"new\n"):
+            info = tarfile.TarInfo("d/x.de")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    extract(tmp_path / "b.tar", ["*/x.de"], tmp_path / "out")
+    assert (tmp_path / "out" / "x.de").read_text() == "new\n"
 
 def test_hash_overrides():
     archives = [Archive("a.tgz", ("u",), "md5:00"), Archive("b.tgz", ("u",))]
