@@ -114,6 +114,8 @@ def clean_pairs(src: Sequence[str], tgt: Sequence[str], ratio: float = 1.5,
                 min_len: int = 1, max_len: int = 175):
     """Moses ``clean-corpus-n.perl``: keep pairs with both lengths in
     [min_len, max_len] words and a length ratio of at most ``ratio``."""
+    if min_len < 1:
+        raise ValueError(f"min_len must be at least 1, not {min_len}: the length ratio needs a word on each side")
     kept_src, kept_tgt = [], []
     for s, t in zip(src, tgt):
         ls, lt = len(s.split()), len(t.split())

@@ -500,3 +500,21 @@ def test_a_forked_worker_ends_on_a_stop_signal_without_the_parents_cleanup(tmp_p
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert proc.stdout == "worker ended by SIGTERM: True\n", proc.stdout + proc.stderr
+
+
+def test_clean_pairs_is_moses_clean_corpus_n():
+    # clean-corpus-n.perl: word counts within [min, max] on both sides, inclusive, and neither side more
+    # than `ratio` times as long as the other; runs of spaces are one separator.
+    pairs = [("a b c", "x y"),          # 1.5: kept
+             ("a b c d", "x y"),        # 2.0: dropped
+             ("x y", "a b c d"),        # 2.0 the other way: dropped
+             ("a  b   c", "x y"),       # 3 words, not 6
+             ("a", "x"),                # min_len: kept
+             ("", "x"),                 # empty: dropped
+             ("a b c d", "w x y z"),    # max_len: kept
+             ("a b c d e", "v w x y z")]  # over max_len: dropped
+    kept = prepare.clean_pairs([s for s, _ in pairs], [t for _, t in pairs], ratio=1.5, min_len=1, max_len=4)
+    assert list(zip(*kept)) == [pairs[0], pairs[3], pairs[4], pairs[6]]
+    assert prepare.clean_pairs(["a b"], ["x y"], min_len=3) == ([], [])
+    with pytest.raises(ValueError, match="min_len must be at least 1"):
+        prepare.clean_pairs(["a"], [""], min_len=0)
