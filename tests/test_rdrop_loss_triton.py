@@ -1,6 +1,5 @@
 """The fused Triton kernels against the torch Function: compiled on a CUDA machine, under
 Triton's interpreter on a CPU (as in CI)."""
-import math
 import os
 import subprocess
 import sys

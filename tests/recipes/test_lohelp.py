@@ -259,6 +259,13 @@ def test_built_corpus_files_hold_each_aligned_pair_once_line_by_line(big_help_tr
     assert json.loads((out / "stats.json").read_text())["settings"]["valid_size"] == 5
 
 
+
+def test_either_direction_splits_on_the_english_side_alike(big_help_tree, tmp_path):
+    lohelp.build_corpus(tmp_path / "de-en", help_root=big_help_tree, valid_size=5, test_size=5)
+    lohelp.build_corpus(tmp_path / "en-de", src="en", tgt="de", help_root=big_help_tree, valid_size=5, test_size=5)
+    for name in ("train", "valid", "test"):
+        assert read_split(tmp_path / "en-de", name) == read_split(tmp_path / "de-en", name), name
+
 def test_an_interrupted_build_is_not_taken_as_built(big_help_tree, tmp_path, monkeypatch):
     out = tmp_path / "corpus"
     write_lines, calls = lohelp.write_lines, []
