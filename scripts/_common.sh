@@ -227,6 +227,26 @@ fetch_pretrained() {
                "copy, or pass its model.pt with --restore-file (or $2)"
 }
 
+# finetune_from MODEL ENV: start from --restore-file (RESTORE), else from MODEL's model.pt, fetched
+# (GBs) only now, after every check that can refuse the run; --smoke trains from scratch.  A save dir
+# with a checkpoint_last.pt resumes from it instead (fairseq's --finetune-from-model rule).
+finetune_from() {
+    if [[ -z $RESTORE && $SMOKE != 1 ]]; then
+        if [[ $PRINT_ARGS == 1 ]]; then
+            RESTORE=$(pretrained_model_path "$1")  # where a real run fetches it to
+        else
+            need_save_dir_folder
+            RESTORE=$(fetch_pretrained "$1" "$2")
+        fi
+    fi
+    [[ $PRINT_ARGS == 1 || -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
+    [[ -z $RESTORE ]] || TRAIN_ARGS+=(--finetune-from-model "$RESTORE")
+}
+
+need_save_dir_folder() {
+    [[ ! -e $SAVE_DIR || -d $SAVE_DIR ]] || die "--save-dir: $SAVE_DIR is a file, not a folder"
+}
+
 # default_save_dir SETUP: one folder per setup, variant and alpha.
 default_save_dir() {
     local name=$VARIANT
@@ -320,7 +340,8 @@ run_train() {
         return 0
     fi
     need_command fairseq-train
-    mkdir -p "$SAVE_DIR"
+    need_save_dir_folder
+    mkdir -p "$SAVE_DIR" || die "--save-dir: cannot make the folder $SAVE_DIR"
     print_command "${cmd[@]}" | sed 's/^/+ /' >&2
     exec "${cmd[@]}"
 }

@@ -60,15 +60,7 @@ if [[ $SMOKE == 1 ]]; then
 fi
 MAX_TOKENS=$(variant_max_tokens "${MAX_TOKENS:-2048}")
 TOTAL_NUM_UPDATE=${TOTAL_NUM_UPDATE:-20000}
-if [[ $PRINT_ARGS != 1 ]]; then
-    need_data_dir "$DATA"
-    if [[ -z $RESTORE && $SMOKE != 1 ]]; then
-        RESTORE=$(fetch_pretrained bart.large BART_PATH)
-    fi
-    [[ -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
-elif [[ -z $RESTORE && $SMOKE != 1 ]]; then
-    RESTORE=$(pretrained_model_path bart.large)  # where a real run fetches it to
-fi
+[[ $PRINT_ARGS == 1 ]] || need_data_dir "$DATA"
 
 TRAIN_ARGS=(
     "$DATA" --user-dir "$USER_DIR" --source-lang source --target-lang target --truncate-source
@@ -82,11 +74,10 @@ TRAIN_ARGS=(
     --skip-invalid-size-inputs-valid-test --find-unused-parameters --seed "${SEED:-1}"
     --save-dir "$SAVE_DIR" --no-epoch-checkpoints --log-format json --log-interval "${LOG_INTERVAL:-100}"
 )
-# The pre-trained model starts the run only while the save dir has no checkpoint_last.pt: a re-run resumes.
-[[ -n $RESTORE ]] && TRAIN_ARGS+=(--finetune-from-model "$RESTORE")
 variant_args rdrop_translation rdrop_label_smoothed_cross_entropy translation label_smoothed_cross_entropy
 [[ $SMOKE == 1 ]] && TRAIN_ARGS+=("${SMOKE_TRANSLATION_MODEL[@]}")
 [[ $CPU == 1 ]] && TRAIN_ARGS+=(--cpu)
 want_fp16 auto && TRAIN_ARGS+=(--fp16)
 distributed_args
+finetune_from bart.large BART_PATH
 run_train

@@ -93,15 +93,7 @@ BATCH_SIZE=$(variant_max_tokens "$BATCH_SIZE")
 MAX_TOKENS=$(variant_max_tokens "${MAX_TOKENS:-4400}")
 MAX_EPOCH=${MAX_EPOCH:-10}
 MAX_EPOCH=$(variant_max_tokens "$MAX_EPOCH")
-if [[ $PRINT_ARGS != 1 ]]; then
-    need_glue_data "$DATA" "$GLUE_TASK"
-    if [[ -z $RESTORE && $SMOKE != 1 ]]; then
-        RESTORE=$(fetch_pretrained roberta.large ROBERTA_PATH)
-    fi
-    [[ -z $RESTORE || -f $RESTORE ]] || die "--restore-file: no such file: $RESTORE"
-elif [[ -z $RESTORE && $SMOKE != 1 ]]; then
-    RESTORE=$(pretrained_model_path roberta.large)  # where a real run fetches it to
-fi
+[[ $PRINT_ARGS == 1 ]] || need_glue_data "$DATA" "$GLUE_TASK"
 
 TRAIN_ARGS=(
     "$DATA" --user-dir "$USER_DIR" --arch roberta_large
@@ -115,8 +107,6 @@ TRAIN_ARGS=(
     --max-update "$TOTAL_NUM_UPDATE" --max-epoch "$MAX_EPOCH" --seed "${SEED:-1}" --find-unused-parameters
     --save-dir "$SAVE_DIR" --no-epoch-checkpoints --log-format json --log-interval "${LOG_INTERVAL:-100}"
 )
-# The pre-trained model starts the run only while the save dir has no checkpoint_last.pt: a re-run resumes.
-[[ -n $RESTORE ]] && TRAIN_ARGS+=(--finetune-from-model "$RESTORE")
 case $GLUE_TASK in
     STS-B) TRAIN_ARGS+=(--regression-target --best-checkpoint-metric loss) ;;
     *) TRAIN_ARGS+=(--best-checkpoint-metric accuracy --maximize-best-checkpoint-metric) ;;
@@ -154,4 +144,5 @@ if [[ -n $REPORT_FLAG && $VARIANT != rdrop ]] && ((gpus > 1)); then
     REPORT_FLAG=
 fi
 [[ -n $REPORT_FLAG ]] && TRAIN_ARGS+=("$REPORT_FLAG")
+finetune_from roberta.large ROBERTA_PATH
 run_train

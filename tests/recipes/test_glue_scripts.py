@@ -18,7 +18,7 @@ from fixtures_upstream import run_script
 from rdrop_fairseq.recipes import prepare, validate_log
 from rdrop_fairseq.recipes.datasets import glue, pretrained
 from test_evaluate_scripts import stand_in
-from test_train_scripts import dry_run, flag, once, script_env
+from test_train_scripts import dry_run, flag, once, recording_python, script_env
 
 pytestmark = pytest.mark.e2e
 
@@ -380,6 +380,13 @@ def test_smoke_and_distributed_commands():
     assert flag(argv, "--batch-size") == "16"
 
 
+def fake_task_data(data):
+    for name in ("input0/dict.txt", "label/dict.txt", "dict.source.txt"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text("a 1\n")
+    return data
+
+
 @pytest.mark.parametrize("script, model, env", [("train-glue.sh", "roberta.large", "ROBERTA_PATH"),
                                                ("train-cnndm.sh", "bart.large", "BART_PATH")])
 def test_a_failed_model_fetch_names_the_scripts_own_ways_round_it(tmp_path, script, model, env):
@@ -388,16 +395,34 @@ def test_a_failed_model_fetch_names_the_scripts_own_ways_round_it(tmp_path, scri
     python.write_text(f'#!/usr/bin/env bash\nif [[ $2 == rdrop_fairseq.recipes.datasets.pretrained ]]; then\n'
                       f'  echo "error: could not download {model}" >&2; exit 1\nfi\nexec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
-    data = tmp_path / "data"
-    for name in ("input0/dict.txt", "label/dict.txt", "dict.source.txt"):
-        (data / name).parent.mkdir(parents=True, exist_ok=True)
-        (data / name).write_text("a 1\n")
+    data = fake_task_data(tmp_path / "data")
     task = ["--task", "RTE"] if script == "train-glue.sh" else []
     proc = run_script(script, *task, "--data", data, "--save-dir", tmp_path / "run",
                       env=script_env(FP16="0", PYTHON=str(python), MODELS_DIR=str(tmp_path / "models")))
     assert proc.returncode == 2 and f"error: could not download {model}" in proc.stderr
     assert f"could not fetch {model}" in proc.stderr and f"--restore-file (or {env})" in proc.stderr
     assert "RDROP_DATA_MIRROR" in proc.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("script", ["train-glue.sh", "train-cnndm.sh"])
+def test_a_save_dir_that_is_a_file_is_refused_before_the_model_is_fetched(tmp_path, script):
+    calls = recording_python(tmp_path / "bin" / "python", run=False)
+    save_dir = tmp_path / "run"
+    save_dir.write_text("notes\n")
+    task = ["--task", "RTE"] if script == "train-glue.sh" else []
+    proc = run_script(script, *task, "--data", fake_task_data(tmp_path / "data"), "--save-dir", save_dir,
+                      env=script_env(FP16="0", PYTHON=str(tmp_path / "bin" / "python")))
+    assert proc.returncode == 2 and f"--save-dir: {save_dir} is a file, not a folder" in proc.stderr
+    assert not calls.exists() and save_dir.read_text() == "notes\n"
+
+
+def test_the_several_gpu_batch_check_comes_before_the_model_is_fetched(tmp_path):
+    calls = recording_python(tmp_path / "bin" / "python", run=False)
+    proc = run_script("train-glue.sh", "--task", "MNLI", "--data", fake_task_data(tmp_path / "data"),
+                      "--save-dir", tmp_path / "run",
+                      env=script_env(FP16="0", CUDA_VISIBLE_DEVICES="0,1", PYTHON=str(tmp_path / "bin" / "python")))
+    assert proc.returncode == 2 and "batch size for MNLI (32) is for one GPU" in proc.stderr
+    assert not calls.exists() and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("script, model", [("train-glue.sh", "roberta.large"), ("train-cnndm.sh", "bart.large")])

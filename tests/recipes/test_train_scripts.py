@@ -4,6 +4,7 @@ The smoke runs (tiny models, a few updates, on slices of the corpora in ../share
 are kept in pytest's session temp dir and reused by tests/recipes/test_evaluate_scripts.py.
 """
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -526,6 +527,19 @@ def test_help(script):
 def test_data_folder_must_be_binarised(tmp_path):
     with pytest.raises(AssertionError, match="has no dict"):
         run_script("train-iwslt14.sh", "--data", tmp_path, FP16=0)
+
+
+@pytest.mark.parametrize("script", ["train-iwslt14.sh", "train-wmt14.sh", "train-wikitext103.sh"])
+def test_a_save_dir_that_cannot_be_a_folder_is_named(tmp_path, script):
+    (tmp_path / "data").mkdir()
+    for name in ("dict.de.txt", "dict.en.txt", "dict.txt"):
+        (tmp_path / "data" / name).write_text("a 1\n")
+    (tmp_path / "notes").write_text("mine\n")
+    for save_dir, message in ((tmp_path / "notes", "{} is a file, not a folder"),
+                              (tmp_path / "notes" / "run", "cannot make the folder {}")):
+        with pytest.raises(AssertionError, match=re.escape("--save-dir: " + message.format(save_dir))):
+            run_script(script, "--data", tmp_path / "data", "--save-dir", save_dir, "--cpu", FP16=0)
+    assert (tmp_path / "notes").read_text() == "mine\n"
 
 
 # ------------------------------------------------------------------ real runs
