@@ -20,13 +20,17 @@ _THROUGHPUT = ("wps", "wpb", "bsz")
 
 def read_metrics(path: Path) -> Dict[str, Dict[str, float]]:
     metrics = {}
-    for line in read_lines(path):
+    for number, line in enumerate(read_lines(path), 1):
         match = _RECORD.search(line)
         if match:
-            subset, record = match.group(1), json.loads(match.group(2))
-            metrics[subset] = {key[len(subset) + 1:]: float(value) for key, value in record.items()
-                               if key.startswith(subset + "_") and key[len(subset) + 1:] not in _THROUGHPUT
-                               and isinstance(value, (str, int, float))}  # not the logged pred/targ lists
+            subset = match.group(1)
+            try:
+                record = json.loads(match.group(2))
+                metrics[subset] = {key[len(subset) + 1:]: float(value) for key, value in record.items()
+                                   if key.startswith(subset + "_") and key[len(subset) + 1:] not in _THROUGHPUT
+                                   and isinstance(value, (str, int, float))}  # not the logged pred/targ lists
+            except ValueError as err:  # a line cut or interleaved with another's output, a value not a number
+                raise ValueError(f"{path}, line {number}: a damaged '{subset}' record ({err})") from err
     if not metrics:
         raise ValueError(f"{path}: no '| <subset> | {{json}}' record; is it fairseq-validate --log-format json output?")
     return metrics

@@ -3,6 +3,7 @@ import json
 import logging
 from collections import OrderedDict
 
+import pytest
 import torch
 
 from rdrop_fairseq.recipes import validate_log
@@ -80,3 +81,14 @@ def test_a_missing_log_is_one_line_naming_it(tmp_path, capsys):
     assert status == 1 and out == ""
     assert len(err.splitlines()) == 1 and str(tmp_path / "absent.log") in err
 
+
+@pytest.mark.parametrize("record", ['{"valid_loss": "0.3",, "valid_accuracy": "90"}',
+                                    '{"valid_loss": "0.3", "valid_accuracy": "n/a"}'])
+def test_a_damaged_record_is_named_by_file_and_line(tmp_path, capsys, record):
+    log = fairseq_log(tmp_path / "validate.log", [("valid1", {"loss": 0.25})])
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"2024-01-01 00:00:00 | INFO | valid | {record}\n")
+    number = len(log.read_text().splitlines())
+    status, out, err = run(capsys, log, "--json", tmp_path / "metrics.json")
+    assert status == 1 and out == "" and not (tmp_path / "metrics.json").exists()
+    assert len(err.splitlines()) == 1 and f"{log}, line {number}: " in err
