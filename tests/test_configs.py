@@ -37,8 +37,9 @@ CASES = [
 
 @functools.lru_cache(maxsize=None)
 def printed_argv(script, flags):
-    # FP16=1 stands for "on a CUDA machine", where the YAMLs are meant to run.
-    env = {k: v for k, v in os.environ.items() if k not in {"WORLD_SIZE", "DISTRIBUTED_PORT", "DATA", "SAVE_DIR"}}
+    # The scripts' defaults: none of their variables (LR, SEED, UPDATE_FREQ, WORLD_SIZE, ...) from the
+    # caller's environment.  FP16=1 stands for "on a CUDA machine", where the YAMLs are meant to run.
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH", "TMPDIR") if k in os.environ}
     env.update(FP16="1" if script != "train-iwslt14.sh" else "0", USER_DIR=USER_DIR)
     out = subprocess.run(["bash", str(REPO / "scripts" / script), "--print-args", *flags],
                          env=env, capture_output=True, text=True, check=True).stdout
