@@ -6,6 +6,7 @@ the YAML through Hydra with fairseq's schema (``hydra_init``) and ``add_defaults
 as fairseq-hydra-train does.  Every key the YAML sets must equal the script's value,
 and every setting the script changes from fairseq's defaults must be in the YAML.
 """
+import dataclasses
 import functools
 import math
 import os
@@ -57,17 +58,25 @@ def fairseq_cfg(argv):
     return convert_namespace_to_omegaconf(args)
 
 
-@functools.lru_cache(maxsize=None)
-def hydra_cfg(name):
+def composed(name, overrides=()):
+    """The YAML as fairseq-hydra-train's Hydra composes it, before ``add_defaults``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from fairseq.dataclass.initialize import hydra_init
 
     hydra_init(name)
     GlobalHydra.instance().clear()
     # version_base 1.1: what fairseq-hydra-train's @hydra.main (no version_base) gets.
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.1"):
-        cfg = compose(config_name=name, overrides=["task.data=/data", f"common.user_dir={USER_DIR}"])
+        return compose(config_name=name,
+                       overrides=["task.data=/data", f"common.user_dir={USER_DIR}", *overrides])
+
+
+@functools.lru_cache(maxsize=None)
+def hydra_cfg(name):
+    from fairseq.dataclass.initialize import add_defaults
+
+    cfg = composed(name)
     add_defaults(cfg)
     return cfg
 
@@ -138,6 +147,58 @@ def test_every_script_setting_is_in_the_yaml(name, script, flags):
             elif group != "model" and not same(value(yaml_cfg, group, key), wanted):
                 lost[f"{group}.{key}"] = (value(yaml_cfg, group, key), wanted)
     assert not lost, f"configs/{name}.yaml (left) misses settings of scripts/{script} (right): {lost}"
+
+
+def plugin_dataclasses(cfg):
+    """{group: the plugin's config dataclass} for the task and criterion that ``cfg`` names."""
+    from fairseq.registry import REGISTRIES
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    found = {"task": TASK_DATACLASS_REGISTRY.get(cfg.task._name),
+             "criterion": REGISTRIES["criterion"]["dataclass_registry"].get(cfg.criterion._name)}
+    return {group: dc for group, dc in found.items() if dc is not None and dc.__module__.startswith("rdrop_fairseq.")}
+
+
+def plugin_options(dc):
+    """{option: default} of the fields the plugin adds to the fairseq config that ``dc`` extends."""
+    base = next(b for b in dc.__mro__[1:] if b.__module__.startswith("fairseq."))
+    inherited = {f.name for f in dataclasses.fields(base)}
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(dc) if f.name not in inherited}
+
+
+def hydra_value(default):
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, (list, tuple)):
+        return "[" + ",".join(map(str, default)) + "]"
+    return str(default)
+
+
+@pytest.mark.parametrize("name", sorted({case[0] for case in CASES}))
+def test_the_plugins_options_take_plain_overrides_before_the_plugin_is_imported(name):
+    """docs/reproduction.md: fairseq-hydra-train composes and resolves the YAML before it imports
+    common.user_dir, so an R-Drop option that the YAML does not list needs a leading +, and a
+    ${task.*} default of the model must find its key in the YAML's task."""
+    from fairseq.dataclass.initialize import add_defaults
+    from omegaconf import open_dict
+
+    raw = composed(name)
+    groups = plugin_dataclasses(raw)
+    assert set(groups) == {"task", "criterion"}, groups
+    overrides = [f"{group}.{option}={hydra_value(default)}"
+                 for group, dc in groups.items() for option, default in plugin_options(dc).items()]
+    assert any(o.startswith("task.rdrop_copies=") for o in overrides) and any(
+        o.startswith("criterion.rdrop_alpha=") for o in overrides), overrides
+    cfg = composed(name, overrides)  # Hydra refuses a key the YAML lacks: "To append to your config use +"
+    plain = {group: OmegaConf.to_container(cfg[group]) for group in groups}
+    add_defaults(cfg)
+    # add_defaults fills a group only from a registered dataclass: before the plugin's import,
+    # its task and criterion stay as the YAML (and the overrides) give them
+    with open_dict(cfg):
+        for group, node in plain.items():
+            cfg[group] = node
+    OmegaConf.to_container(cfg, resolve=True)
 
 
 TINY_TRANSLATION = [f"+model.{side}_{key}={size}" for side in ("encoder", "decoder")
