@@ -11,6 +11,8 @@ import torch
 import rdrop_fairseq
 from rdrop_fairseq import cli, safe_load
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def run(capsys, *argv):
     """The exit status (0 where main returned), stdout and stderr of ``rdrop-fairseq ARGV``."""
@@ -90,3 +92,16 @@ def test_quickstart_gets_the_rest_of_the_command_line_under_its_own_name(capsys,
 def test_a_command_is_required(capsys):
     status, out, err = run(capsys)
     assert status == 2 and out == "" and "user-dir" in err and "check-checkpoint" in err
+
+
+def test_setup_py_installs_rdrop_fairseq_as_this_main():
+    # the command README.md and the docs use; a typo in setup.py shows only after an install
+    import ast
+    import importlib
+
+    setup_call = next(node for node in ast.walk(ast.parse((REPO / "setup.py").read_text()))
+                      if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup")
+    entry_points = ast.literal_eval(next(k.value for k in setup_call.keywords if k.arg == "entry_points"))
+    scripts = dict(line.replace(" ", "").split("=") for line in entry_points["console_scripts"])
+    module, _, function = scripts["rdrop-fairseq"].partition(":")
+    assert getattr(importlib.import_module(module), function) is cli.main
