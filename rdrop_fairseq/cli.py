@@ -25,9 +25,9 @@ def main(argv=None):
     check.add_argument("checkpoints", nargs="+", metavar="FILE")
     args, rest = parser.parse_known_args(argv)
     if args.command == "quickstart":
-        from rdrop_fairseq.recipes import quickstart
+        from rdrop_fairseq.recipes import quickstart, quickstart_cli
 
-        quickstart.main(rest, argparse.ArgumentParser(prog="rdrop-fairseq quickstart"))
+        quickstart.main(rest, quickstart_cli.OneLineErrors(prog="rdrop-fairseq quickstart"))
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     elif args.command == "user-dir":
