@@ -71,11 +71,13 @@ def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, flo
 
 
 def read_pair(hypotheses: Path, references: Path) -> Tuple[List[str], List[str]]:
-    """The lines of a summary file and of its reference file, which must have as many."""
+    """The lines of a summary file and of its reference file, which must have as many, and some."""
     hyps, refs = read_lines(hypotheses), read_lines(references)
     if len(hyps) != len(refs):
         raise ValueError(f"{hypotheses} has {len(hyps)} lines but {references} has {len(refs)}: "
                          "one summary per reference, in the same order")
+    if not hyps:
+        raise ValueError(f"{hypotheses} is empty: no summaries to score")
     return hyps, refs
 
 

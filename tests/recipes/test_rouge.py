@@ -19,6 +19,8 @@ def rouge_error(capsys, argv):
 
 @pytest.mark.parametrize("hypo,target,message", [
     ("The storm.\n", None, "No such file or directory: '{p}/test.target'"),
+    # a summarize run cut short of its first article writes no file; an empty one is no score of 0
+    ("", "", "{p}/test.hypo is empty: no summaries to score"),
 ])
 def test_summaries_that_cannot_be_scored_are_named(tmp_path, capsys, hypo, target, message):
     (tmp_path / "test.hypo").write_text(hypo, encoding="utf-8")
