@@ -81,6 +81,19 @@ def read_pair(hypotheses: Path, references: Path) -> Tuple[List[str], List[str]]
     return hyps, refs
 
 
+def read_generate_pair(generate_output: Path, gpt2_dir: Path) -> Tuple[List[str], List[str]]:
+    """The texts of the hypotheses and references of a fairseq-generate output on GPT-2 BPE ids."""
+    for name in ("encoder.json", "vocab.bpe"):
+        if not (gpt2_dir / name).is_file():
+            raise FileNotFoundError(f"--gpt2-dir: no {name} in {gpt2_dir}")
+    hyp_ids, ref_ids = read_generate_output(generate_output)  # its errors name the file
+    try:
+        return (decode(hyp_ids, gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe"),
+                decode(ref_ids, gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe"))
+    except ValueError as err:
+        raise ValueError(f"{generate_output}: {err}") from err
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rdrop_fairseq.recipes.rouge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,11 +110,7 @@ def main(argv=None):
         if args.references is not None:
             hypotheses, references = read_pair(args.hypotheses, args.references)
         else:
-            try:
-                hypotheses, references = (decode(lines, args.gpt2_dir / "encoder.json", args.gpt2_dir / "vocab.bpe")
-                                          for lines in read_generate_output(args.hypotheses))
-            except ValueError as err:
-                raise ValueError(f"{args.hypotheses}: {err}") from err
+            hypotheses, references = read_generate_pair(args.hypotheses, args.gpt2_dir)
     except (OSError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -2,6 +2,7 @@
 rouge-score package, and the decoding of GPT-2 ids, are tested in test_cnndm_scripts.py."""
 import pytest
 
+from fixtures_glue_cnndm import write_gpt2_files
 from rdrop_fairseq.recipes import rouge
 
 
@@ -29,4 +30,17 @@ def test_summaries_that_cannot_be_scored_are_named(tmp_path, capsys, hypo, targe
     code, err = rouge_error(capsys, [tmp_path / "test.hypo", "--references", tmp_path / "test.target",
                                      "--json", tmp_path / "rouge.json"])
     assert code == 1 and message.format(p=tmp_path) in err, err
+    assert not (tmp_path / "rouge.json").exists()
+
+
+def test_a_generate_output_is_refused_by_its_file_once_and_gpt2_files_by_the_flag(tmp_path, capsys):
+    write_gpt2_files(tmp_path / "gpt2")
+    log = tmp_path / "train.log"
+    log.write_text("epoch 1 | loss 3.2\n", encoding="utf-8")
+    code, err = rouge_error(capsys, [log, "--gpt2-dir", tmp_path / "gpt2"])
+    assert code == 1 and f"error: {log}: no H-<id> lines" in err, err
+    log.write_text("T-0\t262 1\nH-0\t-0.5\t262\n", encoding="utf-8")
+    (tmp_path / "gpt2" / "vocab.bpe").unlink()
+    code, err = rouge_error(capsys, [log, "--gpt2-dir", tmp_path / "gpt2", "--json", tmp_path / "rouge.json"])
+    assert code == 1 and f"error: --gpt2-dir: no vocab.bpe in {tmp_path / 'gpt2'}" in err, err
     assert not (tmp_path / "rouge.json").exists()
