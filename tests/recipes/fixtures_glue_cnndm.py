@@ -124,5 +124,6 @@ def build_cnn_dm(root: Path, stories: int = 14) -> Dict[str, Path]:
     paths = {f"{site}_stories.tgz": write_tgz(root / f"{site}_stories.tgz", files) for site, files in archives.items()}
     for split, chunk in (("train", urls[:10]), ("val", urls[10:12]), ("test", urls[12:])):
         paths[f"all_{split}.txt"] = root / f"all_{split}.txt"
-        paths[f"all_{split}.txt"].write_text("".join(u + "\n" for u in chunk))
+        # a blank line, which the preparation skips
+        paths[f"all_{split}.txt"].write_text("".join(u + "\n" for u in chunk) + "\n")
     return {"files": paths, "expected": expected, "urls": urls}

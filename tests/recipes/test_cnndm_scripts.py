@@ -58,6 +58,24 @@ def test_a_story_is_split_into_lines_at_newlines_only():
     assert cnn_dm.article_and_summary(story) == ("First line\u2028continues here. Second line .", "The gist .")
 
 
+@pytest.mark.parametrize("line", ["He left.", "Stop!", "Why?", "And then...", "the 'forties'", "``quoted``",
+                                  'He said "no"', "the \u2018best\u2019", "\u201cyes\u201d", "Photo (AP)"])
+def test_a_line_ending_with_one_of_abisees_end_marks_is_kept(line):
+    assert cnn_dm.fix_missing_period(line) == line
+
+
+@pytest.mark.parametrize("line", ["Photo credit", "a comma ,", "a colon:", "an opening \u2018", "a dash --"])
+def test_a_line_without_an_end_mark_gets_a_period(line):
+    assert cnn_dm.fix_missing_period(line) == line + " ."
+
+
+def test_every_line_after_the_first_highlight_is_summary_and_lines_are_stripped():
+    # make_datafiles.py strips each line, and after the first @highlight every line is summary
+    story = "  Line one  \n\t\nLine two.\n@highlight\nFirst point\nstill the first point!\n\n@highlight\n  Second  \n"
+    assert cnn_dm.article_and_summary(story) == (
+        "Line one . Line two.", "First point . still the first point! Second .")
+
+
 def test_a_story_missing_from_the_tarballs_is_named(tmp_path):
     folder = tmp_path / "stories"
     folder.mkdir()
