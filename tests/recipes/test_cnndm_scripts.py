@@ -243,19 +243,34 @@ def test_summarize_decodes_with_summarize_pys_cnn_dm_settings(tmp_path, monkeypa
                      {"beam": 2, "lenpen": 1.5, "max_len_b": 60, "min_len": 10, "no_repeat_ngram_size": 0}]
 
 
-def test_evaluate_cnndm_defaults_are_summarize_pys(tmp_path):
-    # A stand-in python records the summarize and rouge steps: the settings, not a model, are under test.
+def stand_in_evaluation(tmp_path):
+    """A stand-in python that records the summarize and rouge steps (and the CUDA probe, which it
+    passes: a GPU seems present), and the files evaluate-cnndm.sh checks for.  The settings, not a
+    model, are under test.  Returns the calls file and the --data, --text-dir and --save-dir folders."""
     python = tmp_path / "python"
     calls = recording_python(python, run=False)
     data, text, run = tmp_path / "bin", tmp_path / "text", tmp_path / "run"
-    for path in (data / "dict.source.txt", text / "test.source", text / "test.target", text / "gpt2" / "encoder.json",
-                 text / "gpt2" / "vocab.bpe", run / "checkpoint_best.pt"):
+    for path in (data / "dict.source.txt", text / "test.source", text / "test.target", text / "val.source",
+                 text / "val.target", text / "gpt2" / "encoder.json", text / "gpt2" / "vocab.bpe",
+                 run / "checkpoint_best.pt"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")
+    return calls, data, text, run
+
+
+def evaluate_with_stand_in(tmp_path, *args, **env):
+    calls, data, text, run = stand_in_evaluation(tmp_path)
     proc = run_script("evaluate-cnndm.sh", "--data", data, "--text-dir", text, "--gpt2-dir", text / "gpt2",
-                      "--save-dir", run, "--cpu", env=script_env(PYTHON=str(python)))
+                      "--save-dir", run, *args, env=script_env(PYTHON=str(tmp_path / "python"), **env))
+    recorded = calls.read_text().splitlines() if calls.exists() else []
+    steps = [line.split() for line in recorded if line.startswith("-m ")]
+    return proc, steps
+
+
+def test_evaluate_cnndm_defaults_are_summarize_pys(tmp_path):
+    proc, steps = evaluate_with_stand_in(tmp_path, "--cpu")
+    text = tmp_path / "text"
     assert proc.returncode == 0, proc.stderr
-    steps = [line.split() for line in calls.read_text().splitlines()]
     assert [step[:2] for step in steps] == [["-m", "rdrop_fairseq.recipes.summarize"],
                                             ["-m", "rdrop_fairseq.recipes.rouge"]]
     # examples/bart/summarize.py's CNN_KWARGS
@@ -263,6 +278,43 @@ def test_evaluate_cnndm_defaults_are_summarize_pys(tmp_path):
                                               "--no-repeat-ngram-size", "--source")] == \
         ["4", "2.0", "140", "55", "3", str(text / "test.source")]
     assert flag(steps[1], "--references") == str(text / "test.target")
+
+
+def test_evaluate_cnndm_valid_subset_reads_the_val_files(tmp_path):
+    proc, (summarize_step, rouge_step) = evaluate_with_stand_in(tmp_path, "--subset", "valid", "--cpu")
+    text, run = tmp_path / "text", tmp_path / "run"
+    assert proc.returncode == 0, proc.stderr
+    assert (flag(summarize_step, "--source"), flag(summarize_step, "--out")) == \
+        (str(text / "val.source"), str(run / "valid.hypo"))
+    assert rouge_step[2:] == [str(run / "valid.hypo"), "--references", str(text / "val.target"),
+                              "--json", str(run / "rouge-valid.json")]
+
+
+@pytest.mark.parametrize("args,env,device_flags", [
+    ([], {}, ["--fp16"]),  # FP16=auto on a GPU: half precision, as summarize.py
+    (["--cpu"], {}, ["--cpu"]),
+    (["--", "--cpu"], {}, ["--cpu"]),  # summarize refuses --cpu with --fp16
+    ([], {"CPU": "1"}, ["--cpu"]),
+    ([], {"FP16": "0"}, []),
+])
+def test_evaluate_cnndm_asks_for_the_cpu_or_half_precision(tmp_path, args, env, device_flags):
+    proc, (summarize_step, _) = evaluate_with_stand_in(tmp_path, *args, **env)
+    assert proc.returncode == 0, proc.stderr
+    assert {arg for arg in summarize_step if arg in ("--cpu", "--fp16")} == set(device_flags)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"BEAM": "0"}, "BEAM must be a positive integer, not '0'"),
+    ({"BATCH_SIZE": "8x"}, "BATCH_SIZE must be a positive integer, not '8x'"),
+    ({"MIN_LEN": "-1"}, "MIN_LEN must be a positive integer, not '-1'"),
+    ({"MAX_LEN_B": "1.5"}, "MAX_LEN_B must be a positive integer, not '1.5'"),
+    ({"NO_REPEAT_NGRAM_SIZE": "-1"}, "NO_REPEAT_NGRAM_SIZE must be an integer >= 0, not '-1'"),
+    ({"LENPEN": "nan"}, "LENPEN must be a number, not 'nan'"),
+])
+def test_evaluate_cnndm_names_a_bad_setting_before_summarizing(tmp_path, env, message):
+    proc, steps = evaluate_with_stand_in(tmp_path, "--cpu", **env)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert steps == []
 
 
 class RunsCommand:
