@@ -39,6 +39,8 @@ def test_source_and_target_files_in_the_recipe_format(prepared):
         assert prepare.read_lines(data / "cnn_dm" / f"{split}.target") == [fixture["expected"][u][1] for u in chunk]
     bin_dir = data / "data-bin" / "cnn_dm"
     assert (bin_dir / "dict.source.txt").read_text() == (bin_dir / "dict.target.txt").read_text()
+    # GPT-2's dict.txt, whose order bart.large's embeddings follow, not one counted from the data
+    assert Dictionary.load(str(bin_dir / "dict.source.txt")).symbols == Dictionary.load(str(gpt2["dict.txt"])).symbols
     # val is fairseq's valid (the best checkpoint's pick), test stays test
     encoder = get_encoder(str(gpt2["encoder.json"]), str(gpt2["vocab.bpe"]))
     dictionary = Dictionary.load(str(bin_dir / "dict.source.txt"))
