@@ -225,26 +225,6 @@ def test_summaries_are_decoded_as_bart_hub_interface_does(prepared, tiny_bart, t
     assert not list(tmp_path.glob("*.part"))
 
 
-def test_summarize_decodes_with_summarize_pys_cnn_dm_settings(tmp_path, monkeypatch):
-    """Without flags, the hub interface gets examples/bart/summarize.py's CNN_KWARGS; flags reach it too."""
-    calls = []
-
-    class Bart:
-        def sample(self, articles, **generation):
-            calls.append(generation)
-            return ["A summary."] * len(articles)
-
-    monkeypatch.setattr(summarize, "load_bart", lambda *args, **kwargs: Bart())
-    (tmp_path / "test.source").write_text("An article.\n")
-    common = ["--checkpoint", str(tmp_path / "model.pt"), "--data", str(tmp_path), "--gpt2-dir", str(tmp_path),
-              "--source", str(tmp_path / "test.source"), "--out", str(tmp_path / "test.hypo")]
-    summarize.main(common)
-    summarize.main(common + ["--beam", "2", "--lenpen", "1.5", "--max-len-b", "60", "--min-len", "10",
-                             "--no-repeat-ngram-size", "0"])
-    assert calls == [{"beam": 4, "lenpen": 2.0, "max_len_b": 140, "min_len": 55, "no_repeat_ngram_size": 3},
-                     {"beam": 2, "lenpen": 1.5, "max_len_b": 60, "min_len": 10, "no_repeat_ngram_size": 0}]
-
-
 def stand_in_evaluation(tmp_path):
     """A stand-in python that records the summarize and rouge steps (and the CUDA probe, which it
     passes: a GPU seems present), and the files evaluate-cnndm.sh checks for.  The settings, not a

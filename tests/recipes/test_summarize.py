@@ -52,6 +52,24 @@ def test_a_failed_batch_leaves_no_summaries(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["test.source"]
 
 
+def test_summarize_decodes_with_summarize_pys_cnn_dm_settings(tmp_path, monkeypatch):
+    """Without flags, the hub interface gets examples/bart/summarize.py's CNN_KWARGS; flags reach it too."""
+    calls = []
+
+    class Bart:
+        def sample(self, articles, **generation):
+            calls.append(generation)
+            return ["A summary."] * len(articles)
+
+    monkeypatch.setattr(summarize, "load_bart", lambda *args, **kwargs: Bart())
+    (tmp_path / "test.source").write_text("An article.\n")
+    summarize.main(summarize_args(tmp_path))
+    summarize.main(summarize_args(tmp_path, "--beam", "2", "--lenpen", "1.5", "--max-len-b", "60", "--min-len", "10",
+                                  "--no-repeat-ngram-size", "0"))
+    assert calls == [{"beam": 4, "lenpen": 2.0, "max_len_b": 140, "min_len": 55, "no_repeat_ngram_size": 3},
+                     {"beam": 2, "lenpen": 1.5, "max_len_b": 60, "min_len": 10, "no_repeat_ngram_size": 0}]
+
+
 def make_model_files(folder):
     """The files load_bart checks before it loads anything: model.pt, data/, gpt2/, and test.source."""
     for name in ("model.pt", "data/dict.source.txt", "gpt2/encoder.json", "gpt2/vocab.bpe", "test.source"):
