@@ -60,9 +60,9 @@ def copies_of(net_input, copies):
     return {key: value.repeat_interleave(copies, 0) for key, value in net_input.items()}
 
 
-def reference_classification(model, sample, copies, alpha):
+def reference_classification(model, sample, copies, alpha, head=HEAD):
     """Cross-entropy of every copy + alpha / (m (m-1)) * sum over ordered pairs of KL(P_i || P_j)."""
-    logits, _ = model(**copies_of(sample["net_input"], copies), features_only=True, classification_head_name=HEAD)
+    logits, _ = model(**copies_of(sample["net_input"], copies), features_only=True, classification_head_name=head)
     lprobs = F.log_softmax(logits.float(), -1).view(-1, copies, logits.size(-1))
     nll = sum(F.nll_loss(lprobs[:, k], sample["target"], reduction="sum") for k in range(copies))
     kl = sum(F.kl_div(lprobs[:, j], lprobs[:, i], log_target=True, reduction="sum")
@@ -131,6 +131,47 @@ def test_regression_on_several_values_pairs_each_value_across_copies(tmp_path):
     model.eval()
     _, stock_size, stock_log = SentencePredictionCriterion(cfg.criterion, task)(model, sample)
     assert (sample_size, log["nsentences"]) == (stock_size, stock_log["nsentences"]) == (2 * batch, 2 * batch)
+
+
+def test_the_named_classification_head_is_trained(tmp_path):
+    """--classification-head-name: the R-Drop passes go through that head, as the stock criterion's."""
+    task, model, criterion, _ = build(tmp_path, "--classification-head-name", "other_head")
+    assert set(model.classification_heads) == {"other_head"}
+    sample = glue_sample(task.source_dictionary)
+    model.train()
+    (ref_loss, _, _), ref_grads = seeded_with_grads(SEED, reference_classification, model, sample, 2, 1.0,
+                                                    "other_head")
+    (loss, _, _), grads = seeded_with_grads(SEED, criterion, model, sample)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys() and "other_head" in " ".join(grads)
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_training_step_logs_the_stock_counts_and_metrics(tmp_path, regression):
+    """A training step logs what the stock criterion's does (ntokens, nsentences, sample_size; ncorrect
+    only for classification) plus the R-Drop terms, so fairseq's reduce_metrics reports the same
+    metrics and kl_loss besides."""
+    task, model, criterion, cfg = build(tmp_path, "--num-classes", "2", regression=regression)
+    sample = glue_sample(task.source_dictionary, regression=regression, num_classes=2)
+    if regression:
+        sample["target"] = torch.rand(4, 2, generator=torch.Generator().manual_seed(1))
+    model.train()
+    _, size, log = run_seeded(SEED, criterion, model, sample)
+    _, stock_size, stock_log = run_seeded(SEED, SentencePredictionCriterion(cfg.criterion, task), model, sample)
+
+    assert sample["ntokens"] != sample["target"].numel()  # so that a count taken from the other would show
+    assert log.keys() == stock_log.keys() | {"kl_loss", "nll_loss"}
+    assert ("ncorrect" in log) is not regression
+    assert size == stock_size
+    assert [log[key] for key in ("ntokens", "nsentences", "sample_size")] == \
+        [stock_log[key] for key in ("ntokens", "nsentences", "sample_size")]
+    metric_names = []
+    for logs in (log, stock_log):
+        with metrics.aggregate() as agg:
+            criterion.reduce_metrics([logs])
+        metric_names.append(set(agg.get_smoothed_values()))
+    assert metric_names[0] == metric_names[1] | {"kl_loss"}
+    assert "nll_loss" in metric_names[0] and ("accuracy" in metric_names[0]) is not regression
 
 
 @pytest.mark.parametrize("flag, name", [("--mha-reg-scale-factor", "mha_reg_loss"),
