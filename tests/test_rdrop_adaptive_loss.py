@@ -143,10 +143,41 @@ def test_nll_is_adaptive_loss_of_each_copy(lm):
     assert log["kl_loss"] < 1e-5
 
 
-def test_pytorch_ddp_is_refused_with_the_flag_named(tmp_path):
-    with pytest.raises(ValueError, match="--ddp-backend legacy_ddp"):
-        build(tmp_path, *ADAPTIVE, "--ddp-backend", "pytorch_ddp",
+@pytest.mark.parametrize("backend", ["pytorch_ddp", "c10d"])
+def test_pytorch_ddp_is_refused_with_the_flag_named(tmp_path, backend):
+    # c10d is fairseq's older name for pytorch_ddp
+    with pytest.raises(ValueError, match=f"--ddp-backend legacy_ddp, not {backend}"):
+        build(tmp_path, *ADAPTIVE, "--ddp-backend", backend,
               criterion="rdrop_adaptive_loss", arch="transformer_lm_wiki103")
+
+
+def test_alpha_sentence_avg_and_chunk_options_reach_the_step(tmp_path, monkeypatch):
+    import rdrop_fairseq.adaptive_softmax as adaptive_softmax_module
+
+    alpha, chunk = 0.5, 4
+    torch.manual_seed(0)
+    task, model, criterion, _ = build(
+        tmp_path, *ADAPTIVE, "--ddp-backend", "legacy_ddp", "--rdrop-alpha", str(alpha), "--sentence-avg",
+        "--rdrop-chunk-tokens", str(chunk), criterion="rdrop_adaptive_loss", arch="transformer_lm_wiki103",
+    )
+    rows = []
+    plain = adaptive_softmax_module.full_log_probs_and_cluster_priors
+
+    def recording(adaptive_softmax, hidden):
+        rows.append(hidden.size(0))
+        return plain(adaptive_softmax, hidden)
+
+    monkeypatch.setattr(adaptive_softmax_module, "full_log_probs_and_cluster_priors", recording)
+    model.train()
+    sample = lm_sample(task.dictionary)
+    loss, sample_size, log = run_seeded(SEED, criterion, model, sample)
+    _, stock_size, stock_log = run_seeded(SEED, AdaptiveLoss(task, sentence_avg=True), model, sample)
+
+    assert log["kl_loss"] > 0
+    torch.testing.assert_close(loss, 2 * log["loss"] + alpha * log["kl_loss"])
+    assert sample_size == log["sample_size"] == stock_size == stock_log["sample_size"] == sample["target"].size(0)
+    kept = int(sample["target"].ne(task.dictionary.pad()).sum())
+    assert sum(rows) == 2 * kept and max(rows) == 2 * chunk < 2 * kept
 
 
 def test_model_without_adaptive_softmax_is_refused(tmp_path):
