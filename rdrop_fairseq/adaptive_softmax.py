@@ -13,7 +13,7 @@ terms and dropped; activation checkpointing makes them again in backward, with t
 same tail-dropout masks, instead of keeping them.  The extra memory is a few
 ``copies * chunk * V`` buffers whatever the batch size, and the sums are fp32 even
 for a half-precision model (``AdaptiveLoss`` sums in the model's dtype, where
-``copies`` times its NLL overflows fp16 long before its own does).  The NLL is
+``copies`` times its NLL overflows fp16 long before its own does), fp64 for an fp64 one.  The NLL is
 ``AdaptiveLoss``'s to the word: that criterion gives its tail clusters cluster-relative
 targets with ``ignore_index=padding_idx``, so the word at that index of every tail
 counts only by the probability of its cluster (:func:`cluster_only_nll_excess`).
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .rdrop_loss import rdrop_loss
+from .rdrop_loss import _compute_dtype, rdrop_loss
 
 # Default chunk: about 2^24 probabilities (64 MB in fp32) over all copies of a chunk;
 # 31 tokens of 2 copies at WikiText-103's 267,744 types.
@@ -33,18 +33,19 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 24
 
 
 def full_log_probs(adaptive_softmax, hidden: Tensor) -> Tensor:
-    """``(n, V)`` fp32 log-probabilities over the whole vocabulary for ``(n, d)`` hidden states."""
+    """``(n, V)`` log-probabilities over the whole vocabulary for ``(n, d)`` hidden states, in fp32 (fp64 for fp64)."""
     return full_log_probs_and_cluster_priors(adaptive_softmax, hidden)[0]
 
 
 def full_log_probs_and_cluster_priors(adaptive_softmax, hidden: Tensor) -> Tuple[Tensor, Tensor]:
     """:func:`full_log_probs` and the ``(n, tails)`` log-probabilities of the tail clusters."""
-    head = F.log_softmax(adaptive_softmax.head(hidden), dim=-1, dtype=torch.float32)
+    dtype = _compute_dtype(hidden.dtype)
+    head = F.log_softmax(adaptive_softmax.head(hidden), dim=-1, dtype=dtype)
     shortlist = adaptive_softmax.cutoff[0]
     parts = [head[:, :shortlist]]
     for i, tail in enumerate(adaptive_softmax.tail):
         cluster_prior = head[:, shortlist + i].unsqueeze(-1)
-        parts.append(F.log_softmax(tail(hidden), dim=-1, dtype=torch.float32) + cluster_prior)
+        parts.append(F.log_softmax(tail(hidden), dim=-1, dtype=dtype) + cluster_prior)
     return torch.cat(parts, dim=-1), head[:, shortlist:]
 
 
@@ -93,7 +94,7 @@ def adaptive_rdrop_loss(
         alpha, copies, chunk_tokens: as for :func:`~rdrop_fairseq.rdrop_loss.rdrop_loss`.
 
     Returns:
-        ``(loss, nll, kl)`` summed over the kept tokens (the NLL also over copies), fp32;
+        ``(loss, nll, kl)`` summed over the kept tokens (the NLL also over copies), fp32 (fp64 for fp64);
         ``loss = nll + alpha * kl`` and only it has a gradient.
     """
     dim = hidden.size(-1)
@@ -125,7 +126,7 @@ def adaptive_rdrop_loss(
             loss, nll = loss - excess, nll - excess.detach()
         return loss, nll, kl
 
-    loss_sum = features.new_zeros((), dtype=torch.float32)
+    loss_sum = features.new_zeros((), dtype=_compute_dtype(features.dtype))
     nll_sum, kl_sum = loss_sum.clone(), loss_sum.clone()
     for start in range(0, num_tokens, step):
         loss, nll, kl = checkpoint(chunk_loss, features[start : start + step], target[start : start + step],

@@ -106,6 +106,34 @@ def test_chunked_loss_equals_unchunked_and_plain(adaptive_softmax, chunk_tokens)
     assert_close_to_scale(got, plain_grads, rel=1e-4, msg="chunked vs plain")
 
 
+def small_adaptive_softmax(dropout):
+    """Vocabulary 12, shortlist 4, tails [4, 5), [5, 8), [8, 12) in float64: a one-word tail, too small
+    to hold an index PAD, and two whose word at index PAD counts only by its cluster (6 and 9)."""
+    torch.manual_seed(0)
+    return AdaptiveSoftmax(12, 8, [4, 5, 8], dropout=dropout, factor=2.0).double().train()
+
+
+SMALL_TARGET = torch.tensor([[4, 5, 6, PAD, 9], [PAD, 0, 11, 7, 5]])
+
+
+def test_gradcheck_with_dropout_on_input_and_tails():
+    """float64 finite differences against the gradient of the loss, with respect to the features and
+    every weight of the head and the tails, input and tail dropout drawn alike in every evaluation."""
+    module = small_adaptive_softmax(dropout=0.3)
+    names, weights = zip(*module.named_parameters())
+    hidden = torch.randn(COPIES * 2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                         requires_grad=True)
+
+    def loss_of(hidden, *weights):
+        torch.manual_seed(5)
+        # the module's own parameters, or the perturbed ones gradcheck passes
+        return torch.func.functional_call(module, dict(zip(names, weights)), (hidden,))
+
+    module.forward = lambda hidden: adaptive_rdrop_loss(module, hidden, SMALL_TARGET, COPIES, 2.0, PAD,
+                                                        chunk_tokens=3)[0]
+    assert torch.autograd.gradcheck(loss_of, (hidden, *weights), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
 def test_an_all_padding_batch_gives_zero_loss_and_zero_gradients(adaptive_softmax):
     hidden, target = hidden_states(), torch.full((4, 10), PAD)
     params = [hidden, *adaptive_softmax.parameters()]
