@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from fairseq.modules import AdaptiveSoftmax
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rdrop_fairseq.adaptive_softmax import adaptive_rdrop_loss, full_log_probs
+from rdrop_fairseq.adaptive_softmax import DEFAULT_CHUNK_ELEMENTS, adaptive_rdrop_loss, chunk_tokens_for, full_log_probs
 from reference import assert_close_to_scale
 
 VOCAB, DIM, COPIES, PAD = 300, 16, 2, 1
@@ -38,7 +38,7 @@ def plain_loss(lprobs, target, alpha, pad, cutoff):
     for copy in (per_sample[:, 0], per_sample[:, 1]):
         probs = copy.reshape(-1, lprobs.size(-1)).exp()
         for lp_row, p_row, word in zip(copy.reshape(-1, lprobs.size(-1)), probs, target.tolist()):
-            clusters = [(a, b) for a, b in zip(cutoff[:-1], cutoff[1:]) if word == a + pad]
+            clusters = [(a, b) for a, b in zip(cutoff[:-1], cutoff[1:]) if word == a + pad < b]
             if word != pad:
                 nll = nll - (p_row[clusters[0][0]:clusters[0][1]].sum().log() if clusters else lp_row[word])
     lp1, lp2 = per_sample[:, 0].reshape(-1, lprobs.size(-1)), per_sample[:, 1].reshape(-1, lprobs.size(-1))
@@ -106,6 +106,22 @@ def test_chunked_loss_equals_unchunked_and_plain(adaptive_softmax, chunk_tokens)
     assert_close_to_scale(got, plain_grads, rel=1e-4, msg="chunked vs plain")
 
 
+def test_half_precision_scores_are_normalised_in_fp32(adaptive_softmax):
+    """A half-precision module's head and tail scores go through log-softmax in fp32, not in fp16."""
+    module = adaptive_softmax.half()
+    hidden = hidden_states().detach().half().view(-1, DIM)
+    with torch.no_grad():
+        got = full_log_probs(module, hidden)
+        head = F.log_softmax(module.head(hidden).float(), dim=-1)
+        shortlist = module.cutoff[0]
+        expected = torch.cat([head[:, :shortlist]] + [
+            F.log_softmax(tail(hidden).float(), dim=-1) + head[:, shortlist + i, None]
+            for i, tail in enumerate(module.tail)
+        ], dim=-1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
 def small_adaptive_softmax(dropout):
     """Vocabulary 12, shortlist 4, tails [4, 5), [5, 8), [8, 12) in float64: a one-word tail, too small
     to hold an index PAD, and two whose word at index PAD counts only by its cluster (6 and 9)."""
@@ -114,6 +130,15 @@ def small_adaptive_softmax(dropout):
 
 
 SMALL_TARGET = torch.tensor([[4, 5, 6, PAD, 9], [PAD, 0, 11, 7, 5]])
+
+
+def test_a_tail_too_small_for_the_pad_index_counts_all_its_words(adaptive_softmax):
+    module = small_adaptive_softmax(dropout=0.0)
+    hidden = torch.randn(COPIES * 2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loss, nll, kl = adaptive_rdrop_loss(module, hidden, SMALL_TARGET, COPIES, 2.0, PAD, chunk_tokens=3)
+    plain = plain_loss(plain_full_log_probs(module, hidden.view(-1, 8)), SMALL_TARGET, 2.0, PAD, module.cutoff)
+    for got_term, plain_term in zip((loss, nll, kl), plain):
+        torch.testing.assert_close(got_term, plain_term.to(got_term.dtype), rtol=1e-6, atol=1e-6)
 
 
 def test_gradcheck_with_dropout_on_input_and_tails():
@@ -132,6 +157,15 @@ def test_gradcheck_with_dropout_on_input_and_tails():
     module.forward = lambda hidden: adaptive_rdrop_loss(module, hidden, SMALL_TARGET, COPIES, 2.0, PAD,
                                                         chunk_tokens=3)[0]
     assert torch.autograd.gradcheck(loss_of, (hidden, *weights), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+def test_default_chunk_holds_about_2_to_the_24_probabilities():
+    for vocab, copies in ((300, 2), (300, 3), (267_744, 2), (267_744, 4)):
+        tokens = chunk_tokens_for(10**9, vocab, copies)
+        assert tokens * copies * vocab <= DEFAULT_CHUNK_ELEMENTS < (tokens + 1) * copies * vocab
+    assert chunk_tokens_for(10**9, 2 * DEFAULT_CHUNK_ELEMENTS, 2) == 1  # one token even above the budget
+    assert chunk_tokens_for(5, 300, 2) == chunk_tokens_for(5, 300, 2, chunk_tokens=9) == 5
+    assert chunk_tokens_for(10**9, 300, 2, chunk_tokens=9) == 9
 
 
 def test_an_all_padding_batch_gives_zero_loss_and_zero_gradients(adaptive_softmax):
