@@ -49,3 +49,19 @@ def austen_bin(tmp_path_factory):
         write_lines(text / split, read_lines(source / f"{split}.tok.txt")[:count])
     binarize(text, root / "bin", src=None, workers=2, extra=["--nwordssrc", str(AUSTEN_VOCAB)])
     return root / "bin"
+
+
+@pytest.fixture
+def run_main(capsys):
+    """``run_main(main, *argv)``: the exit status (0 where ``main`` returned), stdout and stderr of
+    a command-line ``main`` called with ``argv`` as strings."""
+    def run(main, *argv):
+        try:
+            main(list(map(str, argv)))
+            status = 0
+        except SystemExit as exited:
+            status = exited.code
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run

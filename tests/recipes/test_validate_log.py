@@ -38,24 +38,14 @@ def fairseq_log(path, records, epoch=None):
     return path
 
 
-def run(capsys, *argv):
-    try:
-        validate_log.main(list(map(str, argv)))
-        status = 0
-    except SystemExit as exited:
-        status = exited.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def test_metrics_per_subset_without_throughput_and_predictions(tmp_path, capsys):
+def test_metrics_per_subset_without_throughput_and_predictions(tmp_path, run_main):
     valid = {"loss": 0.3125, "accuracy": 90.5, "mcc": 0.75, "wps": 1234.5, "wpb": 512.0, "bsz": 32.0,
              "pred": torch.tensor([1, 0]), "targ": torch.tensor([1, 1])}
     valid1 = {"loss": 0.25, "accuracy": 90.1, "wps": 99.0, "wpb": 7.0, "bsz": 2.0}
     log = fairseq_log(tmp_path / "validate.log", [("valid", valid), ("valid1", valid1)])
     kept = {"valid": {"loss": 0.3125, "accuracy": 90.5, "mcc": 0.75}, "valid1": {"loss": 0.25, "accuracy": 90.1}}
     assert validate_log.read_metrics(log) == kept
-    status, out, err = run(capsys, log, "--json", tmp_path / "metrics.json")
+    status, out, err = run_main(validate_log.main, log, "--json", tmp_path / "metrics.json")
     assert (status, err) == (0, "")
     assert json.loads(out) == kept and (tmp_path / "metrics.json").read_text() == out
     assert list(json.loads(out)["valid"]) == sorted(kept["valid"])  # stable across fairseq's logging order
@@ -67,28 +57,28 @@ def test_the_epoch_of_a_training_log_record_is_no_metric(tmp_path):
     assert validate_log.read_metrics(log) == {"valid": {"loss": 2.5, "ppl": 5.66}}
 
 
-def test_a_log_without_records_is_named_and_no_json_is_written(tmp_path, capsys):
+def test_a_log_without_records_is_named_and_no_json_is_written(tmp_path, run_main):
     log = tmp_path / "validate.log"
     log.write_text("2024-01-01 00:00:00 | INFO | fairseq_cli.validate | loaded checkpoint\n")
-    status, out, err = run(capsys, log, "--json", tmp_path / "metrics.json")
+    status, out, err = run_main(validate_log.main, log, "--json", tmp_path / "metrics.json")
     assert status == 1 and out == ""
     assert f"error: {log}: no '| <subset> | {{json}}' record" in err and "--log-format json" in err
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_a_missing_log_is_one_line_naming_it(tmp_path, capsys):
-    status, out, err = run(capsys, tmp_path / "absent.log")
+def test_a_missing_log_is_one_line_naming_it(tmp_path, run_main):
+    status, out, err = run_main(validate_log.main, tmp_path / "absent.log")
     assert status == 1 and out == ""
     assert len(err.splitlines()) == 1 and str(tmp_path / "absent.log") in err
 
 
 @pytest.mark.parametrize("record", ['{"valid_loss": "0.3",, "valid_accuracy": "90"}',
                                     '{"valid_loss": "0.3", "valid_accuracy": "n/a"}'])
-def test_a_damaged_record_is_named_by_file_and_line(tmp_path, capsys, record):
+def test_a_damaged_record_is_named_by_file_and_line(tmp_path, run_main, record):
     log = fairseq_log(tmp_path / "validate.log", [("valid1", {"loss": 0.25})])
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"2024-01-01 00:00:00 | INFO | valid | {record}\n")
     number = len(log.read_text().splitlines())
-    status, out, err = run(capsys, log, "--json", tmp_path / "metrics.json")
+    status, out, err = run_main(validate_log.main, log, "--json", tmp_path / "metrics.json")
     assert status == 1 and out == "" and not (tmp_path / "metrics.json").exists()
     assert len(err.splitlines()) == 1 and f"{log}, line {number}: " in err
