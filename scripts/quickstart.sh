@@ -7,8 +7,9 @@
 #            [--concurrent] [--workers N]
 # Env:   PYTHON  interpreter to run it with (default: the first of python and python3 that has rdrop_fairseq's
 #                dependencies).  When it lacks them (unset: when both do), they are installed once into a
-#                virtual environment in the checkout (.venv, made with python3 where it is there), which later
-#                runs reuse once that installation has finished; an unfinished one is installed into again.
+#                virtual environment in the checkout (.venv, made with $PYTHON where it is set, else with
+#                python3 where it is there), which later runs reuse once that installation has finished; an
+#                unfinished one is installed into again.
 #        RDROP_QUICKSTART_TORCH  what that installation asks pip for torch (default torch==2.13.0)
 # On a CPU: a 2+2-layer transformer on 2,000 pairs, 2,200 updates per run.  With CUDA: the paper's
 # transformer_iwslt_de_en (alpha 5, fp16) on the whole corpus, 4,000 updates per run.
