@@ -1,7 +1,7 @@
 """CNN/DailyMail for BART fine-tuning, in the format of fairseq's
 ``examples/bart/README.summarization.md``: ``{train,val,test}.{source,target}``, one
 non-tokenised, cased article or summary per line, GPT-2 BPE-encoded and binarised
-with ``fairseq-preprocess --srcdict dict.txt --tgtdict dict.txt``.
+with ``fairseq-preprocess --joined-dictionary --srcdict dict.txt`` (one dictionary, GPT-2's).
 
 The stories come from the ``cnn_stories.tgz`` and ``dailymail_stories.tgz`` of
 Hermann et al. (2015), split by abisee/cnn-dailymail's URL lists (a story file is
