@@ -167,6 +167,13 @@ def download(archive: Archive, cache_dir: Path) -> Path:
                         + "\nDownload it by hand and pass --archive PATH or --mirror DIR." + another_release)
 
 
+def check_local_archive(path: Path) -> None:
+    """An ``--archive`` must be a file."""
+    if not Path(path).is_file():
+        what = "a folder, not the archive file" if Path(path).is_dir() else "no such file"
+        raise FileNotFoundError(f"--archive {path}: {what}")
+
+
 def fetch(archive: Archive, cache_dir: Path, local: Optional[Path] = None,
           mirror: Optional[Path] = None) -> Path:
     """Path to a hash-checked copy of ``archive`` (see the module docstring for the order)."""
@@ -179,8 +186,7 @@ def fetch(archive: Archive, cache_dir: Path, local: Optional[Path] = None,
             logger.info("using %s (%s)", candidate, origin)
             return candidate
         if origin == "--archive":
-            what = "a folder, not the archive file" if candidate.is_dir() else "no such file"
-            raise FileNotFoundError(f"--archive {candidate}: {what}")
+            check_local_archive(candidate)
         logger.info("%s not in mirror %s", archive.name, mirror)
     return download(archive, cache_dir)
 

@@ -80,9 +80,9 @@ def write_split(urls: List[str], folders: List[Path], text_dir: Path, split: str
 
 def prepare_cnn_dm(args) -> Path:
     layout = Layout(args.out, NAME)
-    check_params(layout, {})
     archives = with_hashes(ARCHIVES, parse_hash_overrides(args.hash))
     local = resolve_archives(args, archives)
+    check_params(layout, {})
     cache = args.download_dir or args.out / "downloads"
     story_dirs = fetch_and_extract(layout, gpt2.without_gpt2_files(args, [a.name for a in STORY_ARCHIVES]),
                                    STORY_ARCHIVES,

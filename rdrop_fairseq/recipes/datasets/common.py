@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from .. import prepare
-from ..download import (MIRROR_ENV, Archive, CorruptArchiveError, DownloadError, extract, fetch,
-                        parse_hash_overrides, remove_if_cached, with_hashes)
+from ..download import (MIRROR_ENV, Archive, CorruptArchiveError, DownloadError, check_local_archive, extract,
+                        fetch, parse_hash_overrides, remove_if_cached, with_hashes)
 
 logger = logging.getLogger("rdrop_fairseq.recipes.datasets")
 
@@ -76,6 +76,7 @@ def build_parser(prog: str, description: str, archives: Sequence[Archive]) -> ar
                         help="expected hash of an archive, e.g. de-en.tgz=sha256:..., or NAME=none to skip the check")
     parser.add_argument("--workers", type=prepare.positive_int, default=max(1, min(8, os.cpu_count() or 1)),
                         help="processes for tokenisation and fairseq-preprocess")
+    parser.set_defaults(known_archives=tuple(archives))
     return parser
 
 
@@ -227,6 +228,13 @@ def run(parser: argparse.ArgumentParser, prepare_fn: Callable[[argparse.Namespac
         words = sys.argv[1:] if argv is None else list(argv)
         named = any(word == "--mirror" or word.startswith("--mirror=") for word in words)
         parser.error(f"{'--mirror' if named else '$' + MIRROR_ENV} {args.mirror}: no such folder")
+    # here, before a preparation writes its settings (params.json) or anything else
+    try:
+        with_hashes(args.known_archives, parse_hash_overrides(args.hash))
+        for path in args.archive:
+            check_local_archive(path)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         force=True)
     try:

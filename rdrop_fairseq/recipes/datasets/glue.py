@@ -146,9 +146,9 @@ def prepare_glue(args) -> Path:
 
 def prepare_task(args, task: GlueTask) -> Path:
     layout = Layout(args.out, f"glue/{task.name}")
-    check_params(layout, {})
     archives = {a.name: a for a in with_hashes(ALL_ARCHIVES, parse_hash_overrides(args.hash))}
     local = resolve_archives(args, list(archives.values()))
+    check_params(layout, {})
     orig = fetch_task(layout, args, task, local, archives)
     gpt2_files = gpt2.fetch_files(list(archives.values()), local, args.download_dir or args.out / "downloads",
                                   args.mirror)
