@@ -159,10 +159,11 @@ def test_masked_vocabulary_entries_give_no_nan(entry):
     torch.testing.assert_close(kl, kl_unmasked)
 
 
-def masked_reference(scores, target, copies, alpha, epsilon, pad, from_logits):
+def masked_reference(scores, target, copies, alpha, epsilon, pad, from_logits, gap_limit=None):
     """Eq. 4 for ``(copies * N, V)`` scores that may hold -inf, written plainly: padded
     tokens are dropped before anything is computed on them, and KL(P_i || P_j) sums
-    p_i (log p_i - log p_j) over the entries where p_i > 0 only (0 log(0/0) = 0)."""
+    p_i (log p_i - log p_j) over the entries where p_i > 0 only (0 log(0/0) = 0).  With
+    ``gap_limit``, a log p_j of -inf there counts as log p_i - gap_limit (values only)."""
     vocab = scores.size(-1)
     keep = target.ne(pad)
     kept = scores.view(copies, -1, vocab)[:, keep]
@@ -176,6 +177,8 @@ def masked_reference(scores, target, copies, alpha, epsilon, pad, from_logits):
     for i, j in itertools.permutations(range(copies), 2):
         support = lprobs[i] > float("-inf")
         lp_i, lp_j = lprobs[i][support], lprobs[j][support]
+        if gap_limit is not None:
+            lp_j = torch.where(lp_j == float("-inf"), lp_i - gap_limit, lp_j)
         kl = kl + (lp_i.exp() * (lp_i - lp_j)).sum()
     kl = kl / (copies * (copies - 1))
     return smoothed + alpha * kl, smoothed, nll, kl
@@ -459,3 +462,58 @@ def test_a_target_outside_the_vocabulary_is_an_error(monkeypatch, entry, bad):
         loss_of(entry, logits, target, 2, 5.0, 0.1, PAD)
     target[5] = -100
     assert torch.isfinite(loss_of(entry, logits, target, 2, 5.0, 0.1, -100)[0])
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("copies", [2, 3])
+@pytest.mark.parametrize("with_target", [True, False])
+def test_gradcheck_float64_interleaved_and_chunked(entry, copies, with_target):
+    # without a target there is no NLL, and so no smoothing term either, whatever epsilon says
+    batch, length = 2, 3
+    logits, target = make_case(copies, tokens=batch * length, vocab=5, pad_every=4)
+    leaf = interleaved(scores_of(entry, logits), copies, batch).detach().requires_grad_()
+    target = target.view(batch, length) if with_target else None
+    apply = rdrop_loss if entry == "lprobs" else rdrop_loss_from_logits
+    assert torch.autograd.gradcheck(
+        lambda x: apply(x, target, copies, 3.0, 0.1, PAD, chunk_tokens=2)[0], (leaf,), eps=1e-6, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_only_the_loss_carries_a_gradient(entry):
+    logits, target = make_case()
+    loss, smoothed, nll, kl = loss_of(entry, logits.requires_grad_(), target, 2, 5.0, 0.1, PAD)
+    assert loss.requires_grad
+    assert not (smoothed.requires_grad or nll.requires_grad or kl.requires_grad)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_scores_targets_and_copies_that_do_not_fit_are_refused(entry):
+    logits, target = make_case()
+    with pytest.raises(ValueError, match=r"scores must be \(copies \* N, V\) or \(copies \* B, T, V\), got shape \(286,\)"):
+        loss_of(entry, logits.flatten(), target, 2, 1.0)
+    with pytest.raises(ValueError, match=r"got shape \(1, 26, 1, 11\)"):
+        loss_of(entry, logits.view(1, 26, 1, 11), target, 2, 1.0)
+    with pytest.raises(ValueError, match="target must have one entry per token of one copy"):
+        loss_of(entry, logits, target[:-1], 2, 1.0)
+    with pytest.raises(ValueError, match="cannot be split into 0 copies"):
+        loss_of(entry, logits, target, 0, 1.0)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("copies", [2, 3])
+def test_minus_infinity_in_one_copy_only_caps_the_gap(entry, copies):
+    """Where one copy puts no mass on an entry that another copy gives mass, KL(P_i || P_j) is
+    infinite: each such gap counts as _LOG_GAP_LIMIT, so that the step stays usable."""
+    from rdrop_fairseq.rdrop_loss import _LOG_GAP_LIMIT
+
+    logits, target = make_case(copies, tokens=9, vocab=13)
+    target = torch.where(target.eq(PAD), target, target.clamp(min=4))
+    logits.view(copies, 9, 13)[1, :, 2:4] = float("-inf")  # entries 2 and 3 in the second copy only
+    scores = scores_of(entry, logits)
+    new, grad = run_leaf(entry, scores, target, copies, 5.0, 0.0)
+    ref = masked_reference(scores, target, copies, 5.0, 0.0, PAD, from_logits=entry == "logits",
+                           gap_limit=_LOG_GAP_LIMIT)
+    assert ref[3] > 1.0 and torch.isfinite(grad).all()
+    for r, n in zip(ref, new):
+        torch.testing.assert_close(n, r, rtol=1e-10, atol=1e-10)
