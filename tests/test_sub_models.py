@@ -46,6 +46,15 @@ def test_repeat_batch_makes_new_tensors_and_leaves_the_input_alone():
     assert torch.equal(batch["src_tokens"], torch.arange(6).view(2, 3))
 
 
+def test_repeat_batch_repeats_the_tensors_inside_lists_and_tuples():
+    tokens = torch.arange(4).view(2, 2)
+    repeated = repeat_batch({"pair": (tokens, [tokens + 10, "x"])}, 2)
+    first, (second, text) = repeated["pair"]
+    assert isinstance(repeated["pair"], tuple) and isinstance(repeated["pair"][1], list) and text == "x"
+    assert torch.equal(first, tokens.repeat_interleave(2, dim=0))
+    assert torch.equal(second, (tokens + 10).repeat_interleave(2, dim=0))
+
+
 class Net(nn.Module):
     def __init__(self, p=0.3):
         super().__init__()
@@ -79,8 +88,17 @@ def test_separate_dropout_rates_give_one_pass_per_copy_in_order():
     assert net.main.p == 0.3
     # interleaved as one pass over a repeated batch: copy 0 (rate 0) of sample b is row 3b
     net.attention.p = 0.0
-    out, _ = passes.forward(net, {"x": x}, copies=3)
+    out, extra = passes.forward(net, {"x": x}, copies=3)
     assert torch.equal(out[0::3], x)
+    assert extra["rates"] == (0.0, 0.0)  # the other entries are the first pass's
+
+
+def test_one_copy_is_one_plain_pass_at_the_models_own_rate():
+    net = Net()
+    seen = []
+    net.register_forward_hook(lambda mod, args, out: seen.append((out[0].shape[0], out[1]["rates"])))
+    out, _ = SubModelPasses(copies=2, dropout_rates=(0.0, 0.5)).forward(net, {"x": torch.ones(2, 4)}, copies=1)
+    assert out.shape == (2, 4) and seen == [(2, (0.3, 0.1))]
 
 
 def test_equal_rates_are_one_pass_over_the_repeated_batch_at_that_rate():
@@ -115,6 +133,9 @@ def test_active_layerdrop_detection():
     assert drawn_per_pass(net) == (True, False) and SubModelPasses().copies_can_differ(net)
     assert drawn_per_pass(net.eval()) == (False, False)
     assert drawn_per_pass(nn.Sequential(LayerDropModuleList(0.0, [nn.Linear(2, 2)]))) == (False, False)
+    # --encoder-layerdrop alone: a decoder without LayerDrop after it does not hide it
+    encoder_only = nn.Sequential(LayerDropModuleList(0.2, [nn.Linear(2, 2)]), LayerDropModuleList(0.0, [nn.Linear(2, 2)]))
+    assert drawn_per_pass(encoder_only) == (True, False)
 
 
 class _LayerDropNet(nn.Module):
