@@ -58,6 +58,43 @@ def test_training_loss_and_gradient_equal_reference_under_the_same_dropout(tiny)
     assert log["kl_loss"] > 0
 
 
+def test_training_log_counts_are_the_stock_criterions(tiny):
+    task, model, criterion, sample = tiny
+    model.train()
+    _, sample_size, log = criterion(model, sample)
+    _, stock_size, stock_log = stock(task)(model, sample)
+    counts = ("ntokens", "nsentences", "sample_size")
+    assert sample_size == stock_size and {k: log[k] for k in counts} == {k: stock_log[k] for k in counts}
+
+
+def test_unreduced_training_loss_is_the_stock_per_token_loss_of_one_pass(tiny):
+    task, model, criterion, sample = tiny
+    model.train()
+    rows = []
+    hook = model.register_forward_pre_hook(lambda mod, args, kwargs: rows.append(kwargs["src_tokens"].size(0)), with_kwargs=True)
+    torch.manual_seed(5)
+    ours = criterion(model, sample, reduce=False)
+    torch.manual_seed(5)
+    theirs = stock(task)(model, sample, reduce=False)
+    hook.remove()
+    assert rows == [sample["target"].size(0)] * 2
+    assert ours[0].shape == theirs[0].shape and ours[0].numel() == sample["target"].numel()
+    torch.testing.assert_close(ours[0], theirs[0])
+
+
+def test_chunk_tokens_reach_the_loss(data_dir, monkeypatch):
+    from rdrop_fairseq.criterions import rdrop_criterion
+
+    seen = []
+    plain = rdrop_criterion.rdrop_loss_from_logits
+    monkeypatch.setattr(rdrop_criterion, "rdrop_loss_from_logits",
+                        lambda *args, **kwargs: seen.append(kwargs["chunk_tokens"]) or plain(*args, **kwargs))
+    _, task, model, criterion = build(data_dir, *CRITERION, "--rdrop-chunk-tokens", "3")
+    model.train()
+    criterion(model, translation_sample(task.target_dictionary))
+    assert seen == [3]
+
+
 def test_sample_is_never_modified_by_a_training_step(tiny, data_dir):
     task, model, criterion, sample = tiny
     before = clone_sample(sample)
@@ -115,8 +152,9 @@ def test_warns_when_the_model_has_no_dropout(data_dir, caplog):
     _, task, model, criterion = build(data_dir, *CRITERION, "--dropout", "0")
     model.train()
     with caplog.at_level(logging.WARNING):
-        criterion(model, translation_sample(task.target_dictionary))
-    assert "no dropout" in caplog.text
+        for _ in range(3):
+            criterion(model, translation_sample(task.target_dictionary))
+    assert caplog.text.count("no dropout") == 1  # once, not on every step
 
 
 def test_warns_when_the_per_copy_rates_leave_no_dropout(data_dir, caplog):
