@@ -179,3 +179,35 @@ def test_a_remote_data_uri_is_left_to_fairseqs_path_manager(monkeypatch):
     monkeypatch.setattr(TranslationTask, "setup_task", classmethod(lambda cls, cfg, **kw: seen.append(cfg.data)))
     RDropTranslationTask.setup_task(OmegaConf.create({"data": "s3://bucket/iwslt14"}))
     assert seen == ["s3://bucket/iwslt14"]
+
+
+def test_a_plain_criterion_built_from_a_checkpoint_is_accepted_with_variant_options(data_dir):
+    # fairseq-hydra-validate builds the saved criterion with from_checkpoint=True; validation may use a plain one
+    plain_cfg = build(data_dir, "--criterion", "label_smoothed_cross_entropy")[0]
+    task = build(data_dir, *CRITERION, "--rdrop-every-k-steps", "2")[1]
+    criterion = task.build_criterion(plain_cfg.criterion, from_checkpoint=True)
+    assert type(criterion) is LabelSmoothedCrossEntropyCriterion
+    with pytest.raises(ValueError, match="^--rdrop-every-k-steps needs an R-Drop --criterion"):
+        task.build_criterion(plain_cfg.criterion)
+
+
+def test_checkpoint_dictionary_sizes_are_checked_for_source_and_target(tmp_path):
+    from tiny_fairseq import write_dictionaries as write
+
+    write(tmp_path, size=40, langs=("de",))
+    write(tmp_path, size=30, langs=("en",))
+    from omegaconf import OmegaConf
+
+    from rdrop_fairseq.tasks.rdrop_translation import RDropTranslationConfig, RDropTranslationTask
+
+    cfg = OmegaConf.structured(RDropTranslationConfig(data=str(tmp_path), source_lang="de", target_lang="en"))
+    task = RDropTranslationTask.setup_task(cfg)
+    state = task.state_dict()
+    assert state["dictionary_sizes"] == {"source": len(task.src_dict), "target": len(task.tgt_dict)}
+    assert len(task.src_dict) != len(task.tgt_dict)
+    task.load_state_dict(state)
+    assert "dictionary_sizes" in state  # the caller's checkpoint state is left as it was
+    for role, lang in (("source", "de"), ("target", "en")):
+        sizes = dict(state["dictionary_sizes"], **{role: state["dictionary_sizes"][role] + 1})
+        with pytest.raises(ValueError, match=f"{tmp_path / f'dict.{lang}.txt'} has .* {role} dictionary of"):
+            task.load_state_dict({**state, "dictionary_sizes": sizes})
