@@ -211,3 +211,21 @@ def test_checkpoint_dictionary_sizes_are_checked_for_source_and_target(tmp_path)
         sizes = dict(state["dictionary_sizes"], **{role: state["dictionary_sizes"][role] + 1})
         with pytest.raises(ValueError, match=f"{tmp_path / f'dict.{lang}.txt'} has .* {role} dictionary of"):
             task.load_state_dict({**state, "dictionary_sizes": sizes})
+
+
+def test_every_micro_batch_of_an_update_follows_that_updates_schedule(data_dir):
+    # with --update-freq 2, both micro-batches of an R-Drop update are R-Drop passes, and both of a skipped one
+    # plain: the schedule counts updates, not calls
+    from fairseq.trainer import Trainer
+
+    torch.manual_seed(1)
+    cfg, task, model, criterion = build(data_dir, *CRITERION, "--update-freq", "2", "--rdrop-every-k-steps", "2")
+    trainer = Trainer(cfg, task, model, criterion)
+    sample = translation_sample(task.target_dictionary)
+    rows, handle = count_rows(model)
+    logs = [trainer.train_step([sample, sample]) for _ in range(3)]
+    handle.remove()
+    batch = sample["target"].size(0)
+    assert trainer.get_num_updates() == 3
+    assert rows == [2 * batch, 2 * batch, batch, batch, 2 * batch, 2 * batch]
+    assert ["kl_loss" in log for log in logs] == [True, False, True]
