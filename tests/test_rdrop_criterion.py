@@ -40,6 +40,21 @@ def test_plain_log_softmax_models_give_their_logits(data_dir, tmp_path):
     assert log_softmax_input(adaptive_lm, net_output) is None
 
 
+@pytest.mark.parametrize("owner,method", [
+    ("model", "get_normalized_probs_scriptable"),
+    ("decoder", "get_normalized_probs"),
+    ("decoder", "get_normalized_probs_scriptable"),
+])
+def test_a_class_that_overrides_a_normaliser_gets_no_logits(data_dir, owner, method):
+    # e.g. a decoder with a temperature or a copy mechanism: its log-probabilities are not log_softmax(logits)
+    _, _, model, _ = build(data_dir, *CRITERION)
+    net_output = (torch.zeros(1, 2, 3), {})
+    target = model if owner == "model" else model.decoder
+    plain = getattr(type(target), method)
+    target.__class__ = type("Overriding", (type(target),), {method: lambda self, *args, **kwargs: plain(self, *args, **kwargs)})
+    assert log_softmax_input(model, net_output) is None
+
+
 def test_a_model_with_its_own_normalisation_goes_through_it(data_dir):
     torch.manual_seed(1)
     _, task, model, criterion = build(data_dir, *CRITERION)

@@ -167,9 +167,10 @@ def test_warns_when_the_per_copy_rates_leave_no_dropout(data_dir, caplog):
     assert "no dropout" in caplog.text and abs(float(log["kl_loss"])) < 1e-6
 
 
-def test_negative_alpha_is_refused_naming_the_flag(data_dir):
-    with pytest.raises(ValueError, match="--rdrop-alpha"):
-        build(data_dir, *CRITERION, "--rdrop-alpha", "-1")
+@pytest.mark.parametrize("alpha", ["-1", "inf", "nan"])
+def test_a_negative_or_infinite_alpha_is_refused_naming_the_flag(data_dir, alpha):
+    with pytest.raises(ValueError, match="--rdrop-alpha must be a finite number >= 0"):
+        build(data_dir, *CRITERION, "--rdrop-alpha", alpha)
 
 
 def test_alpha_is_a_float_and_defaults_to_the_papers_translation_value(data_dir):
