@@ -39,6 +39,14 @@ def test_built_from_flags_with_paper_default_alpha(lm):
     assert criterion.rdrop_alpha == 1.0
 
 
+def test_sentence_avg_reaches_the_criterion(tmp_path):
+    task, model, criterion, _ = build(tmp_path, "--sentence-avg", "--rdrop-alpha", "0.5")
+    assert criterion.sentence_avg and criterion.rdrop_alpha == 0.5
+    sample = lm_sample(task.dictionary)
+    model.train()
+    assert criterion(model, sample)[1] == sample["target"].size(0) != sample["ntokens"]
+
+
 def test_the_lm_task_builds_its_criterion_for_a_checkpoint(tmp_path):
     # fairseq-hydra-validate builds the criterion with from_checkpoint=True, which fairseq's
     # legacy language_modeling task does not take
