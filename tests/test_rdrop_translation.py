@@ -52,8 +52,13 @@ def test_train_step_keeps_fairseqs_own_behaviour(data_dir):
     model.eval()
     seen = []
     model.set_num_updates = lambda n: seen.append(n)
+    backward = optimizer.backward
+    given = []
+    # the loss goes through the optimizer's backward, where fp16 and --amp scale it
+    optimizer.backward = lambda loss: given.append(loss) or backward(loss)
     loss, _, _ = task.train_step(sample, model, criterion, optimizer, update_num=7)
     assert model.training and seen == [7]
+    assert len(given) == 1 and given[0] is loss
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.zero_grad()
     task.train_step(sample, model, criterion, optimizer, update_num=8, ignore_grad=True)
