@@ -65,6 +65,36 @@ def test_train_step_keeps_fairseqs_own_behaviour(data_dir):
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())
 
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_train_step_runs_the_passes_under_autocast_with_an_amp_optimizer(data_dir, monkeypatch, amp):
+    # fairseq's train_step enters CUDA autocast for an AMPOptimizer (--amp); on a CPU the context is recorded
+    import contextlib
+
+    from fairseq.optim.amp_optimizer import AMPOptimizer
+
+    cfg, task, model, criterion = build(data_dir, *CRITERION, *(["--amp"] if amp else []))
+    params = list(model.parameters())
+    optimizer = AMPOptimizer.build_optimizer(cfg, params) if amp else optim.build_optimizer(cfg.optimizer, params)
+    contexts = []
+
+    class RecordingAutocast(contextlib.AbstractContextManager):
+        def __init__(self, enabled=True, **kwargs):
+            self.enabled = enabled
+
+        def __enter__(self):
+            contexts.append(self.enabled)
+
+        def __exit__(self, *exc):
+            contexts.pop()
+
+    monkeypatch.setattr(torch.cuda.amp, "autocast", RecordingAutocast)
+    in_autocast = []
+    model.register_forward_pre_hook(lambda mod, args: in_autocast.append(list(contexts)))
+    task.train_step(translation_sample(task.target_dictionary), model, criterion, optimizer, update_num=0)
+    assert in_autocast == [[amp]]  # one pass over the repeated batch, inside the context
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
 def test_default_equals_explicit_m2_k1(data_dir):
     runs = [setup(data_dir), setup(data_dir, "--rdrop-copies", "2", "--rdrop-every-k-steps", "1")]
     results = [step(*run, update_num=0) for run in runs]
