@@ -242,3 +242,16 @@ def test_metrics_aggregate_over_workers(tiny):
         assert separate.get_smoothed_value(name) == pytest.approx(together.get_smoothed_value(name), rel=1e-4)
     expected_kl = float(sum(log["kl_loss"] for log in logs)) / sum(log["sample_size"] for log in logs)
     assert separate.get_smoothed_value("kl_loss") == pytest.approx(expected_kl / torch.log(torch.tensor(2.0)).item(), abs=1e-4)
+
+
+def test_kl_over_a_log_interval_is_per_token_of_all_its_updates(tiny):
+    # fairseq reduces each update's logs on its own; --log-interval averages the updates by their sample_size
+    task, model, criterion, sample = tiny
+    model.train()
+    logs = [criterion(model, sample)[2], criterion(model, translation_sample(task.target_dictionary, batch=2, seed=4))[2]]
+    assert logs[0]["sample_size"] != logs[1]["sample_size"]
+    with metrics.aggregate() as interval:
+        for log in logs:
+            type(criterion).reduce_metrics([log])
+    expected = float(sum(log["kl_loss"] for log in logs)) / sum(log["sample_size"] for log in logs)
+    assert interval.get_smoothed_value("kl_loss") == pytest.approx(expected / torch.log(torch.tensor(2.0)).item(), abs=1e-4)
