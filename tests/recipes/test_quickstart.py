@@ -682,17 +682,25 @@ def test_the_cache_key_of_prepared_data_follows_the_corpus_content_not_its_path(
     assert quickstart.prepared_dir(args, quickstart.GPU, corpora[0]) != keys[0]
 
 
+def refuse_to_run(args):
+    """Stands in for the quickstart in tests of refused arguments: one let through fails here at once, not after a
+    training run."""
+    raise AssertionError(f"the quickstart ran with {args}")
+
+
 @pytest.mark.parametrize("name", ["--rdrop-alpha", "--minutes", "--max-updates", "--workers"])
 @pytest.mark.parametrize("value", ["0", "-1"])
-def test_a_non_positive_value_is_refused_naming_the_flag(name, value, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:  # folders of its own: a value let through runs the quickstart
+def test_a_non_positive_value_is_refused_naming_the_flag(name, value, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(quickstart, "quickstart", refuse_to_run)
+    with pytest.raises(SystemExit) as exit_info:
         quickstart.main([name, value, "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
     assert exit_info.value.code == 2 and name in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["--out-dir", "--work-dir"])
-def test_a_folder_flag_naming_a_file_is_refused_before_anything_runs(name, tmp_path, capsys):
+def test_a_folder_flag_naming_a_file_is_refused_before_anything_runs(name, tmp_path, capsys, monkeypatch):
     """Not after preparing the corpus, with a traceback."""
+    monkeypatch.setattr(quickstart, "quickstart", refuse_to_run)
     (tmp_path / "file").write_text("")
     (tmp_path / "corpus").mkdir()
     folders = {"--corpus": str(tmp_path / "corpus"), "--work-dir": str(tmp_path / "w"),
@@ -703,13 +711,90 @@ def test_a_folder_flag_naming_a_file_is_refused_before_anything_runs(name, tmp_p
     assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus", "file"]
 
 
+@pytest.mark.parametrize("args,said", [
+    (["--rdrop-alpha", "inf"], "--rdrop-alpha must be a positive number, not inf"),
+    (["--minutes", "nan"], "--minutes must be a positive number, not nan"),
+    (["--minutes=inf"], "--minutes must be a positive number, not inf"),
+])
+def test_a_value_that_is_not_a_finite_number_is_refused_naming_the_flag(args, said, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.parse_args([*args, "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_corpus_flag_naming_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "train.de").write_text("x\n")
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.parse_args(["--corpus", str(tmp_path / "train.de")])
+    assert exit_info.value.code == 2 and f"--corpus {tmp_path / 'train.de'}: no such folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["--out-dir", "--work-dir"])
+def test_a_folder_flag_naming_a_file_in_the_home_folder_as_tilde_is_refused(name, tmp_path, capsys, monkeypatch):
+    # quickstart.main expands ~ in --work-dir itself, and a shell leaves --out-dir=~/x unexpanded
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.parse_args([name, "~/file"])
+    assert exit_info.value.code == 2 and f"{name} ~/file: not a folder" in capsys.readouterr().err
+
+
+def test_the_work_dir_defaults_to_the_xdg_cache_folder_where_it_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert parse().work_dir == tmp_path / "xdg" / "rdrop_fairseq"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # set but empty counts as unset, as the XDG spec says
+    assert parse().work_dir == tmp_path / "home" / ".cache" / "rdrop_fairseq"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert parse().work_dir == tmp_path / "home" / ".cache" / "rdrop_fairseq"
+
+
+def test_the_defaults_the_help_states_are_the_parser_s():
+    stated = {}
+    for action in quickstart.build_parser()._actions:
+        match = re.search(r"\(default (\S+)\)", action.help or "")
+        if match:
+            stated[action.dest] = (match.group(1), action.default)
+    assert set(stated) >= {"src", "tgt", "out_dir", "seed", "workers"}
+    for dest, (said, default) in stated.items():
+        assert said in (str(default), f"./{default}"), dest
+
+
+def test_the_docs_table_of_setups_is_the_cpu_and_gpu_setups():
+    table = (REPO / "docs" / "quickstart.md").read_text(encoding="utf-8").split("| | on a CPU")[1].split("\n\n")[0]
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip().strip("|").split("|")]
+                                              for line in table.splitlines()[2:])}
+
+    def number(text):
+        return float(text.replace(",", ""))
+
+    for column, setup in enumerate((quickstart.CPU, quickstart.GPU)):
+        model = rows["model"][column]
+        assert re.match(r"`(\w+)`", model).group(1) == setup.arch
+        assert [number(n) for n in re.findall(r"(\d+)\+(\d+) layers", model)[0]] == [setup.layers] * 2
+        assert number(re.search(r"d = ([\d,]+)", model).group(1)) == setup.embed_dim
+        assert number(re.search(r"FFN ([\d,]+)", model).group(1)) == setup.ffn_dim
+        assert number(re.search(r"(\d+) heads", model).group(1)) == setup.heads
+        pairs = rows["training pairs"][column]
+        assert pairs == (f"the first {setup.train_pairs:,}" if setup.train_pairs else "all")
+        assert number(rows["BPE merges"][column]) == setup.bpe_merges
+        assert number(rows["R-Drop alpha"][column].split()[0].rstrip(",")) == setup.alpha
+        lr, warmup, weight_decay = rows["lr, warm-up, weight decay"][column].split(", ")
+        assert (number(lr), number(warmup.split()[0]), number(weight_decay)) == (
+            setup.lr, setup.warmup, setup.weight_decay)
+        assert number(rows["`--max-tokens`"][column]) == setup.max_tokens
+        assert number(rows["updates per run (default)"][column]) == setup.updates
+        assert rows["validation and best checkpoint"][column] == f"every {setup.validate_every} updates"
+
+
 def test_train_pairs_flag_sizes_the_training_slice_only():
     assert quickstart.plan_run(CPU, parse("--smoke")).setup == quickstart.SMOKE
     sized = quickstart.plan_run(CPU, parse("--train-pairs", "6000")).setup
     assert asdict(sized) == {**asdict(quickstart.CPU), "train_pairs": 6000}
 
 
-def test_negative_train_pairs_are_refused_naming_the_flag(tmp_path, capsys):
+def test_negative_train_pairs_are_refused_naming_the_flag(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(quickstart, "quickstart", refuse_to_run)
     with pytest.raises(SystemExit) as exit_info:
         quickstart.main(["--train-pairs", "-1", "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
     assert exit_info.value.code == 2 and "--train-pairs" in capsys.readouterr().err
