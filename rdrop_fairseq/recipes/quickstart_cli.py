@@ -137,6 +137,10 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     """The arguments, checked: an error names the flag (argparse's exit status 2)."""
     parser = build_parser(parser)
     args = parser.parse_args(argv)
+    # a "~" the shell left (--out-dir=~/x, or quoted) is the home folder, as it is for the default --work-dir
+    for dest in ("corpus", "work_dir", "out_dir"):
+        if getattr(args, dest) is not None:
+            setattr(args, dest, getattr(args, dest).expanduser())
     # "not > 0": nan passes "<= 0"
     if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
         parser.error(f"--minutes must be a positive number, not {args.minutes}")
@@ -157,7 +161,7 @@ def parse_args(argv: Optional[Sequence[str]] = None,
     # made where they are missing; a file there would stop the quickstart with a traceback, for --out-dir
     # only after preparing the corpus
     for flag, folder in (("--work-dir", args.work_dir), ("--out-dir", args.out_dir)):
-        if folder.expanduser().exists() and not folder.expanduser().is_dir():
+        if folder.exists() and not folder.is_dir():
             parser.error(f"{flag} {folder}: not a folder")
     return args
 

@@ -731,12 +731,20 @@ def test_a_corpus_flag_naming_a_file_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["--out-dir", "--work-dir"])
 def test_a_folder_flag_naming_a_file_in_the_home_folder_as_tilde_is_refused(name, tmp_path, capsys, monkeypatch):
-    # quickstart.main expands ~ in --work-dir itself, and a shell leaves --out-dir=~/x unexpanded
+    # a shell leaves the ~ of --out-dir=~/x as it is
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit) as exit_info:
         quickstart.parse_args([name, "~/file"])
-    assert exit_info.value.code == 2 and f"{name} ~/file: not a folder" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"{name} {tmp_path / 'file'}: not a folder" in capsys.readouterr().err
+
+
+def test_a_tilde_in_a_folder_flag_is_the_home_folder_for_every_folder_flag(tmp_path, monkeypatch):
+    # not a folder named "~" in the current one, which --out-dir=~/runs used to make
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "corpus").mkdir()
+    args = quickstart.parse_args(["--out-dir=~/runs", "--work-dir=~/cache", "--corpus=~/corpus"])
+    assert (args.out_dir, args.work_dir, args.corpus) == (tmp_path / "runs", tmp_path / "cache", tmp_path / "corpus")
 
 
 def test_the_work_dir_defaults_to_the_xdg_cache_folder_where_it_is_set(tmp_path, monkeypatch):
