@@ -79,6 +79,11 @@ def test_other_settings_in_the_same_folder_are_refused(prepared, capsys):
     with pytest.raises(SystemExit):
         iwslt14.main(["--out", str(out), "--archive", str(fixture.archive), "--bpe-merges", "123"])
     assert "prepared with {'bpe_merges': 300" in capsys.readouterr().err
+    # other train lines: the kept tokenised text would not be remade
+    with pytest.raises(SystemExit):
+        iwslt14.main(["--out", str(out), "--archive", str(fixture.archive), "--bpe-merges", MERGES,
+                      "--drop-meta-lines"])
+    assert "'drop_meta_lines': False}, not {'bpe_merges': 300, 'drop_meta_lines': True}" in capsys.readouterr().err
 
 
 def test_truncated_archive_is_rejected_and_leaves_no_output(prepared, tmp_path, capsys):
@@ -118,9 +123,10 @@ def test_a_corrupt_download_is_removed_and_said_to_be(prepared, tmp_path, capsys
 
 
 def test_train_filter_and_valid_split():
-    raw = ["<url>http://x</url>", "<speaker>A</speaker>", "<title>Hi</title>", "text"]
-    assert list(iwslt14.train_text(raw)) == ["<speaker>A</speaker>", "Hi", "text"]
-    assert list(iwslt14.train_text(raw, drop_meta=True)) == ["Hi", "text"]
+    raw = ["<url>http://x</url>", "<speaker>A</speaker>", "<title>Hi</title>", "<talkid>7</talkid>",
+           "<description>TED Talk</description>", "<keywords>talks</keywords>", "text"]
+    assert list(iwslt14.train_text(raw)) == ["<speaker>A</speaker>", "Hi", "TED Talk", "text"]
+    assert list(iwslt14.train_text(raw, drop_meta=True)) == ["Hi", "TED Talk", "text"]
     train, valid = iwslt14.split_valid([str(i) for i in range(1, 50)])
     assert valid == ["23", "46"] and len(train) == 47 and "23" not in train
 
@@ -144,6 +150,46 @@ def test_train_pairs_are_cleaned_to_fairseqs_limits_then_lowercased(tmp_path):
         expected = [p[column].lower() for p in kept]
         assert lines(tmp / f"valid.{lang}") == [expected[22]]
         assert lines(tmp / f"train.{lang}") == expected[:22] + expected[23:]
+
+
+def test_each_side_is_tokenised_and_escaped_for_its_own_language(tmp_path):
+    # tokenizer.perl -l en splits "it's" as "it 's", -l de as "geht ' s"; both escape the apostrophe
+    pairs = [("Wie geht's ?", "It's fine .")] * 2
+    orig, tmp = tmp_path / "orig", tmp_path / "tmp"
+    orig.mkdir()
+    tmp.mkdir()
+    for column, lang in enumerate(("de", "en")):
+        (orig / f"train.tags.de-en.{lang}").write_text("".join(p[column] + "\n" for p in pairs), encoding="utf-8")
+    iwslt14.make_train_valid(orig, tmp, 1, drop_meta=False)
+    assert lines(tmp / "train.de") == ["wie geht &apos; s ?"] * 2
+    assert lines(tmp / "train.en") == ["it &apos;s fine ."] * 2
+
+
+def test_train_sides_that_differ_in_length_after_the_tag_filter_are_refused(tmp_path):
+    orig, tmp = tmp_path / "orig", tmp_path / "tmp"
+    orig.mkdir()
+    tmp.mkdir()
+    (orig / "train.tags.de-en.de").write_text("<url>http://x</url>\nHallo .\nWelt .\n", encoding="utf-8")
+    (orig / "train.tags.de-en.en").write_text("Hello .\nWorld .\nAgain .\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train\.tags\.de-en\.\{de,en\} differ in line count"):
+        iwslt14.make_train_valid(orig, tmp, 1, drop_meta=False)
+    assert not list(tmp.iterdir())
+
+
+def test_test_is_the_five_ted_sets_in_fairseqs_order(tmp_path):
+    # prepare-iwslt14.sh: cat dev2010 TEDX.dev2012 tst2010 tst2011 tst2012 > test
+    order = ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010", "IWSLT14.TED.tst2011",
+             "IWSLT14.TED.tst2012")
+    orig, tmp = tmp_path / "orig", tmp_path / "tmp"
+    orig.mkdir()
+    tmp.mkdir()
+    for name in sorted(order, reverse=True):
+        for lang in ("de", "en"):
+            segments = "".join(f'<seg id="{i}"> {name} {lang} {i} </seg>\n' for i in (1, 2))
+            (orig / f"{name}.de-en.{lang}.xml").write_text(f"<doc>\n{segments}</doc>\n", encoding="utf-8")
+    iwslt14.make_test(orig, tmp, 1)
+    for lang in ("de", "en"):
+        assert lines(tmp / f"test.{lang}") == [f"{name.lower()} {lang} {i}" for name in order for i in (1, 2)]
 
 
 def test_default_bpe_merges_are_fairseqs():
