@@ -141,6 +141,7 @@ class WmtFixture:
     valid_segments: int
     test_segments: int
     archives: List[Path] = field(default_factory=list)
+    text: Dict[str, Dict[str, List[str]]] = field(default_factory=dict)  # split -> lang -> lines, as given
 
 
 def _sgm(setid: str, lang: str, kind: str, segments: Sequence[str]) -> str:
@@ -160,10 +161,12 @@ def build_wmt14(root: Path, pairs_per_corpus: int = 60, segments: int = 20) -> W
                "training-parallel-commoncrawl.tgz": "commoncrawl.de-en",
                "training-parallel-nc-v12.tgz": "training/news-commentary-v12.de-en"}
     archives = []
+    train: List[Tuple[str, str]] = []
     for i, (archive, prefix) in enumerate(corpora.items()):
         chunk = pairs[i * pairs_per_corpus:(i + 1) * pairs_per_corpus]
         if i == 1:  # Common Crawl is the noisy one
             chunk = chunk + bad_pairs() + [("Ein\u200bSteuer\u0007zeichen.", "A\u200bcontrol\u0007char.")]
+        train += chunk
         files = {f"{prefix}.de": "".join(p[0] + "\n" for p in chunk),
                  f"{prefix}.en": "".join(p[1] + "\n" for p in chunk)}
         if archive == "training-parallel-europarl-v7.tgz":
@@ -179,8 +182,10 @@ def build_wmt14(root: Path, pairs_per_corpus: int = 60, segments: int = 20) -> W
         "test-full/newstest2014-deen-src.en.sgm": _sgm("newstest2014", "en", "src", [p[1] for p in test]),
         "test-full/newstest2014-deen-ref.de.sgm": _sgm("newstest2014", "de", "ref", [p[0] for p in test]),
         "test-full/newstest2014-deen-src.de.sgm": _sgm("newstest2014", "de", "src", [p[0] for p in test])}))
+    text = {split: {"de": [p[0] for p in chosen], "en": [p[1] for p in chosen]}
+            for split, chosen in (("train", train), ("valid", valid), ("test", test))}
     return WmtFixture(mirror, train_pairs=3 * pairs_per_corpus + 1, valid_segments=segments,
-                      test_segments=segments, archives=archives)
+                      test_segments=segments, archives=archives, text=text)
 
 
 # --- WikiText-103 --------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+import html
+import re
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,18 @@ def lines(path):
     return Path(path).read_text(encoding="utf-8").splitlines()
 
 
+def letters_and_digits(line):
+    """What normalisation, tokenisation and escaping leave of a line."""
+    return re.sub(r"\W", "", html.unescape(line))
+
+
 def check_corpus(fixture, out):
     text, bin_dir = out / "wmt14.en-de", out / "data-bin" / "wmt14.en-de"
+    # train is the three corpora, in order; valid newstest2013, test newstest2014; each side its own language
+    for split, sides in fixture.text.items():
+        for lang, given in sides.items():
+            made = [letters_and_digits(line) for line in lines(text / "tmp" / f"{split}.{lang}")]
+            assert made == [letters_and_digits(line) for line in given], (split, lang)
     train = {lang: lines(text / f"train.{lang}") for lang in ("en", "de")}
     assert len(train["en"]) == len(train["de"])
     # Cleaning after subword splitting may drop a few good pairs; the bad ones must go.
@@ -63,6 +75,7 @@ def test_sentencepiece_from_archives(fixture, tmp_path, capsys, monkeypatch):
     wmt14.main(["--out", str(out), "--spm", "--spm-vocab-size", "400", "--workers", "1", *archives])
     # a joint BPE model over every character (the module's documented setting), not sentencepiece's unigram default
     assert [(t["model_type"], t["character_coverage"]) for t in trained] == [("bpe", 1.0)]
+    assert trained[0]["input_sentence_size"] == wmt14.parser().parse_args([]).spm_sample  # --spm-sample's default
     assert capsys.readouterr().out.strip() == str(out / "data-bin" / "wmt14.en-de")
     joined = check_corpus(fixture, out)
     assert "\u2581" in joined and "@@" not in joined
@@ -71,12 +84,25 @@ def test_sentencepiece_from_archives(fixture, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         wmt14.main(["--out", str(out), "--spm", "--spm-vocab-size", "400", "--spm-sample", "1000", *archives])
     assert "prepared with {'spm_sample': 10000000" in capsys.readouterr().err
+    for other in (["--spm", "--spm-vocab-size", "500"], ["--bpe-merges", "300"]):
+        with pytest.raises(SystemExit):
+            wmt14.main(["--out", str(out), *other, *archives])
+        assert "prepared with {'spm_sample': 10000000, 'spm_vocab_size': 400}" in capsys.readouterr().err, other
 
 
 def test_archive_with_an_unknown_name_is_refused(fixture, tmp_path, capsys):
     with pytest.raises(SystemExit):
         wmt14.main(["--out", str(tmp_path), "--archive", str(tmp_path / "other.tgz")])
     assert "--archive " in capsys.readouterr().err
+
+
+def test_train_text_is_normalised_for_its_language_then_rid_of_non_printing_characters():
+    # normalize-punctuation.perl: „“ and «» become ", a German comma stays after the quote and an English one goes
+    # before it, a no-break space between digits is a German thousands comma or an English point;
+    # remove-non-printing-char.perl: \p{C} (here a zero-width space and a bell) becomes a space
+    line = "Er sagte \u201eja\u201c, \u00abgut\u00bb\u200bund 1\u00a0000\u0007Euro."
+    assert wmt14.normalize([line], "de") == ['Er sagte "ja", "gut" und 1,000 Euro.']
+    assert wmt14.normalize([line], "en") == ['Er sagte "ja," "gut" und 1.000 Euro.']
 
 
 def test_train_pairs_are_cleaned_after_subword_splitting_to_fairseqs_limits(tmp_path):
