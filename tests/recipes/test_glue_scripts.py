@@ -8,6 +8,7 @@ import shutil
 import sys
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 from fairseq.data import Dictionary, data_utils
@@ -16,7 +17,7 @@ from fixtures_glue_cnndm import (build_cola, build_mrpc, build_rte, build_stsb, 
                                  write_gpt2_files)
 from fixtures_upstream import run_script
 from rdrop_fairseq.recipes import prepare, validate_log
-from rdrop_fairseq.recipes.datasets import glue, pretrained
+from rdrop_fairseq.recipes.datasets import glue, gpt2, pretrained
 from test_evaluate_scripts import stand_in
 from test_train_scripts import dry_run, flag, once, recording_python, script_env
 
@@ -186,6 +187,42 @@ def test_corrupt_downloads_are_refused(tmp_path, capsys):
                    *map(str, gpt2_args(paths))])
     assert "truncated or corrupt" in capsys.readouterr().err
     assert not (tmp_path / "b" / "data-bin").exists()
+
+
+def test_vocab_bpe_is_checked_against_its_published_hash_too(tmp_path, capsys):
+    paths = write_gpt2_files(tmp_path / "gpt2")
+    encoder_only = [value for value in gpt2_hashes(paths) if value.startswith("encoder.json=")]
+    with pytest.raises(SystemExit):
+        glue.main(["--task", "RTE", "--out", str(tmp_path / "a"), "--archive", str(build_rte(tmp_path)),
+                   *[str(arg) for p in paths.values() for arg in ("--archive", p)], "--hash", *encoder_only])
+    err = capsys.readouterr().err
+    assert "vocab.bpe: sha256 is" in err and "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5" in err
+    assert not (tmp_path / "a" / "data-bin").exists()
+
+
+def test_gpt2_bpe_strips_each_line_and_keeps_an_empty_one_empty(tmp_path):
+    # multiprocessing_bpe_encoder.py --keep-empty: line.strip(), and an empty line stays a line
+    files = write_gpt2_files(tmp_path / "gpt2")
+    stripped = gpt2.encode_lines(["A cat sat.", "", "Dogs bark."], files)
+    assert stripped[1] == "" and all(stripped[0::2])
+    assert gpt2.encode_lines(["  A cat sat.\t", " ", "Dogs bark. "], files) == stripped
+
+
+def test_a_model_tarball_is_unpacked_where_the_path_only_answer_says(tmp_path, capsys):
+    package = tmp_path / "bart.large"
+    package.mkdir()
+    (package / "model.pt").write_bytes(b"weights")
+    (package / "dict.txt").write_text("4 10\n")
+    tarball = tmp_path / "bart.large.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(package, arcname="bart.large")
+    models = tmp_path / "models"
+    pretrained.main(["bart.large", "--out", str(models), "--path-only"])
+    promised = Path(capsys.readouterr().out.splitlines()[-1])
+    pretrained.main(["bart.large", "--out", str(models), "--archive", str(tarball)])
+    assert Path(capsys.readouterr().out.splitlines()[-1]) == promised
+    assert promised.read_bytes() == b"weights" and (promised.parent / "dict.txt").read_text() == "4 10\n"
+    assert pretrained.parser().parse_args(["bart.large"]).out == Path("models")  # the help's "./models"
 
 
 def test_a_truncated_model_tarball_is_refused(tmp_path, capsys):
