@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,18 @@ def test_rerun_skips_finished_steps(prepared):
     assert "skip fairseq-preprocess --joined-dictionary" in proc.stderr
     assert "skip learn joint BPE" in proc.stderr
     assert mtimes(out) == before
+
+
+def test_a_lost_intermediate_file_is_made_again(prepared, tmp_path, capsys):
+    fixture, out, _ = prepared
+    copy = tmp_path / "data"
+    shutil.copytree(out, copy, symlinks=True)
+    for name in ("valid.de", "test.en"):
+        (copy / "iwslt14.de-en" / "tmp" / name).unlink()
+    iwslt14.main(["--out", str(copy), "--archive", str(fixture.archive), "--bpe-merges", MERGES, "--workers", "1"])
+    assert capsys.readouterr().out.strip() == str(copy / "data-bin" / "iwslt14.de-en")
+    for name in ("valid.de", "test.en"):
+        assert lines(copy / "iwslt14.de-en" / "tmp" / name) == lines(out / "iwslt14.de-en" / "tmp" / name)
 
 
 def test_other_settings_in_the_same_folder_are_refused(prepared, capsys):
