@@ -2,6 +2,7 @@
 
 Without CUDA the fused kernels run under Triton's interpreter, which Triton fixes when it is
 first imported: it is chosen here, before any test module is collected and might import Triton."""
+import logging
 import os
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def austen_bin(tmp_path_factory):
     binarize(text, root / "bin", src=None, workers=2, extra=["--nwordssrc", str(AUSTEN_VOCAB)])
     return root / "bin"
 
+
+@pytest.fixture(autouse=True)
+def root_logger_left_as_found():
+    """A main run here that calls logging.basicConfig(force=True) (the prepare modules' run, the quickstart)
+    leaves the root logger writing to the test's captured stderr, closed once the test ends: every later
+    record in that worker would print '--- Logging error ---' into another test's output."""
+    root = logging.getLogger()
+    handlers, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers and type(handler) is logging.StreamHandler:  # not pytest's own
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 @pytest.fixture
 def run_main(capsys):
