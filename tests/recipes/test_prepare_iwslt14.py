@@ -144,6 +144,17 @@ def test_train_filter_and_valid_split():
     assert valid == ["23", "46"] and len(train) == 47 and "23" not in train
 
 
+def train_valid_of(pairs, tmp_path):
+    """The tmp/ folder that make_train_valid makes from these (de, en) training pairs."""
+    orig, tmp = tmp_path / "orig", tmp_path / "tmp"
+    orig.mkdir()
+    tmp.mkdir()
+    for column, lang in enumerate(("de", "en")):
+        (orig / f"train.tags.de-en.{lang}").write_text("".join(p[column] + "\n" for p in pairs), encoding="utf-8")
+    iwslt14.make_train_valid(orig, tmp, 1, drop_meta=False)
+    return tmp
+
+
 def test_train_pairs_are_cleaned_to_fairseqs_limits_then_lowercased(tmp_path):
     # prepare-iwslt14.sh: clean-corpus-n.perl -ratio 1.5 ... 1 175, then lowercase.perl on train and valid
     def words(count, word):
@@ -152,12 +163,7 @@ def test_train_pairs_are_cleaned_to_fairseqs_limits_then_lowercased(tmp_path):
     pairs = [(words(175, "Haus"), words(175, "House")), (words(176, "Haus"), words(176, "House")),
              (words(10, "Haus"), words(15, "House")), (words(10, "Haus"), words(16, "House"))]
     pairs += [(f"Satz {i} .", f"Sentence {i} .") for i in range(30)]
-    orig, tmp = tmp_path / "orig", tmp_path / "tmp"
-    orig.mkdir()
-    tmp.mkdir()
-    for column, lang in enumerate(("de", "en")):
-        (orig / f"train.tags.de-en.{lang}").write_text("".join(p[column] + "\n" for p in pairs), encoding="utf-8")
-    iwslt14.make_train_valid(orig, tmp, 1, drop_meta=False)
+    tmp = train_valid_of(pairs, tmp_path)
     kept = [pairs[0], pairs[2]] + pairs[4:]
     for column, lang in enumerate(("de", "en")):
         expected = [p[column].lower() for p in kept]
@@ -168,12 +174,7 @@ def test_train_pairs_are_cleaned_to_fairseqs_limits_then_lowercased(tmp_path):
 def test_each_side_is_tokenised_and_escaped_for_its_own_language(tmp_path):
     # tokenizer.perl -l en splits "it's" as "it 's", -l de as "geht ' s"; both escape the apostrophe
     pairs = [("Wie geht's ?", "It's fine .")] * 2
-    orig, tmp = tmp_path / "orig", tmp_path / "tmp"
-    orig.mkdir()
-    tmp.mkdir()
-    for column, lang in enumerate(("de", "en")):
-        (orig / f"train.tags.de-en.{lang}").write_text("".join(p[column] + "\n" for p in pairs), encoding="utf-8")
-    iwslt14.make_train_valid(orig, tmp, 1, drop_meta=False)
+    tmp = train_valid_of(pairs, tmp_path)
     assert lines(tmp / "train.de") == ["wie geht &apos; s ?"] * 2
     assert lines(tmp / "train.en") == ["it &apos;s fine ."] * 2
 
