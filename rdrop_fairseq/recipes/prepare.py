@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -55,12 +56,23 @@ def atomic_output(path: Path, mode: str = "w"):
 
 
 def print_json(data, path: Optional[Path] = None, sort_keys: bool = False) -> None:
-    """Print ``data`` as indented JSON and, if ``path`` is given, write the same text there atomically."""
-    text = json.dumps(data, indent=1, sort_keys=sort_keys)
+    """Print ``data`` as indented JSON and, if ``path`` is given, write the same text there atomically.
+    A NaN or infinite number (a diverged run's loss) is written as ``null``: strict JSON has no NaN."""
+    text = json.dumps(_finite_or_none(data), indent=1, sort_keys=sort_keys, allow_nan=False)
     if path:
         with atomic_output(path) as handle:
             handle.write(text + "\n")
     print(text)
+
+
+def _finite_or_none(data):
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite_or_none(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_none(value) for value in data]
+    return data
 
 
 def text_line(line: str) -> str:

@@ -57,6 +57,20 @@ def test_the_epoch_of_a_training_log_record_is_no_metric(tmp_path):
     assert validate_log.read_metrics(log) == {"valid": {"loss": 2.5, "ppl": 5.66}}
 
 
+def test_a_diverged_metric_is_written_as_strict_json_null(tmp_path, run_main):
+    log = fairseq_log(tmp_path / "validate.log", [("valid", {"loss": float("nan"), "accuracy": 50.0}),
+                                                  ("valid1", {"loss": float("inf"), "accuracy": 49.0})])
+    status, out, err = run_main(validate_log.main, log, "--json", tmp_path / "metrics.json")
+    assert (status, err) == (0, "")
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    expected = {"valid": {"accuracy": 50.0, "loss": None}, "valid1": {"accuracy": 49.0, "loss": None}}
+    assert json.loads(out, parse_constant=refuse) == expected
+    assert (tmp_path / "metrics.json").read_text() == out
+
+
 def test_a_log_without_records_is_named_and_no_json_is_written(tmp_path, run_main):
     log = tmp_path / "validate.log"
     log.write_text("2024-01-01 00:00:00 | INFO | fairseq_cli.validate | loaded checkpoint\n")
