@@ -347,8 +347,10 @@ def _apply(scores, target, copies, alpha, epsilon, ignore_index, chunk_tokens, f
         raise ValueError(f"scores must be (copies * N, V) or (copies * B, T, V), got shape {tuple(scores.shape)}")
     if copies < 1 or scores.size(0) % copies:
         raise ValueError(f"{scores.size(0)} rows cannot be split into {copies} copies")
-    if target is not None and target.numel() * copies != scores[..., 0].numel():
-        raise ValueError("target must have one entry per token of one copy")
+    one_copy = (scores.size(0) // copies,) + tuple(scores.shape[1:-1])
+    if target is not None and tuple(target.shape) != one_copy:  # a (T, B) target of the right size is refused too
+        raise ValueError(f"target must be {one_copy}, one entry per token of one copy "
+                         f"(scores {tuple(scores.shape)}, {copies} copies), got shape {tuple(target.shape)}")
     if ignore_index is not None:
         ignore_index = int(ignore_index)  # the kernels take a Python int (a numpy or 0-dim tensor index would fail)
     if target is not None:

@@ -494,10 +494,22 @@ def test_scores_targets_and_copies_that_do_not_fit_are_refused(entry):
         loss_of(entry, logits.flatten(), target, 2, 1.0)
     with pytest.raises(ValueError, match=r"got shape \(1, 26, 1, 11\)"):
         loss_of(entry, logits.view(1, 26, 1, 11), target, 2, 1.0)
-    with pytest.raises(ValueError, match="target must have one entry per token of one copy"):
+    with pytest.raises(ValueError, match=r"target must be \(13,\), one entry per token of one copy .* got shape \(12,\)"):
         loss_of(entry, logits, target[:-1], 2, 1.0)
     with pytest.raises(ValueError, match="cannot be split into 0 copies"):
         loss_of(entry, logits, target, 0, 1.0)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_target_of_the_right_size_in_another_shape_is_refused(entry):
+    logits, target = make_case(tokens=12)
+    batch = logits.view(2 * 3, 4, 11)  # (copies * B, T, V) with B = 3 and T = 4
+    with pytest.raises(ValueError, match=r"target must be \(3, 4\), .* got shape \(4, 3\)"):
+        loss_of(entry, batch, target.view(4, 3), 2, 1.0)  # (T, B) would pair tokens with other rows' scores
+    with pytest.raises(ValueError, match=r"target must be \(3, 4\), .* got shape \(12,\)"):
+        loss_of(entry, batch, target, 2, 1.0)
+    with pytest.raises(ValueError, match=r"target must be \(12,\), .* got shape \(3, 4\)"):
+        loss_of(entry, logits, target.view(3, 4), 2, 1.0)
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
