@@ -206,6 +206,21 @@ def test_test_is_the_five_ted_sets_in_fairseqs_order(tmp_path):
         assert lines(tmp / f"test.{lang}") == [f"{name.lower()} {lang} {i}" for name in order for i in (1, 2)]
 
 
+def test_a_test_set_whose_sides_differ_in_segment_count_is_refused(tmp_path):
+    orig, tmp = tmp_path / "orig", tmp_path / "tmp"
+    orig.mkdir()
+    tmp.mkdir()
+    for name in iwslt14.TEST_SETS:
+        for lang in ("de", "en"):
+            ids = (1, 2) if (name, lang) != ("IWSLT14.TED.tst2011", "en") else (1,)
+            segments = "".join(f'<seg id="{i}"> {lang} {i} </seg>\n' for i in ids)
+            (orig / f"{name}.de-en.{lang}.xml").write_text(f"<doc>\n{segments}</doc>\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"tst2011\.de-en\.de\.xml and .*tst2011\.de-en\.en\.xml differ in "
+                                         r"segment count \(2 vs 1\)"):
+        iwslt14.make_test(orig, tmp, 1)
+    assert not list(tmp.iterdir())
+
+
 def test_default_bpe_merges_are_fairseqs():
     # BPE_TOKENS=10000 in fairseq's examples/translation/prepare-iwslt14.sh
     assert iwslt14.parser().parse_args(["--out", "data"]).bpe_merges == 10000

@@ -126,6 +126,25 @@ def test_train_pairs_are_cleaned_after_subword_splitting_to_fairseqs_limits(tmp_
             assert lines(layout.text_dir / f"{split}.{lang}") == [p[column] for p in pairs]
 
 
+def test_an_sgm_pair_that_differs_in_segment_count_is_refused(tmp_path):
+    folders = {archive: tmp_path / archive for archive, _ in wmt14.SGM.values()}
+    for split, (archive, files) in wmt14.SGM.items():
+        folders[archive].mkdir()
+        for lang, name in files.items():
+            ids = (1,) if (split, lang) == ("test", "de") else (1, 2)
+            segments = "".join(f'<seg id="{i}">{split} {lang} {i}</seg>\n' for i in ids)
+            (folders[archive] / name).write_text(f"<srcset>\n{segments}</srcset>\n", encoding="utf-8")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    for lang in ("en", "de"):
+        (tmp / f"train.{lang}").write_text("made earlier\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"newstest2014-deen-src\.en\.sgm and .*newstest2014-deen-ref\.de\.sgm "
+                                         r"differ in segment count \(2 vs 1\)"):
+        wmt14.make_text(folders, tmp, 1, moses=False)
+    assert sorted(p.name for p in tmp.iterdir()) == ["train.de", "train.en", "valid.de", "valid.en"]
+    assert lines(tmp / "valid.de") == ["valid de 1", "valid de 2"]
+
+
 def test_default_bpe_merges_are_the_wmt16_en_de_bpe32k_vocabulary():
     # the data of fairseq's scaling-NMT example, on which the paper's big Transformer setting is trained
     assert wmt14.parser().parse_args(["--out", "data"]).bpe_merges == 32000

@@ -188,6 +188,14 @@ def sgm_segments(path: Path) -> List[str]:
     return segments
 
 
+def sgm_pair(paths: Sequence[Path]) -> List[List[str]]:
+    """The segments of a source and a reference sgm/xml file, which must hold as many."""
+    sides = [sgm_segments(p) for p in paths]
+    if len(sides[0]) != len(sides[1]):
+        raise ValueError(f"{paths[0]} and {paths[1]} differ in segment count ({len(sides[0])} vs {len(sides[1])})")
+    return sides
+
+
 def read_pair(paths: Sequence[Path]) -> List[List[str]]:
     sides = [prepare.read_lines(p) for p in paths]
     if len({len(s) for s in sides}) != 1:

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, List
 from .. import prepare
 from ..download import Archive
 from .common import (Layout, bpe_and_binarize, build_parser, check_params, fetch_and_extract,
-                     pending, read_pair, run, sgm_segments, tokenize)
+                     pending, read_pair, run, sgm_pair, tokenize)
 
 NAME = "iwslt14.de-en"
 SRC, TGT = "de", "en"
@@ -64,8 +64,12 @@ def make_train_valid(orig: Path, tmp: Path, workers: int, drop_meta: bool) -> No
 
 
 def make_test(orig: Path, tmp: Path, workers: int) -> None:
-    for lang in (SRC, TGT):
-        lines = [seg for name in TEST_SETS for seg in sgm_segments(orig / f"{name}.de-en.{lang}.xml")]
+    sides = {SRC: [], TGT: []}
+    for name in TEST_SETS:
+        pair = sgm_pair([orig / f"{name}.de-en.{lang}.xml" for lang in (SRC, TGT)])
+        for lang, segments in zip((SRC, TGT), pair):
+            sides[lang] += segments
+    for lang, lines in sides.items():
         prepare.write_lines(tmp / f"test.{lang}", tokenize(lines, lang, workers, lowercase=True))
 
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Sequence
 from .. import prepare
 from ..download import Archive
 from .common import (Layout, binarize_pair, build_parser, check_params, fetch_and_extract, pending,
-                     read_pair, resolve_archives, run, sgm_segments, tokenize)
+                     read_pair, resolve_archives, run, sgm_pair, tokenize)
 
 NAME = "wmt14.en-de"
 SRC, TGT = "en", "de"
@@ -86,10 +86,11 @@ def make_text(folders: Dict[str, Path], tmp: Path, workers: int, moses: bool) ->
         for lang, lines in sides.items():
             prepare.write_lines(tmp / f"train.{lang}", finish(lines, lang))
     for split, (archive, files) in SGM.items():
-        for lang in (SRC, TGT):
-            dest = tmp / f"{split}.{lang}"
-            if pending(f"read {files[lang]}", [dest]):
-                prepare.write_lines(dest, finish(sgm_segments(folders[archive] / files[lang]), lang))
+        dests = [tmp / f"{split}.{lang}" for lang in (SRC, TGT)]
+        if pending(f"read {files[SRC]} and {files[TGT]}", dests):
+            pair = sgm_pair([folders[archive] / files[lang] for lang in (SRC, TGT)])
+            for dest, lines, lang in zip(dests, pair, (SRC, TGT)):
+                prepare.write_lines(dest, finish(lines, lang))
 
 
 def subword_bpe(layout: Layout, merges: int) -> None:
