@@ -123,17 +123,21 @@ def moses_tokenize(lines: Iterable[str], lang: str, lowercase: bool = False,
 
 
 def clean_pairs(src: Sequence[str], tgt: Sequence[str], ratio: float = 1.5,
-                min_len: int = 1, max_len: int = 175):
+                min_len: int = 1, max_len: int = 175, max_word_length: int = 1000):
     """Moses ``clean-corpus-n.perl``: keep pairs with both lengths in
-    [min_len, max_len] words and a length ratio of at most ``ratio``."""
+    [min_len, max_len] words, a length ratio of at most ``ratio``, and no word
+    longer than ``max_word_length`` characters (its fixed limit, 1000)."""
     if min_len < 1:
         raise ValueError(f"min_len must be at least 1, not {min_len}: the length ratio needs a word on each side")
     kept_src, kept_tgt = [], []
     for s, t in zip(src, tgt):
-        ls, lt = len(s.split()), len(t.split())
+        words_s, words_t = s.split(), t.split()
+        ls, lt = len(words_s), len(words_t)
         if not (min_len <= ls <= max_len and min_len <= lt <= max_len):
             continue
         if ls / lt > ratio or lt / ls > ratio:
+            continue
+        if max(map(len, words_s + words_t)) > max_word_length:
             continue
         kept_src.append(s)
         kept_tgt.append(t)

@@ -504,7 +504,7 @@ def test_a_forked_worker_ends_on_a_stop_signal_without_the_parents_cleanup(tmp_p
 
 def test_clean_pairs_is_moses_clean_corpus_n():
     # clean-corpus-n.perl: word counts within [min, max] on both sides, inclusive, and neither side more
-    # than `ratio` times as long as the other; runs of spaces are one separator.
+    # than `ratio` times as long as the other, no word over 1000 characters; runs of spaces are one separator.
     pairs = [("a b c", "x y"),          # 1.5: kept
              ("a b c d", "x y"),        # 2.0: dropped
              ("x y", "a b c d"),        # 2.0 the other way: dropped
@@ -512,9 +512,11 @@ def test_clean_pairs_is_moses_clean_corpus_n():
              ("a", "x"),                # min_len: kept
              ("", "x"),                 # empty: dropped
              ("a b c d", "w x y z"),    # max_len: kept
-             ("a b c d e", "v w x y z")]  # over max_len: dropped
+             ("a b c d e", "v w x y z"),  # over max_len: dropped
+             ("a " + "b" * 1000, "x y"),  # a word of 1000 characters: kept
+             ("a b", "x " + "y" * 1001)]  # one of 1001: dropped
     kept = prepare.clean_pairs([s for s, _ in pairs], [t for _, t in pairs], ratio=1.5, min_len=1, max_len=4)
-    assert list(zip(*kept)) == [pairs[0], pairs[3], pairs[4], pairs[6]]
+    assert list(zip(*kept)) == [pairs[0], pairs[3], pairs[4], pairs[6], pairs[8]]
     assert prepare.clean_pairs(["a b"], ["x y"], min_len=3) == ([], [])
     with pytest.raises(ValueError, match="min_len must be at least 1"):
         prepare.clean_pairs(["a"], [""], min_len=0)
