@@ -156,6 +156,8 @@ def parse_args(argv: Optional[Sequence[str]] = None,
                      "R-Drop's count: drop --minutes (--max-updates N sets the count) or --concurrent")
     if args.workers < 1:
         parser.error("--workers must be positive")
+    if args.src == args.tgt:
+        parser.error(f"--src and --tgt are both {args.src!r}: the corpus's two languages must differ")
     if args.corpus is not None and not args.corpus.is_dir():
         parser.error(f"--corpus {args.corpus}: no such folder")
     # made where they are missing; a file there would stop the quickstart with a traceback, for --out-dir

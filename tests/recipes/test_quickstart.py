@@ -723,6 +723,15 @@ def test_a_value_that_is_not_a_finite_number_is_refused_naming_the_flag(args, sa
     assert exit_info.value.code == 2 and said in capsys.readouterr().err
 
 
+def test_one_language_as_source_and_target_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(quickstart, "quickstart", refuse_to_run)
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--src", "en", "--tgt", "en", "--work-dir", str(tmp_path / "w"),
+                         "--out-dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "--src and --tgt are both 'en'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_corpus_flag_naming_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "train.de").write_text("x\n")
     with pytest.raises(SystemExit) as exit_info:
