@@ -60,14 +60,17 @@ def parse_hash_overrides(items: Iterable[str]) -> Dict[str, Optional[str]]:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
             raise ValueError(f"--hash expects NAME=ALG:HEX or NAME=none, got {item!r}")
-        if value.lower() != "none" and ":" not in value:
+        if value.lower() == "none":
+            overrides[name] = None
+            continue
+        algorithm, colon, digest = value.partition(":")
+        if not colon:
             raise ValueError(f"--hash {item!r}: the hash needs an algorithm prefix, e.g. sha256:HEX")
-        algorithm = value.partition(":")[0].lower()
-        if value.lower() != "none" and (algorithm not in hashlib.algorithms_available
-                                        or algorithm.startswith("shake_")):  # no fixed-length hex digest
+        algorithm = algorithm.lower()
+        if algorithm not in hashlib.algorithms_available or algorithm.startswith("shake_"):  # no fixed-length hex
             raise ValueError(f"--hash {item!r}: unknown hash algorithm {algorithm!r}; use one of "
                              f"{', '.join(sorted(a for a in hashlib.algorithms_guaranteed if not a.startswith('shake_')))}")
-        overrides[name] = None if value.lower() == "none" else f"{algorithm}:{value.partition(':')[2]}"
+        overrides[name] = f"{algorithm}:{digest}"
     return overrides
 
 

@@ -241,6 +241,7 @@ def run(parser: argparse.ArgumentParser, prepare_fn: Callable[[argparse.Namespac
         with_hashes(args.known_archives, parse_hash_overrides(args.hash))
         for path in args.archive:
             check_local_archive(path)
+        resolve_archives(args, args.known_archives)
     except (OSError, ValueError) as err:
         parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",

@@ -22,7 +22,7 @@ from typing import Dict, List, Sequence
 from .. import prepare
 from ..download import Archive
 from .common import (Layout, binarize_pair, build_parser, check_params, fetch_and_extract, pending,
-                     read_pair, resolve_archives, run, sgm_pair, tokenize)
+                     read_pair, run, sgm_pair, tokenize)
 
 NAME = "wmt14.en-de"
 SRC, TGT = "en", "de"
@@ -144,7 +144,6 @@ def prepare_wmt14(args) -> Path:
     layout = Layout(args.out, NAME)
     params = ({"spm_vocab_size": args.spm_vocab_size, "spm_sample": args.spm_sample} if args.spm
               else {"bpe_merges": args.bpe_merges})
-    resolve_archives(args, ARCHIVES)  # a misnamed --archive is refused before check_params writes the settings
     check_params(layout, params)
     folders = fetch_and_extract(layout, args, ARCHIVES, members())
     make_text(folders, layout.tmp_dir, args.workers, moses=not args.spm)
