@@ -71,6 +71,12 @@ def _copies_view(scores: Tensor, copies: int) -> Tensor:
     return scores.view(1, copies, -1, vocab)
 
 
+def _target_index(target: Tensor, keep: Tensor, copies: int) -> Tensor:
+    """``(groups, copies, length, 1)`` gather indices of the targets; an ignored token's (its
+    ``ignore_index`` may lie outside the vocabulary, as PyTorch's -100) points at entry 0."""
+    return torch.where(keep, target, 0).unsqueeze(1).unsqueeze(-1).expand(-1, copies, -1, 1)
+
+
 def _blocks(groups: int, length: int, step: int):
     """``(group slice, position slice)`` pairs that cover ``groups x length`` tokens, about ``step`` at a time."""
     if length >= step:
@@ -118,7 +124,7 @@ class RDropLossFunction(torch.autograd.Function):
             # token and copy, never on the (tokens, V) scores.
             k = keep[gs, ts]
             if target is not None:
-                idx = target[gs, ts].clamp(min=0).unsqueeze(1).unsqueeze(-1).expand(-1, copies, -1, 1)
+                idx = _target_index(target[gs, ts], k, copies)
                 tok_nll = -x.gather(-1, idx).squeeze(-1)
                 nll += torch.where(k.unsqueeze(1), tok_nll, 0.0).sum()
                 if eps_i:
@@ -172,7 +178,7 @@ class RDropLossFunction(torch.autograd.Function):
                         g[:, i].addcmul_(p[:, i], gap).add_(dp)
                         g[:, j].addcmul_(p[:, j], gap, value=-1.0).sub_(dp)
             if target is not None:
-                idx = target[gs, ts].clamp(min=0).unsqueeze(1).unsqueeze(-1).expand(-1, copies, -1, 1)
+                idx = _target_index(target[gs, ts], keep[gs, ts], copies)
                 g.scatter_add_(-1, idx, target_grad.expand(idx.shape).to(g.dtype))
             if from_logits:  # through log-softmax: g - p * sum(g)
                 g.addcmul_(p, g.sum(-1, keepdim=True), value=-1.0)

@@ -465,6 +465,21 @@ def test_a_target_outside_the_vocabulary_is_an_error(monkeypatch, entry, bad):
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("ignore_index", [-100, 11, 1000])
+def test_an_ignore_index_outside_the_vocabulary_pads_as_one_inside_it(monkeypatch, entry, ignore_index):
+    monkeypatch.setenv("RDROP_KERNEL", "torch")
+    logits, target = make_case()
+    expected, expected_grad = run_leaf(entry, scores_of(entry, logits), target, 2, 5.0, 0.1)  # PAD is in it
+    leaf = scores_of(entry, logits).detach().requires_grad_()
+    apply = rdrop_loss if entry == "lprobs" else rdrop_loss_from_logits
+    got = apply(leaf, target.masked_fill(target.eq(PAD), ignore_index), 2, 5.0, 0.1, ignore_index)
+    got[0].backward()
+    for got_term, expected_term in zip(got, expected):
+        torch.testing.assert_close(got_term, expected_term, rtol=0, atol=0)
+    torch.testing.assert_close(leaf.grad, expected_grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("copies", [2, 3])
 @pytest.mark.parametrize("with_target", [True, False])
 def test_gradcheck_float64_interleaved_and_chunked(entry, copies, with_target):
