@@ -155,6 +155,19 @@ def test_an_index_type_other_than_int_pads_as_the_int_does(monkeypatch, padding)
         torch.testing.assert_close(got_term, expected_term, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("ignore_index", [-100, 1000])
+def test_an_ignore_index_outside_the_vocabulary_pads_as_one_inside_it(ignore_index):
+    logits, target = make_case()
+    outside = target.masked_fill(target.eq(PAD), ignore_index)
+    (expected, expected_grad), (got, got_grad) = (
+        run(TritonRDropLossFunction, logits, target, 2, 5.0, 0.1, True),
+        run(TritonRDropLossFunction, logits, outside, 2, 5.0, 0.1, True, ignore_index=ignore_index),
+    )
+    for got_term, expected_term in zip(got, expected):
+        torch.testing.assert_close(got_term, expected_term, rtol=0, atol=0)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=0)
+
+
 def test_cpu_tensors_are_refused_where_cuda_is_present(monkeypatch):
     logits, target = make_case()
     monkeypatch.setenv("RDROP_KERNEL", "triton")
