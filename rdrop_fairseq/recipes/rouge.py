@@ -29,11 +29,17 @@ METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 FAIRSEQ_SPECIALS = ("<s>", "</s>", "<pad>", "<unk>", "<<unk>>")
 
 
-def decode(lines: Sequence[str], encoder_json: Path, vocab_bpe: Path) -> List[str]:
-    """Text of lines of GPT-2 BPE ids, as fairseq's ``--bpe gpt2`` decodes them."""
+@functools.lru_cache(maxsize=1)
+def _gpt2_encoder(encoder_json: str, vocab_bpe: str):
+    """Read once for the hypotheses and the references (50k merges)."""
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 
-    encoder = get_encoder(str(encoder_json), str(vocab_bpe))
+    return get_encoder(encoder_json, vocab_bpe)
+
+
+def decode(lines: Sequence[str], encoder_json: Path, vocab_bpe: Path) -> List[str]:
+    """Text of lines of GPT-2 BPE ids, as fairseq's ``--bpe gpt2`` decodes them."""
+    encoder = _gpt2_encoder(str(encoder_json), str(vocab_bpe))
     texts = []
     for number, line in enumerate(lines, 1):
         words = [tok for tok in line.split() if not tok.isdigit() and tok not in FAIRSEQ_SPECIALS]
