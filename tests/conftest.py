@@ -65,6 +65,7 @@ def root_logger_left_as_found():
             root.removeHandler(handler)
     root.setLevel(level)
 
+
 @pytest.fixture
 def run_main(capsys):
     """``run_main(main, *argv)``: the exit status (0 where ``main`` returned), stdout and stderr of
